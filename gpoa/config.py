@@ -1,0 +1,225 @@
+"""One dataclass tree for every setting, loaded from YAML and overridden with ``--set key=value``.
+
+``load_config(path, overrides)`` is the only way stages get a :class:`Config`. Unknown keys and
+values of the wrong type raise :class:`~gpoa.errors.UsageError` naming the key. ``save_config``
+writes the resolved tree beside an output so the run can be repeated with ``--config``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from gpoa.errors import UsageError
+
+
+@dataclass
+class FeaturesConfig:
+    """Patch-feature backend. ``handcrafted`` is the embedded default; ``dinov2`` is the paper's."""
+
+    backend: str = "handcrafted"
+    # timm model name for the dinov2 backend: vit_{small,base,large,giant}_patch14_dinov2
+    model: str = "vit_large_patch14_dinov2"
+    # local DINOv2 weights, Meta's original format (dinov2_vitl14_pretrain.pth) or timm's
+    checkpoint: str = "checkpoints/dinov2_vitl14_pretrain.pth"
+    # images are resized to working_size x working_size before feature extraction
+    working_size: int = 560
+    patch_size: int = 14
+
+
+@dataclass
+class SegmenterConfig:
+    """Promptable segmenter. ``classical`` is the embedded default; ``sam`` is the paper's."""
+
+    backend: str = "classical"
+    # sam backend: vit_b, vit_l or vit_h (segment-anything's registry)
+    model_type: str = "vit_l"
+    checkpoint: str = "checkpoints/sam_vit_l_0b3195.pth"
+    # which of SAM's masks to keep: "single" (one-mask output), "best" (highest predicted IoU of
+    # the three), or "0", "1", "2" (a fixed multimask index)
+    multimask: str = "single"
+    # classical backend: superpixels per image, and the edge sharpness of the region graph
+    n_segments: int = 900
+    compactness: float = 12.0
+    beta: float = 8.0
+    # classical backend: pull of every region towards background when no seed decides it
+    background_prior: float = 0.004
+
+
+@dataclass
+class MatchingConfig:
+    """Stage 1: reference-to-target patch matching."""
+
+    # a reference patch is foreground when at least this share of its pixels is in the mask,
+    # background when none is
+    foreground_fraction: float = 0.5
+    # keep a target match only when the reference patch is also its nearest neighbour
+    mutual_nearest: bool = False
+    # the best-scoring prompts kept per image (0 = keep all matches)
+    max_positive: int = 0
+    max_negative: int = 0
+
+
+@dataclass
+class SegmentationConfig:
+    """Stage 4: decode prompt sets, write masks and the metrics table."""
+
+    # extra prompt folders to evaluate besides initial_indices/ and optimized_indices/
+    prompts: list = field(default_factory=list)
+    # output folder; empty means DATASET/results
+    out: str = ""
+    # the "ideal" upper-bound prompt set sampled from target_mask/
+    ideal_positive: int = 8
+    ideal_negative: int = 8
+    overlays: bool = True
+
+
+@dataclass
+class Config:
+    # dataset folder in the layout of data/README.md
+    data: str = "data/demo/membrane"
+    # auto picks cuda, then mps, then cpu
+    device: str = "auto"
+    seed: int = 0
+    # recompute outputs that already exist instead of resuming
+    overwrite: bool = False
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+
+
+def _field_types(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    """Check ``value`` against the annotated type ``kind``; accept ints for floats, strings from ``--set``."""
+    origin = typing.get_origin(kind)
+    if origin is Union:  # Optional[X]
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, value, args[0])
+    if kind is list or origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise UsageError(f"config key '{key}' expects a list, got {value!r}")
+        return list(value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise UsageError(f"config key '{key}' expects true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise UsageError(f"config key '{key}' expects an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise UsageError(f"config key '{key}' expects an integer, got {value!r}")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UsageError(f"config key '{key}' expects a number, got {value!r}")
+    if kind is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UsageError(f"config key '{key}' expects a string, got {value!r}")
+    raise UsageError(f"config key '{key}' has an unsupported type {kind!r}")
+
+
+def _apply(obj: Any, values: dict, prefix: str = "") -> None:
+    if not isinstance(values, dict):
+        raise UsageError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {values!r}")
+    types = _field_types(type(obj))
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in types:
+            known = ", ".join(sorted(types))
+            raise UsageError(f"unknown config key '{full}' (known keys here: {known})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, prefix=f"{full}.")
+        else:
+            setattr(obj, key, _coerce(full, value, types[key]))
+
+
+def _parse_set(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise UsageError(f"--set expects key=value (e.g. --set segmenter.backend=sam), got '{item}'")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, (dict,)):
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[list] = None) -> Config:
+    """Defaults, then the YAML file at ``path``, then each ``key.sub=value`` of ``overrides``."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"config file '{path}' does not exist; pass an existing YAML file to --config")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UsageError(f"config file '{path}' is not valid YAML: {exc}".splitlines()[0]) from None
+        _apply(cfg, values)
+    for item in overrides or []:
+        keys, value = _parse_set(item)
+        nested: Any = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        _apply(cfg, nested)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: Union[str, Path]) -> None:
+    """Write the resolved config as YAML (atomically); ``--config`` reads it back unchanged."""
+    from gpoa.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` → ``cuda`` if available, else ``mps``, else ``cpu``; an explicit name is checked."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device '{name}' requested but CUDA is not available; use --set device=cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("device 'mps' requested but MPS is not available; use --set device=cpu or auto")
+    if name not in ("cpu", "mps") and not name.startswith("cuda"):
+        raise UsageError(f"unknown device '{name}'; use auto, cpu, mps, cuda or cuda:N")
+    return name

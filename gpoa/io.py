@@ -1,0 +1,293 @@
+"""Everything that touches the dataset's files: folder layout, image/mask reading, prompt files,
+the patch-feature cache and atomic writes.
+
+Dataset layout (``DATASET`` is the folder given with ``--data``)::
+
+    reference_image/   one or more reference images (k-shot: all are used)
+    reference_mask/    their masks, paired by file stem
+    target_image/      images to segment
+    target_mask/       optional ground truth for target_image/ (enables evaluation)
+    train_image/       optional training images for the agent ...
+    train_mask/        ... and their masks
+    initial_indices/   stage 1 output: <stem>.json prompt files
+    optimized_indices/ stage 3 output: <stem>.json prompt files
+    cache/             patch features (fp16) and other reusable intermediate results
+    results/           stage 4 output
+
+Images: PNG, JPEG, TIFF or BMP, any size; gray, RGB, RGBA (alpha dropped), palette, 16-bit
+(scaled by 1/257) or float (clipped to [0, 1] when within it, else min-max scaled); all become
+uint8 RGB. Masks: any of those modes; foreground is every nonzero pixel (palette: nonzero index;
+RGB: any nonzero channel). Prefer PNG masks: JPEG artefacts turn background pixels nonzero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from gpoa.errors import InputError, UsageError
+from gpoa.grid import PatchGrid
+from gpoa.prompts import PromptSet
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+PathLike = Union[str, Path]
+
+
+# ----- atomic writes -------------------------------------------------------------------------
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: PathLike, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """uint8 (H, W) or (H, W, 3) RGB array → PNG bytes."""
+    import io as _io
+
+    buffer = _io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_png(path: PathLike, array: np.ndarray) -> None:
+    atomic_write_bytes(path, encode_png(array))
+
+
+def write_mask(path: PathLike, mask: np.ndarray) -> None:
+    """Boolean mask (H, W) → 0/255 single-channel PNG."""
+    write_png(path, np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8))
+
+
+def save_array(path: PathLike, array: np.ndarray) -> None:
+    import io as _io
+
+    buffer = _io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_array(path: PathLike) -> np.ndarray:
+    return np.load(Path(path), allow_pickle=False)
+
+
+# ----- images and masks -------------------------------------------------------------------------
+def _open(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise InputError(path, "file does not exist")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode == "P":
+                return np.asarray(im), "P"
+            if mode in ("1", "L", "LA", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F"):
+                return np.asarray(im), mode
+            return np.asarray(im.convert("RGB")), "RGB"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            try:
+                import tifffile
+
+                return np.asarray(tifffile.imread(path)), "tiff"
+            except Exception:  # noqa: BLE001 - any tifffile failure means the file is unreadable
+                pass
+        raise InputError(path, f"cannot be read as an image ({exc.__class__.__name__}: {exc})",
+                         "re-export it as PNG, JPEG, TIFF or BMP") from None
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if array.dtype == np.uint16:
+        return (array.astype(np.float64) / 257.0).round().astype(np.uint8)
+    values = array.astype(np.float64)
+    low, high = float(np.nanmin(values)), float(np.nanmax(values))
+    if low >= 0.0 and high <= 1.0 and array.dtype.kind == "f":
+        return (values * 255.0).round().astype(np.uint8)
+    if array.dtype.kind in "iu" and low >= 0 and high <= 255:
+        return values.astype(np.uint8)
+    span = high - low if high > low else 1.0
+    return ((values - low) / span * 255.0).round().astype(np.uint8)
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Read any supported image as uint8 RGB (H, W, 3)."""
+    path = Path(path)
+    array, mode = _open(path)
+    if mode == "P":
+        with Image.open(path) as im:
+            array = np.asarray(im.convert("RGB"))
+    array = _to_uint8(np.asarray(array))
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    elif array.ndim == 3 and array.shape[2] == 2:  # gray + alpha
+        array = np.repeat(array[:, :, :1], 3, axis=2)
+    elif array.ndim == 3 and array.shape[2] >= 3:
+        array = array[:, :, :3]
+    else:
+        raise InputError(path, f"has an unsupported shape {array.shape}", "save it as a gray or RGB image")
+    if array.shape[0] < 2 or array.shape[1] < 2:
+        raise InputError(path, f"is only {array.shape[1]}x{array.shape[0]} pixels", "use a real image")
+    return np.ascontiguousarray(array)
+
+
+def read_mask(path: PathLike, expected_size: Optional[tuple] = None) -> np.ndarray:
+    """Read a mask as bool (H, W); foreground is every nonzero pixel.
+
+    ``expected_size`` (width, height) is the size of the paired image; a mismatch is an error.
+    """
+    path = Path(path)
+    array, mode = _open(path)
+    array = np.asarray(array)
+    if array.ndim == 3:
+        array = array[:, :, :1] if array.shape[2] == 2 else array[:, :, :3]
+        mask = np.any(array != 0, axis=2)
+    elif array.ndim == 2:
+        mask = array != 0
+    else:
+        raise InputError(path, f"has an unsupported shape {array.shape}", "save the mask as a gray PNG")
+    if expected_size is not None and (mask.shape[1], mask.shape[0]) != tuple(expected_size):
+        raise InputError(path, f"is {mask.shape[1]}x{mask.shape[0]} pixels but its image is "
+                               f"{expected_size[0]}x{expected_size[1]}",
+                         "a mask must have exactly the size of the image it belongs to")
+    return mask
+
+
+def image_size(image: np.ndarray) -> tuple:
+    """(width, height) of an (H, W[, C]) array."""
+    return int(image.shape[1]), int(image.shape[0])
+
+
+# ----- prompt files -----------------------------------------------------------------------------
+PROMPT_KEYS = ("image", "original_size", "grid", "positive_indices", "negative_indices")
+
+
+def write_prompt_file(path: PathLike, prompt_set: PromptSet) -> None:
+    atomic_write_json(path, prompt_set.to_dict())
+
+
+def read_prompt_file(path: PathLike, expected_grid: Optional[PatchGrid] = None) -> PromptSet:
+    """Read and validate a prompt file; ``expected_grid`` rejects files made on another grid."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, "prompt file does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"is not valid JSON ({exc})", "regenerate it or fix the syntax") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "prompt file must hold a JSON object")
+    missing = [k for k in PROMPT_KEYS if k not in data]
+    if missing:
+        raise InputError(path, f"prompt file lacks the keys {missing}",
+                         "see the prompt-file schema in README.md")
+    try:
+        grid = PatchGrid.from_dict(data["grid"])
+    except (KeyError, TypeError, ValueError, UsageError) as exc:
+        raise InputError(path, f"has an invalid 'grid' entry ({exc})") from None
+    if expected_grid is not None and grid != expected_grid:
+        raise InputError(path, f"was made on a {grid.rows}x{grid.cols} grid (patch {grid.patch_size}, working size "
+                               f"{list(grid.working_size)}) but this run uses {expected_grid.rows}x{expected_grid.cols} "
+                               f"(patch {expected_grid.patch_size}, working size {list(expected_grid.working_size)})",
+                         "regenerate the prompts with this config or run with the config they were made with")
+    try:
+        known = set(PROMPT_KEYS) | {"positive_points", "negative_points", "source"}
+        prompt_set = PromptSet(
+            image=str(data["image"]),
+            original_size=tuple(data["original_size"]),
+            grid=grid,
+            positive_indices=np.asarray(data["positive_indices"], dtype=np.int64),
+            negative_indices=np.asarray(data["negative_indices"], dtype=np.int64),
+            source=str(data.get("source", "unknown")),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+    except (IndexError, TypeError, ValueError) as exc:
+        raise InputError(path, f"has invalid prompt indices ({exc})") from None
+    overlap = np.intersect1d(prompt_set.positive_indices, prompt_set.negative_indices)
+    if len(overlap):
+        raise InputError(path, f"patches {overlap[:5].tolist()} are both positive and negative",
+                         "a patch can carry one label only")
+    return prompt_set
+
+
+# ----- dataset layout ---------------------------------------------------------------------------
+class DatasetLayout:
+    """Paths of one dataset folder. Nothing else in GPOA builds these paths."""
+
+    FOLDERS = ("reference_image", "reference_mask", "target_image", "target_mask", "train_image",
+               "train_mask", "initial_indices", "optimized_indices", "cache", "results")
+
+    def __init__(self, root: PathLike):
+        self.root = Path(root)
+        for name in self.FOLDERS:
+            setattr(self, name, self.root / name)
+
+    def require(self, *names: str) -> None:
+        if not self.root.is_dir():
+            raise UsageError(f"dataset folder '{self.root}' does not exist; pass an existing folder to --data "
+                             f"(create one with: python -m gpoa.demo_data --out data/demo)")
+        for name in names:
+            folder = self.root / name
+            if not folder.is_dir():
+                raise UsageError(f"dataset folder '{self.root}' has no '{name}/' subfolder; see data/README.md "
+                                 f"for the layout")
+            if name.endswith("_image") and not self.images(folder):
+                raise UsageError(f"'{folder}' holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+
+    @staticmethod
+    def images(folder: PathLike) -> list:
+        folder = Path(folder)
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                      and not p.name.startswith("."))
+
+    @staticmethod
+    def find_by_stem(folder: PathLike, stem: str) -> Optional[Path]:
+        matches = [p for p in DatasetLayout.images(folder) if p.stem == stem]
+        return matches[0] if matches else None
+
+    def pairs(self, image_folder: PathLike, mask_folder: PathLike) -> Iterator[tuple]:
+        """(image path, mask path or None) for every image of ``image_folder``, masks paired by stem."""
+        masks = {p.stem: p for p in self.images(mask_folder)}
+        for image in self.images(image_folder):
+            yield image, masks.get(image.stem)
+
+    def reference_pairs(self) -> list:
+        self.require("reference_image", "reference_mask")
+        pairs = list(self.pairs(self.reference_image, self.reference_mask))
+        lonely = [str(image) for image, mask in pairs if mask is None]
+        if lonely:
+            raise UsageError(f"reference image(s) {lonely} have no mask with the same stem in '{self.reference_mask}'")
+        return pairs
+
+    def feature_cache(self, extractor_key: str, split: str, stem: str) -> Path:
+        """Cached patch features (rows, cols, D) fp16 of image ``stem`` in ``split`` (reference/target/train)."""
+        return self.cache / "features" / extractor_key / split / f"{stem}.npy"
+
+    def prompt_folder(self, name: str) -> Path:
+        return self.root / name
