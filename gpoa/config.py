@@ -80,6 +80,80 @@ class SegmentationConfig:
 
 
 @dataclass
+class GraphConfig:
+    """The dual-space graph over candidate prompt patches of one target."""
+
+    # next-best-matching patches added as inactive candidates besides the initial prompts, so the
+    # agent can add real candidates (ranked by fg-minus-bg similarity, resp. bg-minus-fg)
+    extra_positive: int = 8
+    extra_negative: int = 8
+
+
+@dataclass
+class EnvConfig:
+    """The prompt-editing environment."""
+
+    # "segmentation": change in Dice against the training mask (segmenter in the loop);
+    # "graph": label-free change of the graph score (weights below)
+    reward: str = "segmentation"
+    # start state of an episode: "initial" (the prompt file), "ideal" (sampled from the mask), "empty"
+    start: str = "initial"
+    episode_length: int = 24
+    # bounds on active prompts; toggles that would leave them are masked out
+    min_positive: int = 1
+    max_positive: int = 40
+    min_negative: int = 0
+    max_negative: int = 40
+    # observation padding: graphs with more nodes are rejected with a clear error
+    max_nodes: int = 512
+    # graph reward weights: positive feature compactness, positive-negative feature separation,
+    # positive spatial spread, negative spatial spread, positive-to-nearest-negative distance
+    graph_weights: list = field(default_factory=lambda: [5.0, 5.0, 1.0, 1.0, 1.0])
+
+
+@dataclass
+class DQNConfig:
+    """Double DQN hyperparameters (defaults from the attack-for-defense paper where it gives them)."""
+
+    learning_rate: float = 1e-4
+    batch_size: int = 128
+    buffer_size: int = 50000
+    gamma: float = 0.9
+    target_update: int = 100
+    epsilon_start: float = 1.0
+    epsilon_end: float = 0.1
+    # share of total_steps over which epsilon decays linearly
+    epsilon_fraction: float = 0.5
+    learning_starts: int = 256
+    train_frequency: int = 1
+    hidden: int = 128
+    total_steps: int = 20000
+    max_grad_norm: float = 10.0
+
+
+@dataclass
+class TrainConfig:
+    """train_GPOA.py: which run, where the episodes come from, how often to evaluate."""
+
+    # run name: checkpoints/<run>/; empty means a time stamp
+    run: str = ""
+    checkpoints: str = "checkpoints"
+    # share of training images held out for the periodic greedy evaluation
+    eval_fraction: float = 0.2
+    eval_every: int = 2000
+    # environments stepped together (their decodes are batched per image)
+    parallel_envs: int = 8
+
+
+@dataclass
+class OptimizeConfig:
+    """test_GPOA.py: which policy to run."""
+
+    # policy checkpoint; empty means the best checkpoint of the most recent run under train.checkpoints
+    policy: str = ""
+
+
+@dataclass
 class Config:
     # dataset folder in the layout of data/README.md
     data: str = "data/demo/membrane"
@@ -92,6 +166,11 @@ class Config:
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    dqn: DQNConfig = field(default_factory=DQNConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
 
 
 def _field_types(cls) -> dict:
@@ -107,7 +186,12 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             return None
         return _coerce(key, value, args[0])
     if kind is list or origin is list:
-        if isinstance(value, str):
+        if isinstance(value, str) and value.strip().startswith("["):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise UsageError(f"config key '{key}' expects a list like [a, b] or a,b, got {value!r}") from None
+        elif isinstance(value, str):
             value = [v for v in value.split(",") if v]
         if not isinstance(value, list):
             raise UsageError(f"config key '{key}' expects a list, got {value!r}")
@@ -161,17 +245,13 @@ def _apply(obj: Any, values: dict, prefix: str = "") -> None:
             setattr(obj, key, _coerce(full, value, types[key]))
 
 
-def _parse_set(item: str) -> tuple[list[str], Any]:
+def _parse_set(item: str) -> tuple[list[str], str]:
+    """``key.sub=value`` → (["key", "sub"], "value"); the value stays a string, typed by :func:`_coerce`
+    (parsing it as YAML here would turn the string settings ``run=010`` into ``'8'`` and ``run=yes`` into an error)."""
     if "=" not in item:
         raise UsageError(f"--set expects key=value (e.g. --set segmenter.backend=sam), got '{item}'")
     key, raw = item.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
-        value = raw
-    if isinstance(value, (dict,)):
-        value = raw
-    return key.strip().split("."), value
+    return key.strip().split("."), raw
 
 
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[list] = None) -> Config:

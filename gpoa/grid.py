@@ -10,9 +10,11 @@ so non-square originals are handled exactly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Union
 
+import cv2
 import numpy as np
 
 from gpoa.errors import UsageError
@@ -28,12 +30,12 @@ class PatchGrid:
     working_size: Size  # (width, height) of the working image in pixels
 
     @classmethod
-    def square(cls, working_size: int, patch_size: int) -> "PatchGrid":
+    def square(cls, working_size: int, patch_size: int) -> PatchGrid:
         """The grid of a ``working_size x working_size`` working image."""
         return cls.for_working_size((working_size, working_size), patch_size)
 
     @classmethod
-    def for_working_size(cls, working_size: Sequence[int], patch_size: int) -> "PatchGrid":
+    def for_working_size(cls, working_size: Sequence[int], patch_size: int) -> PatchGrid:
         width, height = int(working_size[0]), int(working_size[1])
         if patch_size <= 0 or width % patch_size or height % patch_size:
             raise UsageError(
@@ -49,7 +51,7 @@ class PatchGrid:
                 "working_size": [int(self.working_size[0]), int(self.working_size[1])]}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PatchGrid":
+    def from_dict(cls, data: dict) -> PatchGrid:
         grid = cls.for_working_size(data["working_size"], int(data["patch_size"]))
         if (grid.rows, grid.cols) != (int(data["rows"]), int(data["cols"])):
             raise ValueError(f"grid rows/cols {data['rows']}x{data['cols']} do not match working size "
@@ -110,6 +112,36 @@ class PatchGrid:
         """(N, 2) original-image (x, y) pixels → patch indices."""
         return self.working_xy_to_index(self.original_to_working(xy, original_size))
 
+    def resize_to_working(self, image: np.ndarray) -> np.ndarray:
+        """uint8 image (H, W, 3), (H, W, 1) or (H, W) of any size → uint8 RGB (height, width, 3) of the
+        grid's working size.
+
+        Area averaging along an axis that shrinks, bicubic interpolation along one that grows (the two
+        axes are resized separately when one shrinks and the other grows).
+        """
+        image = np.asarray(image)
+        if image.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 image, got dtype {image.dtype}")
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+            raise ValueError(f"expected an RGB image of shape (H, W, 3), got {image.shape}")
+        image = np.ascontiguousarray(image)
+        width, height = self.working_size
+        in_height, in_width = image.shape[:2]
+        if (in_width, in_height) == (width, height):
+            return image
+        if in_width >= width and in_height >= height:
+            return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+        if in_width <= width and in_height <= height:
+            return cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC)
+        x_interp = cv2.INTER_AREA if in_width > width else cv2.INTER_CUBIC
+        y_interp = cv2.INTER_AREA if in_height > height else cv2.INTER_CUBIC
+        image = cv2.resize(image, (width, in_height), interpolation=x_interp)
+        return cv2.resize(image, (width, height), interpolation=y_interp)
+
     # ----- masks ----------------------------------------------------------------------------
     def mask_fraction(self, mask: np.ndarray) -> np.ndarray:
         """Share of foreground pixels in each patch, (rows, cols) in [0, 1], for a mask of any size.
@@ -118,12 +150,20 @@ class PatchGrid:
         before the patches are averaged, so a patch's fraction is the share of its footprint in the
         original image that is foreground.
         """
-        import cv2
 
         mask = np.asarray(mask, dtype=np.float32)
         width, height = self.working_size
         working = cv2.resize(mask, (width, height), interpolation=cv2.INTER_AREA)
         return working.reshape(self.rows, self.patch_size, self.cols, self.patch_size).mean(axis=(1, 3))
+
+    def patch_centre_pixels(self, index, original_size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Patch indices (N,) → (row (N,), col (N,)) int64 of the original-image pixel under each
+        patch centre, so that ``mask[row, col]`` reads an original-size mask (H, W) there."""
+        width, height = int(original_size[0]), int(original_size[1])
+        xy = self.index_to_original_xy(index, (width, height))
+        col = np.clip(xy[:, 0].astype(np.int64), 0, width - 1)
+        row = np.clip(xy[:, 1].astype(np.int64), 0, height - 1)
+        return row, col
 
     def normalised_distance(self, a, b) -> np.ndarray:
         """Physical distance between patch centres, divided by the working-image diagonal: (len(a), len(b))."""

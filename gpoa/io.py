@@ -25,8 +25,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -98,6 +99,11 @@ def _open(path: Path) -> np.ndarray:
         raise InputError(path, "file does not exist")
     try:
         with Image.open(path) as im:
+            # Pillow reads 16-bit colour (PNG, TIFF) as 8-bit RGB by keeping the high byte; read those with OpenCV
+            rawmode = im.tile[0].args if im.tile else ""
+            rawmode = rawmode[0] if isinstance(rawmode, tuple) else str(rawmode)
+            if im.mode in ("RGB", "RGBA") and ";16" in rawmode:
+                return _read_16bit_colour(path), im.mode
             im.load()
             mode = im.mode
             if mode == "P":
@@ -110,11 +116,23 @@ def _open(path: Path) -> np.ndarray:
             try:
                 import tifffile
 
-                return np.asarray(tifffile.imread(path)), "tiff"
+                array = np.asarray(tifffile.imread(path))
+                if array.size:  # a corrupt file can come back as an empty array
+                    return array, "tiff"
             except Exception:  # noqa: BLE001 - any tifffile failure means the file is unreadable
                 pass
         raise InputError(path, f"cannot be read as an image ({exc.__class__.__name__}: {exc})",
                          "re-export it as PNG, JPEG, TIFF or BMP") from None
+
+
+def _read_16bit_colour(path: Path) -> np.ndarray:
+    """uint16 RGB(A) (H, W, 3|4) of a 16-bit colour PNG or TIFF."""
+    import cv2
+
+    array = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None or array.ndim != 3:
+        raise ValueError("OpenCV cannot decode this 16-bit colour image")
+    return cv2.cvtColor(array, cv2.COLOR_BGR2RGB if array.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
@@ -122,7 +140,7 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
         return array
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
-    if array.dtype == np.uint16:
+    if array.dtype.kind == "u" and array.dtype.itemsize == 2:  # any byte order (TIFF 'I;16B')
         return (array.astype(np.float64) / 257.0).round().astype(np.uint8)
     values = array.astype(np.float64)
     low, high = float(np.nanmin(values)), float(np.nanmax(values))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -27,7 +26,7 @@ class PointPrompts:
         object.__setattr__(self, "labels", labels)
 
     @classmethod
-    def from_xy(cls, positive_xy, negative_xy) -> "PointPrompts":
+    def from_xy(cls, positive_xy, negative_xy) -> PointPrompts:
         positive_xy = np.asarray(positive_xy, dtype=np.float64).reshape(-1, 2)
         negative_xy = np.asarray(negative_xy, dtype=np.float64).reshape(-1, 2)
         return cls(np.concatenate([positive_xy, negative_xy]),

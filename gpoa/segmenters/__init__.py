@@ -8,7 +8,8 @@ embedded default: superpixel region graph + random-walker propagation, no downlo
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 

@@ -1,0 +1,40 @@
+# Two commands: `make demo` (the whole pipeline on a synthetic dataset) and `make test`.
+# Both create .venv and install requirements on first use; later runs skip installation.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DEMO   := data/demo
+FAMILIES := membrane objects
+CONFIG := configs/demo.yaml
+
+.PHONY: setup demo test lint bench clean-demo
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	test -f $(DEMO)/membrane/dataset.json || $(PY) -m gpoa.demo_data --out $(DEMO) --seed 0
+	set -e; for family in $(FAMILIES); do \
+	  $(PY) Generate_initial_prompts.py --config $(CONFIG) --data $(DEMO)/$$family; \
+	  $(PY) main_seg.py --config $(CONFIG) --data $(DEMO)/$$family; \
+	done
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check gpoa tests benchmarks *.py
+
+bench: setup
+	$(PY) benchmarks/bench_features.py
+	$(PY) benchmarks/bench_decode.py
+
+clean-demo:
+	rm -rf $(DEMO)

@@ -1,0 +1,211 @@
+"""The embedded default segmenter: SLIC superpixels, a region adjacency graph and random-walker
+label propagation, behind SAM's two-phase contract (no download, CPU only).
+
+``embed`` cuts the image into superpixels and weights the edges between touching regions by how
+alike they look (mean Lab colour and local texture). ``decode`` seeds the regions under the point
+prompts (positive = 1, negative = 0) and solves the random-walker system for every other region's
+foreground probability, with a weak pull of every region towards a virtual background node so
+the system is well posed even with positive prompts only. The mask is every region with
+probability > 0.5. Like SAM, it rewards prompts on the object and is hurt by a positive prompt on
+the background, which floods the background regions that look like it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.linalg import splu
+from skimage.segmentation import slic
+
+from gpoa.config import SegmenterConfig
+from gpoa.errors import UsageError
+from gpoa.prompts import PointPrompts
+
+#: images whose long side exceeds this are segmented into superpixels on a downscaled copy
+MAX_SUPERPIXEL_SIDE = 640
+#: Gaussian pre-smoothing (pixels) before SLIC; without it pixel noise shatters the superpixels
+SLIC_SIGMA = 1.0
+#: side of the box window (pixels of the segmented image) of the local-std texture statistic
+TEXTURE_WINDOW = 5
+
+
+@dataclass(frozen=True)
+class ClassicalEmbedding:
+    """What ``decode`` needs about one image.
+
+    ``labels`` (H, W) int32: superpixel index of every original-image pixel, 0..n_regions-1.
+    ``system`` (n_regions, n_regions) CSR float64: graph Laplacian of the region graph plus
+    ``background_prior`` on the diagonal (the edge of every region to the virtual background node).
+    ``affinity`` (n_regions, n_regions) CSR float64: the region graph's edge weights in (0, 1].
+    """
+
+    labels: np.ndarray
+    system: sp.csr_matrix
+    affinity: sp.csr_matrix
+
+    @property
+    def n_regions(self) -> int:
+        return self.system.shape[0]
+
+    @property
+    def image_shape(self) -> tuple:
+        """(H, W) of the original image."""
+        return self.labels.shape
+
+
+class ClassicalSegmenter:
+    """Superpixel random-walker segmenter with SAM's contract (see the module docstring).
+
+    Settings from :class:`~gpoa.config.SegmenterConfig`: ``n_segments`` and ``compactness`` (SLIC),
+    ``beta`` (edge sharpness: weight ``exp(-beta * d^2)`` for a normalised descriptor distance
+    ``d``) and ``background_prior`` (> 0, the pull of every region towards background).
+    """
+
+    def __init__(self, cfg: SegmenterConfig):
+        if cfg.n_segments < 2:
+            raise UsageError(f"segmenter.n_segments must be at least 2, got {cfg.n_segments}")
+        if cfg.compactness <= 0:
+            raise UsageError(f"segmenter.compactness must be positive, got {cfg.compactness}")
+        if cfg.beta < 0:
+            raise UsageError(f"segmenter.beta must be zero or positive, got {cfg.beta}")
+        if cfg.background_prior <= 0:
+            raise UsageError(f"segmenter.background_prior must be positive (it keeps regions no prompt "
+                             f"reaches well defined), got {cfg.background_prior}")
+        self.cfg = cfg
+
+    # ----- embed ------------------------------------------------------------------------------
+    def embed(self, image: np.ndarray) -> ClassicalEmbedding:
+        """uint8 RGB image (H, W, 3) → superpixels and the region graph (a few hundred ms at 560x560)."""
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {image.dtype} {image.shape}")
+        height, width = image.shape[:2]
+        scale = min(1.0, MAX_SUPERPIXEL_SIDE / max(height, width))
+        if scale < 1.0:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            work = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        else:
+            work = image
+
+        # slic stretches the image to [0, 1] and converts it to Lab itself
+        labels = slic(work, n_segments=self.cfg.n_segments, compactness=self.cfg.compactness,
+                      sigma=SLIC_SIGMA, convert2lab=True, channel_axis=-1, start_label=0).astype(np.int32)
+        labels, n_regions = _consecutive(labels)
+
+        lab = cv2.cvtColor(work.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+        lightness = lab[..., 0]
+        mean = cv2.blur(lightness, (TEXTURE_WINDOW, TEXTURE_WINDOW))
+        mean_sq = cv2.blur(lightness * lightness, (TEXTURE_WINDOW, TEXTURE_WINDOW))
+        texture = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
+        flat = labels.ravel()
+        area = np.bincount(flat, minlength=n_regions).astype(np.float64)
+        colour = np.stack([np.bincount(flat, lab[..., c].ravel(), n_regions) for c in range(3)], 1) / area[:, None]
+        region_texture = np.bincount(flat, texture.ravel(), n_regions) / area
+
+        rows, cols = _adjacent_pairs(labels, n_regions)
+        # Each descriptor difference is normalised by the descriptor's spread over the image's
+        # pixels (colour: total Lab variance, isotropic; texture: its variance); d^2 averages the two.
+        colour_spread = max(float(lab.reshape(-1, 3).var(axis=0).sum()), 1e-6)
+        texture_spread = max(float(texture.var()), 1e-6)
+        d2 = 0.5 * (((colour[rows] - colour[cols]) ** 2).sum(1) / colour_spread
+                    + (region_texture[rows] - region_texture[cols]) ** 2 / texture_spread)
+        weight = np.exp(-self.cfg.beta * d2)
+        affinity = sp.coo_matrix((np.concatenate([weight, weight]),
+                                  (np.concatenate([rows, cols]), np.concatenate([cols, rows]))),
+                                 shape=(n_regions, n_regions)).tocsr()
+        degree = np.asarray(affinity.sum(axis=1)).ravel()
+        system = (sp.diags(degree + self.cfg.background_prior) - affinity).tocsr()
+
+        if scale < 1.0:
+            # nearest-neighbour upsampling of the label map to the original size
+            src_rows = np.minimum(((np.arange(height) + 0.5) * labels.shape[0] / height).astype(np.int64),
+                                  labels.shape[0] - 1)
+            src_cols = np.minimum(((np.arange(width) + 0.5) * labels.shape[1] / width).astype(np.int64),
+                                  labels.shape[1] - 1)
+            labels = labels[src_rows[:, None], src_cols[None, :]]
+        return ClassicalEmbedding(labels=np.ascontiguousarray(labels), system=system, affinity=affinity)
+
+    # ----- decode -----------------------------------------------------------------------------
+    def decode(self, embedding: ClassicalEmbedding,
+               prompt_sets: Sequence[PointPrompts]) -> tuple[np.ndarray, np.ndarray]:
+        """One mask per prompt set: (masks bool (B, H, W) at the original size, scores float32 (B,)).
+
+        The score is the mean certainty ``|2p - 1|`` of the mask's regions (0 for an empty mask).
+        """
+        height, width = embedding.image_shape
+        masks = np.zeros((len(prompt_sets), height, width), dtype=bool)
+        scores = np.zeros(len(prompt_sets), dtype=np.float32)
+        for b, prompts in enumerate(prompt_sets):
+            probability = self.region_probability(embedding, prompts)
+            foreground = probability > 0.5
+            if foreground.any():
+                masks[b] = foreground[embedding.labels]
+                scores[b] = float(np.abs(2.0 * probability[foreground] - 1.0).mean())
+        return masks, scores
+
+    def region_probability(self, embedding: ClassicalEmbedding, prompts: PointPrompts) -> np.ndarray:
+        """Foreground probability of every region (n_regions,) float64 in [0, 1] for one prompt set.
+
+        Each point seeds the region under it. A region under several points takes the majority
+        label; a tie goes to the label of the point that comes last in ``prompts``. With no
+        positive seed every probability is 0.
+        """
+        seeds, seed_value = self._seed_regions(embedding, prompts)
+        probability = np.zeros(embedding.n_regions)
+        if not np.any(seed_value == 1.0):
+            return probability
+        probability[seeds] = seed_value
+        free = np.ones(embedding.n_regions, dtype=bool)
+        free[seeds] = False
+        if not free.any():
+            return probability
+        free_index = np.flatnonzero(free)
+        # (L + prior I)_FF x_F = W_FS x_S: only positive seeds (value 1) contribute to the right side.
+        positive = seeds[seed_value == 1.0]
+        rhs = np.asarray(embedding.affinity[free_index][:, positive].sum(axis=1)).ravel()
+        system = embedding.system[free_index][:, free_index].tocsc()
+        # the system is symmetric positive definite: a symmetric ordering factorises it fastest
+        factor = splu(system, permc_spec="MMD_AT_PLUS_A", options={"SymmetricMode": True})
+        probability[free_index] = np.clip(factor.solve(rhs), 0.0, 1.0)
+        return probability
+
+    @staticmethod
+    def _seed_regions(embedding: ClassicalEmbedding, prompts: PointPrompts) -> tuple[np.ndarray, np.ndarray]:
+        """Seeded region indices (S,) int64 and their values (S,) float64, 1 = object, 0 = background."""
+        if len(prompts) == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        height, width = embedding.image_shape
+        x = np.clip(np.floor(prompts.points[:, 0]), 0, width - 1).astype(np.int64)
+        y = np.clip(np.floor(prompts.points[:, 1]), 0, height - 1).astype(np.int64)
+        region = embedding.labels[y, x].astype(np.int64)
+        positive = prompts.labels == 1
+        seeds, inverse = np.unique(region, return_inverse=True)
+        votes = np.bincount(inverse, np.where(positive, 1.0, -1.0), len(seeds))
+        # the last point of each seeded region breaks ties: unique on the reversed order finds it
+        _, last_reversed = np.unique(inverse[::-1], return_index=True)
+        last_positive = positive[len(region) - 1 - last_reversed]
+        value = np.where(votes > 0, 1.0, np.where(votes < 0, 0.0, last_positive.astype(np.float64)))
+        return seeds, value
+
+
+def _consecutive(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Relabel (H, W) int labels to 0..n-1 without gaps; returns (labels, n)."""
+    present = np.bincount(labels.ravel()) > 0
+    if present.all():
+        return labels, len(present)
+    lookup = (np.cumsum(present) - 1).astype(np.int32)
+    return lookup[labels], int(present.sum())
+
+
+def _adjacent_pairs(labels: np.ndarray, n_regions: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unique unordered pairs (i < j) of regions that touch horizontally or vertically: (rows (E,), cols (E,))."""
+    a = np.concatenate([labels[:, :-1].ravel(), labels[:-1, :].ravel()]).astype(np.int64)
+    b = np.concatenate([labels[:, 1:].ravel(), labels[1:, :].ravel()]).astype(np.int64)
+    differ = a != b
+    low, high = np.minimum(a[differ], b[differ]), np.maximum(a[differ], b[differ])
+    keys = np.unique(low * n_regions + high)
+    return keys // n_regions, keys % n_regions

@@ -1,0 +1,125 @@
+"""What every stage shares: the run report, seeding, the patch-feature store and the reference."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from gpoa.config import Config
+from gpoa.errors import InputError, UsageError
+from gpoa.features import FeatureExtractor, build_feature_extractor, feature_cache_key
+from gpoa.grid import PatchGrid
+from gpoa.io import DatasetLayout, image_size, load_array, read_image, read_mask, save_array
+from gpoa.matching import ReferenceFeatures, build_reference
+
+
+@dataclass
+class StageReport:
+    """Outcome of one stage over a batch of images: exit code 0 when nothing failed, else 1."""
+
+    stage: str
+    done: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # (name, reason): kept from an earlier run
+    failed: list = field(default_factory=list)  # (name, message)
+
+    def fail(self, name: str, message: str) -> None:
+        self.failed.append((name, message))
+        print(f"[{self.stage}] FAILED {name}: {message}", file=sys.stderr)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def summary(self) -> str:
+        lines = [f"[{self.stage}] {len(self.done)} done, {len(self.skipped)} kept from an earlier run, "
+                 f"{len(self.failed)} failed"]
+        lines += [f"  failed: {name}: {message}" for name, message in self.failed]
+        return "\n".join(lines)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds legacy global-RNG users too
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+
+
+def stable_seed(*parts) -> int:
+    """A 32-bit seed derived from ``parts`` (e.g. the run seed and an image stem), stable across runs."""
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def working_grid(cfg: Config) -> PatchGrid:
+    return PatchGrid.square(cfg.features.working_size, cfg.features.patch_size)
+
+
+class FeatureStore:
+    """Patch features (rows, cols, D) of dataset images, cached as fp16 under ``DATASET/cache``.
+
+    The extractor (and its checkpoint) is loaded only when an image is not cached yet.
+    """
+
+    def __init__(self, cfg: Config, layout: DatasetLayout, device: str = "cpu"):
+        self.cfg, self.layout, self.device = cfg, layout, device
+        self.key = feature_cache_key(cfg.features)
+        self.grid = working_grid(cfg)
+        self._extractor: Optional[FeatureExtractor] = None
+
+    @property
+    def extractor(self) -> FeatureExtractor:
+        if self._extractor is None:
+            self._extractor = build_feature_extractor(self.cfg, device=self.device)
+        return self._extractor
+
+    def path(self, split: str, stem: str) -> Path:
+        return self.layout.feature_cache(self.key, split, stem)
+
+    def features(self, split: str, image_path: Path, image: Optional[np.ndarray] = None) -> np.ndarray:
+        """Features of ``image_path`` (read unless ``image`` is given); computed once, then cached."""
+        path = self.path(split, Path(image_path).stem)
+        if path.is_file() and not self.cfg.overwrite:
+            try:
+                cached = load_array(path)
+                if cached.shape[:2] == (self.grid.rows, self.grid.cols):
+                    return cached.astype(np.float32)
+            except (OSError, ValueError):
+                pass  # unreadable cache entry (e.g. an interrupted write by another tool): recompute
+        if image is None:
+            image = read_image(image_path)
+        features = np.asarray(self.extractor.extract(image), dtype=np.float32)
+        save_array(path, features.astype(np.float16))
+        return features
+
+
+def load_reference(cfg: Config, layout: DatasetLayout, store: FeatureStore) -> ReferenceFeatures:
+    """Features and foreground/background patch labels of every reference pair (k-shot: all of them).
+
+    A bad reference pair stops the stage (nothing can be matched without it): UsageError.
+    """
+    grids, fractions = [], []
+    for image_path, mask_path in layout.reference_pairs():
+        try:
+            image = read_image(image_path)
+            mask = read_mask(mask_path, expected_size=image_size(image))
+        except InputError as exc:
+            raise UsageError(f"reference pair unusable: {exc}") from None
+        if not mask.any():
+            raise UsageError(f"reference mask '{mask_path}' has no foreground pixels; the reference must contain "
+                             "the object (foreground = nonzero pixels)")
+        grids.append(store.features("reference", image_path, image))
+        fractions.append(store.grid.mask_fraction(mask))
+    try:
+        return build_reference(grids, fractions, cfg.matching.foreground_fraction)
+    except ValueError as exc:
+        raise UsageError(f"reference in '{layout.reference_mask}': {exc}") from None

@@ -1,0 +1,74 @@
+"""Pictures people open: prompt overlays, mask overlays and reward curves (RGB uint8 arrays / PNG files)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+POSITIVE_COLOUR = (40, 220, 60)
+NEGATIVE_COLOUR = (235, 40, 40)
+MASK_COLOUR = np.array([30, 144, 255], dtype=np.float32)
+
+
+def _radius(image: np.ndarray) -> int:
+    return max(3, int(round(min(image.shape[:2]) / 90)))
+
+
+def draw_points(image: np.ndarray, positive_xy: np.ndarray, negative_xy: np.ndarray) -> np.ndarray:
+    """Copy of ``image`` (H, W, 3) with positive points as green and negative points as red dots.
+
+    Points are (N, 2) (x, y) pixels of that image.
+    """
+    canvas = np.ascontiguousarray(image.copy())
+    radius = _radius(canvas)
+    for xy, colour in ((negative_xy, NEGATIVE_COLOUR), (positive_xy, POSITIVE_COLOUR)):
+        for x, y in np.asarray(xy).reshape(-1, 2):
+            centre = (int(round(x)), int(round(y)))
+            cv2.circle(canvas, centre, radius + 1, (255, 255, 255), -1, lineType=cv2.LINE_AA)
+            cv2.circle(canvas, centre, radius, colour, -1, lineType=cv2.LINE_AA)
+    return canvas
+
+
+def overlay_mask(image: np.ndarray, mask: np.ndarray, positive_xy: Optional[np.ndarray] = None,
+                 negative_xy: Optional[np.ndarray] = None, alpha: float = 0.45) -> np.ndarray:
+    """``image`` (H, W, 3) with ``mask`` (H, W) tinted and outlined, and the prompts on top."""
+    mask = np.asarray(mask, dtype=bool)
+    canvas = image.astype(np.float32)
+    canvas[mask] = (1 - alpha) * canvas[mask] + alpha * MASK_COLOUR
+    canvas = np.ascontiguousarray(canvas.round().astype(np.uint8))
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(canvas, contours, -1, (255, 255, 0), 1, lineType=cv2.LINE_AA)
+    if positive_xy is not None or negative_xy is not None:
+        empty = np.zeros((0, 2))
+        canvas = draw_points(canvas, empty if positive_xy is None else positive_xy,
+                             empty if negative_xy is None else negative_xy)
+    return canvas
+
+
+def plot_curves(path: Path, steps: Sequence[float], series: dict, title: str, xlabel: str = "environment step") -> None:
+    """Line plot of ``series`` (name → values aligned with ``steps``) saved as a PNG (atomically)."""
+    import io as _io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gpoa.io import atomic_write_bytes
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for name, values in series.items():
+        ax.plot(steps[: len(values)], values, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buffer = _io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
