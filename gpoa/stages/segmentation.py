@@ -111,7 +111,7 @@ def segment_and_evaluate(cfg: Config, device: str = "cpu") -> tuple:
     save_config(cfg, out / "config.yaml")
     order = [name for name, _ in folders] + ([IDEAL] if has_truth else [])
 
-    segmenter = None
+    segmenter = build_segmenter(cfg, device=device)
     report = StageReport("segmentation")
     rows = []
     for image_path in tqdm(layout.images(layout.target_image), desc="segmentation", unit="image"):
@@ -162,8 +162,6 @@ def segment_and_evaluate(cfg: Config, device: str = "cpu") -> tuple:
                     pass  # damaged output: decode again
             to_decode.append(name)
         if to_decode:
-            if segmenter is None:
-                segmenter = build_segmenter(cfg, device=device)
             embedding = segmenter.embed(image)
             decoded, _ = segmenter.decode(embedding, [prompt_sets[n][0].point_prompts() for n in to_decode])
             for name, mask in zip(to_decode, decoded):
