@@ -43,6 +43,11 @@ class SegmenterConfig:
     # which of SAM's masks to keep: "single" (one-mask output), "best" (highest predicted IoU of
     # the three), or "0", "1", "2" (a fixed multimask index)
     multimask: str = "single"
+    # sam backend: "exact" decodes prompt sets of equal size together (one mask-decoder call per
+    # distinct size; each mask equals SamPredictor.predict of its set alone); "pad" makes one call
+    # for all sets, padding shorter ones with SAM's "not a point" label -1. SAM attends to the pad
+    # tokens, so a padded set's mask can differ slightly from its unpadded mask.
+    sam_batching: str = "exact"
     # classical backend: superpixels per image, and the edge sharpness of the region graph
     n_segments: int = 900
     compactness: float = 12.0
@@ -87,6 +92,9 @@ class GraphConfig:
     # agent can add real candidates (ranked by fg-minus-bg similarity, resp. bg-minus-fg)
     extra_positive: int = 8
     extra_negative: int = 8
+    # draw the negative candidates from patches within this many patches of an initial positive
+    # (where a negative delimits the object); 0 draws them from the whole image
+    negative_ring: float = 0.0
 
 
 @dataclass
@@ -143,6 +151,8 @@ class TrainConfig:
     eval_every: int = 2000
     # environments stepped together (their decodes are batched per image)
     parallel_envs: int = 8
+    # continue the run's last checkpoint (train.run, or the most recent run) instead of starting anew
+    resume: bool = False
 
 
 @dataclass

@@ -169,4 +169,12 @@ class PatchGrid:
         """Physical distance between patch centres, divided by the working-image diagonal: (len(a), len(b))."""
         pa, pb = self.index_to_working_xy(a), self.index_to_working_xy(b)
         diagonal = float(np.hypot(*self.working_size))
-        return np.sqrt(((pa[:, None, :] - pb[None, :, :]) ** 2).sum(-1)) / diagonal
+        # in place on two (len(a), len(b)) arrays: ~10x faster than reducing an (.., .., 2) one
+        distance = np.subtract.outer(pa[:, 0], pb[:, 0])
+        dy = np.subtract.outer(pa[:, 1], pb[:, 1])
+        distance *= distance
+        dy *= dy
+        distance += dy
+        np.sqrt(distance, out=distance)
+        distance /= diagonal
+        return distance

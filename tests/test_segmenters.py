@@ -307,3 +307,40 @@ def test_sam_unknown_multimask_mode(tiny_sam):
     path, _ = tiny_sam
     with pytest.raises(UsageError, match="multimask"):
         SamSegmenter(sam_config(path, multimask="all"))
+
+
+def test_sam_pad_batching_is_one_decoder_call_with_ignore_labels(tiny_sam, monkeypatch):
+    from gpoa.segmenters.sam import SamSegmenter
+
+    path, _ = tiny_sam
+    image = (np.random.default_rng(0).random((90, 150, 3)) * 255).astype(np.uint8)
+    cfg = sam_config(path)
+    cfg.sam_batching = "pad"
+    segmenter = SamSegmenter(cfg)
+    embedding = segmenter.embed(image)
+    calls = []
+    original = segmenter.model.prompt_encoder.forward
+
+    def spy(points, boxes, masks):
+        calls.append((tuple(points[0].shape), points[1].clone()))
+        return original(points, boxes, masks)
+
+    monkeypatch.setattr(segmenter.model.prompt_encoder, "forward", spy)
+    masks, scores = segmenter.decode(embedding, SAM_SETS)
+    # the three non-empty sets (3, 5 and 3 points) go in one call, padded to 5 points with label -1
+    assert len(calls) == 1 and calls[0][0] == (3, 5, 2)
+    assert (calls[0][1] == -1).sum().item() == 4
+    assert masks.shape == (4, 90, 150) and not masks[1].any() and scores[1] == 0.0
+    # the longest set needs no padding: its mask is the exact one
+    exact = SamSegmenter(sam_config(path))
+    exact_masks, _ = exact.decode(exact.embed(image), [SAM_SETS[2]])
+    assert (masks[2] != exact_masks[0]).mean() <= 1e-3
+
+
+def test_sam_unknown_batching_mode(tiny_sam):
+    from gpoa.segmenters.sam import SamSegmenter
+
+    cfg = sam_config(tiny_sam[0])
+    cfg.sam_batching = "sometimes"
+    with pytest.raises(UsageError, match="sam_batching"):
+        SamSegmenter(cfg)

@@ -66,6 +66,8 @@ class SamSegmenter:
         if cfg.multimask not in MULTIMASK_CHOICES:
             raise UsageError(f"unknown segmenter.multimask '{cfg.multimask}'; use one of "
                              f"{', '.join(MULTIMASK_CHOICES)}")
+        if cfg.sam_batching not in ("exact", "pad"):
+            raise UsageError(f"unknown segmenter.sam_batching '{cfg.sam_batching}'; use 'exact' or 'pad'")
         self.device = torch.device(device)
         self.model = load_sam(cfg.model_type, cfg.checkpoint).to(self.device).eval()
         self.predictor = SamPredictor(self.model)
@@ -97,6 +99,15 @@ class SamSegmenter:
         for b, prompts in enumerate(prompt_sets):
             if len(prompts):
                 by_size.setdefault(len(prompts), []).append(b)
+        if self.cfg.sam_batching == "pad" and len(by_size) > 1:
+            # one call for every size: shorter sets are padded with SAM's "not a point" label -1
+            longest = max(by_size)
+            members = sorted(b for group in by_size.values() for b in group)
+            padded = [PointPrompts(np.concatenate([prompt_sets[b].points, np.zeros((longest - len(prompt_sets[b]), 2))]),
+                                   np.concatenate([prompt_sets[b].labels, np.full(longest - len(prompt_sets[b]), -1)]))
+                      for b in members]
+            masks[members], scores[members] = self._decode_same_size(embedding, padded)
+            return masks, scores
         for members in by_size.values():
             group_masks, group_scores = self._decode_same_size(embedding, [prompt_sets[b] for b in members])
             masks[members] = group_masks

@@ -10,13 +10,23 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from tqdm import tqdm
 
 from gpoa.config import Config
 from gpoa.errors import InputError, UsageError
 from gpoa.features import FeatureExtractor, build_feature_extractor, feature_cache_key
 from gpoa.grid import PatchGrid
-from gpoa.io import DatasetLayout, image_size, load_array, read_image, read_mask, save_array
-from gpoa.matching import ReferenceFeatures, build_reference
+from gpoa.io import (
+    DatasetLayout,
+    image_size,
+    load_array,
+    read_image,
+    read_mask,
+    read_prompt_file,
+    save_array,
+)
+from gpoa.matching import ReferenceFeatures, build_reference, match_prompts
+from gpoa.prompts import PromptSet
 
 
 @dataclass
@@ -123,3 +133,58 @@ def load_reference(cfg: Config, layout: DatasetLayout, store: FeatureStore) -> R
         return build_reference(grids, fractions, cfg.matching.foreground_fraction)
     except ValueError as exc:
         raise UsageError(f"reference in '{layout.reference_mask}': {exc}") from None
+
+
+def matched_samples(cfg: Config, layout: DatasetLayout, store: FeatureStore, reference: ReferenceFeatures,
+                    split: str, report: StageReport) -> list:
+    """Episode samples of ``<split>_image/`` + ``<split>_mask/``: prompts from matching, image and truth kept.
+
+    Bad pairs are reported on ``report`` and left out.
+    """
+    from gpoa.env import EpisodeSample
+
+    samples = []
+    image_folder, mask_folder = layout.root / f"{split}_image", layout.root / f"{split}_mask"
+    for image_path, mask_path in tqdm(list(layout.pairs(image_folder, mask_folder)), desc=f"{split} images",
+                                      unit="image"):
+        if mask_path is None:
+            report.fail(image_path.name, f"no mask with the same stem in '{mask_folder}'")
+            continue
+        try:
+            image = read_image(image_path)
+            truth = read_mask(mask_path, expected_size=image_size(image))
+            features = store.features(split, image_path, image)
+        except InputError as exc:
+            report.fail(image_path.name, str(exc))
+            continue
+        match = match_prompts(reference, features, cfg.matching)
+        prompt_set = PromptSet(image_path.name, image_size(image), store.grid, match.positive_indices,
+                               match.negative_indices, source="matching")
+        samples.append(EpisodeSample(image_path.stem, store.grid, features, prompt_set, image, truth))
+    return samples
+
+
+def prompt_file_samples(layout: DatasetLayout, store: FeatureStore, folder: Path, report: StageReport,
+                        with_images: bool) -> list:
+    """Episode samples of the target prompt files in ``folder`` (features from the cache, images if asked)."""
+    from gpoa.env import EpisodeSample
+
+    if not folder.is_dir() or not any(folder.glob("*.json")):
+        raise UsageError(f"no prompt files in '{folder}'; run Generate_initial_prompts.py first")
+    samples = []
+    for prompt_path in tqdm(sorted(folder.glob("*.json")), desc="prompt files", unit="image"):
+        try:
+            prompt_set = read_prompt_file(prompt_path, expected_grid=store.grid)
+            image_path = layout.find_by_stem(layout.target_image, prompt_path.stem)
+            if image_path is None:
+                raise InputError(prompt_path, f"has no target image '{prompt_path.stem}.*' in '{layout.target_image}'")
+            image = read_image(image_path) if with_images else None
+            if image is not None and image_size(image) != prompt_set.original_size:
+                raise InputError(prompt_path, f"was made for a {prompt_set.original_size} image but '{image_path}' "
+                                              f"is {image_size(image)}", "regenerate the prompts for this image")
+            features = store.features("target", image_path, image)
+        except InputError as exc:
+            report.fail(prompt_path.name, str(exc))
+            continue
+        samples.append(EpisodeSample(prompt_path.stem, store.grid, features, prompt_set, image, None))
+    return samples

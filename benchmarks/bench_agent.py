@@ -1,0 +1,183 @@
+#!/usr/bin/env python
+"""Agent speed: graph build, environment step, greedy optimisation of one image, decode share.
+
+Two settings are measured on one CPU thread:
+
+1. the paper's scale: 34 positives + 400 negatives (434 nodes) on a 40 x 40 grid with DINOv2-L-like
+   1024-d features, graph reward, no segmenter;
+2. the demo data (``--data``, default data/demo/membrane, generated if missing): graph reward, and
+   segmentation reward with the classical segmenter in the loop (share of step time inside decode).
+
+``build_ms`` builds the graph from the matching similarities (stage 1 computes them anyway);
+``match_ms`` is that matching (every target patch against every reference patch) on its own.
+``optimise_ms`` = build + a greedy 100-step episode (STOP masked so all 100 steps run).
+The last line is machine-readable:
+``nodes=434 build_ms=… step_ms=… optimise_ms=… decode_share=…``
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gpoa.agents.dqn import GreedyPolicy, NodeSetQNetwork
+from gpoa.config import Config, load_config
+from gpoa.env import EpisodeSample, PromptEnv, step_batch
+from gpoa.graph import build_graph
+from gpoa.grid import PatchGrid
+from gpoa.matching import build_reference, l2_normalise, reference_similarity
+from gpoa.prompts import PromptSet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def median_ms(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def synthetic_case(dim: int, seed: int = 0):
+    """A 40 x 40 grid, a reference with a foreground blob, 34 positive + 400 negative prompts."""
+    rng = np.random.default_rng(seed)
+    grid = PatchGrid.square(560, 14)
+    object_feature, background_feature = rng.normal(size=dim), rng.normal(size=dim)
+    fraction = np.zeros((40, 40))
+    fraction[12:28, 10:30] = 1.0
+    reference = l2_normalise(np.where(fraction[..., None] > 0, object_feature, background_feature)
+                             + 0.8 * rng.normal(size=(40, 40, dim)))
+    target = l2_normalise(np.where(np.roll(fraction, 5, axis=1)[..., None] > 0, object_feature, background_feature)
+                          + 0.8 * rng.normal(size=(40, 40, dim)))
+    ref = build_reference([reference], [fraction], 0.5)
+    order = rng.permutation(grid.num_patches)
+    prompt_set = PromptSet("synthetic.png", (640, 480), grid, order[:34], order[34:434], source="benchmark")
+    return grid, target.astype(np.float32), ref, prompt_set
+
+
+def greedy_steps(env: PromptEnv, policy: GreedyPolicy, steps: int) -> None:
+    """``steps`` greedy actions with STOP masked out (an episode of exactly that length)."""
+    obs, _ = env.reset(options={"sample": 0})
+    for _ in range(steps):
+        mask = env.action_masks()
+        mask[env.stop_action] = False
+        obs, _, terminated, truncated, _ = env.step(policy(obs, mask))
+        if terminated or truncated:
+            break
+
+
+def paper_scale(repeats: int) -> dict:
+    grid, target, reference, prompt_set = synthetic_case(dim=1024)
+    cfg = Config()
+    cfg.env = dataclasses.replace(cfg.env, reward="graph", episode_length=100, max_nodes=512)
+    cfg.graph = dataclasses.replace(cfg.graph, extra_positive=0, extra_negative=0)
+    _, fg, bg = reference_similarity(reference, target.reshape(-1, target.shape[-1]))
+    match_ms = median_ms(lambda: reference_similarity(reference, target.reshape(-1, target.shape[-1])), repeats)
+    build_ms = median_ms(lambda: build_graph(grid, target, prompt_set, reference, cfg.graph, (fg, bg)), repeats)
+    sample = EpisodeSample("synthetic", grid, target, prompt_set)
+    env = PromptEnv([sample], reference, cfg, seed=0)
+    assert env.graph is None or env.graph.num_nodes == 434
+    torch.manual_seed(0)
+    space = env.observation_space
+    policy = GreedyPolicy(NodeSetQNetwork(space["nodes"].shape[1], space["globals"].shape[0], cfg.dqn.hidden))
+    episode_ms = median_ms(lambda: greedy_steps(env, policy, 100), repeats)
+    optimise_ms = median_ms(lambda: (build_graph(grid, target, prompt_set, reference, cfg.graph, (fg, bg)),
+                                     greedy_steps(env, policy, 100)), repeats)
+    return {"nodes": env.graph.num_nodes, "match_ms": match_ms, "build_ms": build_ms,
+            "step_ms": episode_ms / 100, "optimise_ms": optimise_ms}
+
+
+class TimedSegmenter:
+    """Wraps a segmenter and adds up the seconds spent in ``decode``."""
+
+    def __init__(self, segmenter):
+        self.segmenter, self.decode_seconds = segmenter, 0.0
+
+    def embed(self, image):
+        return self.segmenter.embed(image)
+
+    def decode(self, embedding, prompt_sets):
+        start = time.perf_counter()
+        result = self.segmenter.decode(embedding, prompt_sets)
+        self.decode_seconds += time.perf_counter() - start
+        return result
+
+
+def demo_case(data: Path, steps: int) -> dict:
+    from gpoa.io import DatasetLayout
+    from gpoa.segmenters import build_segmenter
+    from gpoa.stages.common import FeatureStore, StageReport, load_reference, matched_samples
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml", [f"data={data}"])
+    layout = DatasetLayout(data)
+    store = FeatureStore(cfg, layout)
+    reference = load_reference(cfg, layout, store)
+    samples = matched_samples(cfg, layout, store, reference, "train", StageReport("bench"))[:4]
+    segmenter = TimedSegmenter(build_segmenter(cfg))
+    cfg.env = dataclasses.replace(cfg.env, reward="segmentation", episode_length=steps)
+    env = PromptEnv(samples, reference, cfg, segmenter=segmenter, seed=0)
+    envs = [env] + [env.spawn(seed=k) for k in range(1, 8)]
+    rng = np.random.default_rng(0)
+    for e in envs:
+        e.reset(seed=int(rng.integers(1 << 30)))
+    segmenter.decode_seconds = 0.0
+    start, transitions = time.perf_counter(), 0
+    for _ in range(steps):
+        actions = []
+        for e in envs:
+            mask = e.action_masks()
+            mask[e.stop_action] = False
+            actions.append(int(rng.choice(np.flatnonzero(mask))) if mask.any() else e.stop_action)
+        for e, (_, _, terminated, truncated, _) in zip(envs, step_batch(envs, actions)):
+            transitions += 1
+            if terminated or truncated:
+                e.reset()
+    total = time.perf_counter() - start
+    nodes = int(np.mean([e.graph.num_nodes for e in envs]))
+    graph_env = PromptEnv(samples, reference, dataclasses.replace(cfg, env=dataclasses.replace(
+        cfg.env, reward="graph", episode_length=100)), seed=0)
+    space = graph_env.observation_space
+    torch.manual_seed(0)
+    policy = GreedyPolicy(NodeSetQNetwork(space["nodes"].shape[1], space["globals"].shape[0], cfg.dqn.hidden))
+    return {"demo_nodes": nodes, "demo_seg_step_ms": 1000 * total / transitions,
+            "decode_share": segmenter.decode_seconds / total,
+            "demo_graph_step_ms": median_ms(lambda: greedy_steps(graph_env, policy, 100), 5) / 100}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT / "data" / "demo" / "membrane")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=30, help="segmentation-reward steps of 8 batched envs")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
+    if not (args.data / "train_image").is_dir():
+        from gpoa.demo_data import write_demo_dataset
+
+        write_demo_dataset(args.data.parent, seed=0, families=[args.data.name])
+    paper = paper_scale(args.repeats)
+    print(f"434-node graph, graph reward: match {paper['match_ms']:.2f} ms, build {paper['build_ms']:.2f} ms, "
+          f"step {paper['step_ms']:.3f} ms, build + greedy 100-step episode {paper['optimise_ms']:.2f} ms")
+    demo = demo_case(args.data, args.steps)
+    print(f"demo data ({demo['demo_nodes']} nodes): graph-reward step {demo['demo_graph_step_ms']:.3f} ms; "
+          f"segmentation-reward step {demo['demo_seg_step_ms']:.2f} ms per env, "
+          f"{100 * demo['decode_share']:.1f} % of it inside decode")
+    print(f"nodes={paper['nodes']} build_ms={paper['build_ms']:.2f} step_ms={paper['step_ms']:.3f} "
+          f"optimise_ms={paper['optimise_ms']:.2f} decode_share={demo['decode_share']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Stage 3: run a trained policy greedily on every initial prompt file → ``optimized_indices/``.
+
+For each ``initial_indices/<stem>.json`` the policy edits the prompt set on its dual-space graph
+(ε = 0, deterministic) and the result is written to ``optimized_indices/<stem>.json`` (``source``
+names the checkpoint) with the action trace in ``optimized_indices/traces/<stem>.json``. Two
+baselines with the optimised set's prompt counts are written beside it for stage 4 to evaluate:
+
+- ``random_subset_indices/`` — a random subset of the initial prompts (what the original code's
+  inference amounts to);
+- ``topk_indices/`` — the initial positives and negatives that match the reference best.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from tqdm import tqdm
+
+from gpoa.agents.dqn import GreedyPolicy, load_policy, run_greedy
+from gpoa.config import Config, EnvConfig, GraphConfig, save_config
+from gpoa.env import PromptEnv
+from gpoa.errors import UsageError
+from gpoa.io import DatasetLayout, atomic_write_json, write_prompt_file
+from gpoa.prompts import PromptSet
+from gpoa.segmenters import build_segmenter
+from gpoa.stages.common import FeatureStore, StageReport, load_reference, prompt_file_samples, stable_seed
+from gpoa.stages.train import resolve_policy
+
+OPTIMIZED, RANDOM_SUBSET, TOPK = "optimized_indices", "random_subset_indices", "topk_indices"
+
+
+def baselines(initial: PromptSet, optimized: PromptSet, margin: np.ndarray, rng: np.random.Generator) -> dict:
+    """The two baseline prompt sets with the optimised set's counts (capped at the initial counts).
+
+    ``margin`` (rows * cols,) is each patch's fg − bg nearest-neighbour similarity to the reference.
+    """
+    n_pos = min(len(optimized.positive_indices), len(initial.positive_indices))
+    n_neg = min(len(optimized.negative_indices), len(initial.negative_indices))
+    random_pos = np.sort(rng.choice(initial.positive_indices, size=n_pos, replace=False))
+    random_neg = np.sort(rng.choice(initial.negative_indices, size=n_neg, replace=False))
+    top_pos = initial.positive_indices[np.argsort(-margin[initial.positive_indices], kind="stable")[:n_pos]]
+    top_neg = initial.negative_indices[np.argsort(margin[initial.negative_indices], kind="stable")[:n_neg]]
+    make = lambda pos, neg, source: PromptSet(initial.image, initial.original_size, initial.grid, pos, neg, source)  # noqa: E731
+    return {RANDOM_SUBSET: make(random_pos, random_neg, "random_subset"), TOPK: make(top_pos, top_neg, "topk")}
+
+
+def optimize_prompts(cfg: Config, device: str = "cpu") -> StageReport:
+    layout = DatasetLayout(cfg.data)
+    layout.require("target_image")
+    policy_path = resolve_policy(cfg)
+    network, meta = load_policy(policy_path, device="cpu")
+    store = FeatureStore(cfg, layout, device)
+    if meta.get("grid") != store.grid.to_dict():
+        raise UsageError(f"policy '{policy_path}' was trained on grid {meta.get('grid')} but this config uses "
+                         f"{store.grid.to_dict()}; run with the features settings the policy was trained with")
+    # the observation layout and the start state are fixed by the training run: take its graph and
+    # environment settings (an "ideal" start needs ground truth, so inference starts from the prompts)
+    trained_env = meta["config"]["env"]
+    start = "initial" if trained_env["start"] == "ideal" else trained_env["start"]
+    run_cfg = dataclasses.replace(cfg, graph=GraphConfig(**meta["config"]["graph"]),
+                                  env=EnvConfig(**{**trained_env, "reward": "graph", "start": start}))
+    reference = load_reference(cfg, layout, store)
+    in_loop = bool(meta.get("segmenter_in_loop"))
+    segmenter = build_segmenter(cfg, device=device) if in_loop else None
+
+    report = StageReport("optimize")
+    samples = prompt_file_samples(layout, store, layout.initial_indices, report, with_images=in_loop)
+    out = layout.prompt_folder(OPTIMIZED)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    policy = GreedyPolicy(network)
+    source = f"gpoa-dqn:{policy_path}"
+    for sample in tqdm(samples, desc="optimize", unit="image"):
+        target = out / f"{sample.name}.json"
+        if target.is_file() and not cfg.overwrite and all(
+                (layout.prompt_folder(f) / f"{sample.name}.json").is_file() for f in (RANDOM_SUBSET, TOPK)):
+            report.skipped.append((sample.name, "exists"))
+            continue
+        try:
+            env = PromptEnv([sample], reference, run_cfg, segmenter=segmenter, seed=cfg.seed)
+        except ValueError as exc:
+            report.fail(sample.name, str(exc))
+            continue
+        actions, info, _ = run_greedy(policy, env, options={"sample": 0}, seed=cfg.seed)
+        optimized = env.prompt_set(source=source)
+        graph = env.graph
+        trace = [{"step": i, "action": "stop" if a >= graph.num_nodes else "toggle",
+                  **({} if a >= graph.num_nodes else {
+                      "node": int(a), "patch": int(graph.indices[a]),
+                      "label": "positive" if graph.category[a] else "negative"})}
+                 for i, a in enumerate(actions)]
+        write_prompt_file(target, optimized)
+        atomic_write_json(out / "traces" / f"{sample.name}.json",
+                          {"policy": str(policy_path), "actions": trace,
+                           "positives": int(info["positives"]), "negatives": int(info["negatives"])})
+        margin = np.zeros(store.grid.num_patches, dtype=np.float32)
+        margin[graph.indices] = graph.match_score
+        rng = np.random.default_rng(stable_seed(cfg.seed, "random_subset", sample.name))
+        for folder, prompt_set in baselines(sample.prompt_set, optimized, margin, rng).items():
+            write_prompt_file(layout.prompt_folder(folder) / f"{sample.name}.json", prompt_set)
+        report.done.append(sample.name)
+    return report
