@@ -23,6 +23,9 @@ demo: setup
 	test -f $(DEMO)/membrane/dataset.json || $(PY) -m gpoa.demo_data --out $(DEMO) --seed 0
 	set -e; for family in $(FAMILIES); do \
 	  $(PY) Generate_initial_prompts.py --config $(CONFIG) --data $(DEMO)/$$family; \
+	  test -f checkpoints/demo-$$family/best.pt || \
+	    $(PY) train_GPOA.py --config $(CONFIG) --data $(DEMO)/$$family --run demo-$$family --overwrite; \
+	  $(PY) test_GPOA.py --config $(CONFIG) --data $(DEMO)/$$family --policy checkpoints/demo-$$family/best.pt; \
 	  $(PY) main_seg.py --config $(CONFIG) --data $(DEMO)/$$family; \
 	done
 
@@ -35,6 +38,7 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/bench_features.py
 	$(PY) benchmarks/bench_decode.py
+	$(PY) benchmarks/bench_agent.py
 
 clean-demo:
-	rm -rf $(DEMO)
+	rm -rf $(DEMO) $(foreach family,$(FAMILIES),checkpoints/demo-$(family))

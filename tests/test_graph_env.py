@@ -446,3 +446,22 @@ def test_step_batch_matches_single_steps_and_decodes_once_per_sample():
             assert result[4] == expected[4]
             for key in result[0]:
                 np.testing.assert_array_equal(result[0][key], expected[0][key])
+
+
+def test_support_columns_count_nearby_candidates_of_each_label():
+    grid = PatchGrid.square(280, 14)  # 20 x 20 patches; support radius 0.1 * 396 px = 39.6 px
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(20, 20, 8)).astype(np.float32)
+    fraction = np.zeros((20, 20))
+    fraction[5:10, 5:10] = 1.0
+    reference = build_reference([rng.normal(size=(20, 20, 8)).astype(np.float32)], [fraction], 0.5)
+    # positives at cells (0,0), (0,2), (10,10); negatives at (1,0), (10,13). Distances: (0,0)-(0,2)
+    # 28 px, (0,0)-(1,0) 14 px, (0,2)-(1,0) 31.3 px are within the radius; (10,10)-(10,13) 42 px is not.
+    positives = grid.rc_to_index([0, 0, 10], [0, 2, 10])
+    negatives = grid.rc_to_index([1, 10], [0, 13])
+    prompt_set = PromptSet("support", (280, 280), grid, positives, negatives)
+    graph = build_graph(grid, target, prompt_set, reference, GraphConfig(extra_positive=0, extra_negative=0))
+    features = graph.node_features()
+    # node order: positives (0,0), (0,2), (10,10), then negatives (1,0), (10,13); shares exclude the node
+    np.testing.assert_allclose(features[:, NODE_FEATURES.index("positive_support")], [1 / 3, 1 / 3, 0, 2 / 3, 0])
+    np.testing.assert_allclose(features[:, NODE_FEATURES.index("negative_support")], [1 / 2, 1 / 2, 0, 0, 0])

@@ -13,6 +13,7 @@ baselines with the optimised set's prompt counts are written beside it for stage
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 from tqdm import tqdm
@@ -45,6 +46,17 @@ def baselines(initial: PromptSet, optimized: PromptSet, margin: np.ndarray, rng:
     return {RANDOM_SUBSET: make(random_pos, random_neg, "random_subset"), TOPK: make(top_pos, top_neg, "topk")}
 
 
+def _up_to_date(layout: DatasetLayout, stem: str, target, policy_path, source: str) -> bool:
+    """Whether an earlier run already optimised ``stem`` with this very policy file (resume)."""
+    outputs = [target] + [layout.prompt_folder(f) / f"{stem}.json" for f in (RANDOM_SUBSET, TOPK)]
+    if not all(p.is_file() for p in outputs) or target.stat().st_mtime < policy_path.stat().st_mtime:
+        return False
+    try:
+        return json.loads(target.read_text()).get("source") == source
+    except (OSError, ValueError):
+        return False
+
+
 def optimize_prompts(cfg: Config, device: str = "cpu") -> StageReport:
     layout = DatasetLayout(cfg.data)
     layout.require("target_image")
@@ -73,8 +85,7 @@ def optimize_prompts(cfg: Config, device: str = "cpu") -> StageReport:
     source = f"gpoa-dqn:{policy_path}"
     for sample in tqdm(samples, desc="optimize", unit="image"):
         target = out / f"{sample.name}.json"
-        if target.is_file() and not cfg.overwrite and all(
-                (layout.prompt_folder(f) / f"{sample.name}.json").is_file() for f in (RANDOM_SUBSET, TOPK)):
+        if not cfg.overwrite and _up_to_date(layout, sample.name, target, policy_path, source):
             report.skipped.append((sample.name, "exists"))
             continue
         try:

@@ -1,0 +1,135 @@
+"""train_GPOA.py → test_GPOA.py → main_seg.py end to end on a tiny demo set, and their errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DEMO_CONFIG
+
+import Generate_initial_prompts
+import main_seg
+import test_GPOA
+import train_GPOA
+
+FAST = ["dqn.total_steps=160", "dqn.learning_starts=32", "dqn.batch_size=16", "train.eval_every=80",
+        "train.parallel_envs=4", "dqn.hidden=32"]
+
+
+def sets(overrides: list) -> list:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def train(data: Path, checkpoints: Path, *extra) -> int:
+    return train_GPOA.main(["--config", str(DEMO_CONFIG), "--data", str(data), "--run", "tiny",
+                            *sets(FAST + [f"train.checkpoints={checkpoints}"]), *extra])
+
+
+def optimize(data: Path, checkpoints: Path, *extra) -> int:
+    return test_GPOA.main(["--config", str(DEMO_CONFIG), "--data", str(data),
+                           *sets([f"train.checkpoints={checkpoints}"]), *extra])
+
+
+@pytest.fixture
+def trained(demo_dataset, tmp_path):
+    assert Generate_initial_prompts.main(["--config", str(DEMO_CONFIG), "--data", str(demo_dataset)]) == 0
+    checkpoints = tmp_path / "checkpoints"
+    assert train(demo_dataset, checkpoints) == 0
+    return demo_dataset, checkpoints
+
+
+def test_train_then_optimize_then_segment(trained, capsys):
+    data, checkpoints = trained
+    run = checkpoints / "tiny"
+    for name in ("best.pt", "last.pt", "train_state.pt", "log.csv", "reward_curve.png", "config.yaml"):
+        assert (run / name).is_file(), name
+    # policies load with weights_only=True and carry their config
+    payload = torch.load(run / "best.pt", weights_only=True)
+    assert payload["extra"]["config"]["env"]["reward"] == "segmentation"
+    assert payload["extra"]["grid"] == {"rows": 40, "cols": 40, "patch_size": 14, "working_size": [560, 560]}
+    with open(run / "log.csv") as handle:
+        keys = {row["key"] for row in csv.DictReader(handle)}
+    assert {"charts/episodic_return", "charts/dice", "eval/dice"} <= keys
+
+    capsys.readouterr()
+    assert optimize(data, checkpoints) == 0
+    optimized = sorted((data / "optimized_indices").glob("*.json"))
+    assert len(optimized) == 6
+    first = json.loads(optimized[0].read_text())
+    assert str(run / "best.pt") in first["source"]
+    trace = json.loads((data / "optimized_indices" / "traces" / optimized[0].name).read_text())
+    assert trace["actions"] and trace["actions"][-1]["step"] == len(trace["actions"]) - 1
+    for baseline in ("random_subset_indices", "topk_indices"):
+        files = sorted((data / baseline).glob("*.json"))
+        assert len(files) == 6
+        data_b = json.loads(files[0].read_text())
+        assert len(data_b["positive_indices"]) <= len(first["positive_indices"])
+
+    # greedy inference is deterministic
+    before = {p.name: p.read_text() for p in optimized}
+    assert optimize(data, checkpoints, "--overwrite") == 0
+    assert before == {p.name: p.read_text() for p in (data / "optimized_indices").glob("*.json")}
+
+    assert main_seg.main(["--config", str(DEMO_CONFIG), "--data", str(data)]) == 0
+    with open(data / "results" / "summary.csv") as handle:
+        names = [row["prompt_set"] for row in csv.DictReader(handle)]
+    assert names == ["initial", "optimized", "random_subset", "topk", "ideal"]
+
+
+def test_resume_continues_the_run(trained, capsys):
+    data, checkpoints = trained
+    state = torch.load(checkpoints / "tiny" / "train_state.pt", weights_only=True)
+    assert state["agent"]["global_step"] >= 160
+    capsys.readouterr()
+    assert train(data, checkpoints, "--resume", "--set", "dqn.total_steps=240") == 0
+    assert "resuming" in capsys.readouterr().out
+    again = torch.load(checkpoints / "tiny" / "train_state.pt", weights_only=True)
+    assert again["agent"]["global_step"] >= 240
+    # starting the same run anew without --resume or --overwrite is refused
+    assert train(data, checkpoints) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_graph_reward_trains_label_free_from_prompt_files(demo_dataset, tmp_path):
+    assert Generate_initial_prompts.main(["--config", str(DEMO_CONFIG), "--data", str(demo_dataset)]) == 0
+    for folder in ("train_image", "train_mask", "target_mask"):
+        for path in (demo_dataset / folder).iterdir():
+            path.unlink()
+    checkpoints = tmp_path / "checkpoints"
+    assert train(demo_dataset, checkpoints, "--set", "env.reward=graph") == 0
+    payload = torch.load(checkpoints / "tiny" / "best.pt", weights_only=True)
+    assert payload["extra"]["reward"] == "graph" and "eval/score" in payload["extra"]
+    assert optimize(demo_dataset, checkpoints) == 0
+    assert len(list((demo_dataset / "optimized_indices").glob("*.json"))) == 6
+
+
+def test_missing_and_corrupt_policy_give_clear_errors(trained, tmp_path, capsys):
+    data, checkpoints = trained
+    missing = tmp_path / "nope.pt"
+    capsys.readouterr()
+    assert optimize(data, checkpoints, "--policy", str(missing)) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "does not exist" in err
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00not a checkpoint" * 10)
+    assert optimize(data, checkpoints, "--policy", str(corrupt)) == 2
+    err = capsys.readouterr().err
+    assert str(corrupt) in err and "cannot be read" in err
+    assert optimize(data, tmp_path / "empty_checkpoints") == 2
+    assert "train_GPOA.py" in capsys.readouterr().err
+
+
+def test_prompt_file_from_another_grid_is_reported_and_the_rest_optimised(trained, capsys):
+    data, checkpoints = trained
+    path = sorted((data / "initial_indices").glob("*.json"))[0]
+    content = json.loads(path.read_text())
+    content["grid"] = {"rows": 20, "cols": 20, "patch_size": 14, "working_size": [280, 280]}
+    path.write_text(json.dumps(content))
+    capsys.readouterr()
+    assert optimize(data, checkpoints) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and "20x20 grid" in err
+    assert len(list((data / "optimized_indices").glob("*.json"))) == 5
