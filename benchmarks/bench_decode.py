@@ -11,10 +11,9 @@ each. The classical segmenter runs on the CPU; SAM on the auto device (cuda, the
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
+from timing import time_ms
 
 from gpoa.config import SegmenterConfig, resolve_device
 from gpoa.prompts import PointPrompts
@@ -44,17 +43,6 @@ def prompt_sets(mask: np.ndarray, count: int, rng: np.random.Generator) -> list[
         sets.append(PointPrompts.from_xy(inside[rng.integers(len(inside), size=n_pos)],
                                          outside[rng.integers(len(outside), size=n - n_pos)]))
     return sets
-
-
-def time_ms(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds over ``repeats`` runs (after one warm-up run)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def bench(name: str, segmenter, image: np.ndarray, sets: list, repeats: int, sync=lambda: None) -> None:

@@ -13,11 +13,10 @@ thread; DINOv2 runs on the auto device (cuda, then mps, then cpu; ``--threads`` 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import cv2
 import numpy as np
+from timing import time_ms
 
 from gpoa.config import FeaturesConfig, resolve_device
 
@@ -31,17 +30,6 @@ def synthetic_image(width: int, height: int, rng: np.random.Generator) -> np.nda
                      axis=-1)
     blobs = (np.sin(xx / 37.0) * np.cos(yy / 23.0) > 0.6)[..., None] * np.array([60.0, -40.0, 20.0])
     return np.clip(image + blobs + rng.normal(0.0, 15.0, image.shape), 0, 255).astype(np.uint8)
-
-
-def time_ms(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds over ``repeats`` runs (after one warm-up run)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def bench(label: str, extractor, images: list, repeats: int, note: str = "cpu, 1 thread",
