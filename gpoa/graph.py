@@ -276,15 +276,22 @@ class DualSpaceGraph:
 
     def _refresh_min(self, category: int, stale: np.ndarray) -> None:
         """Recompute the minimum distance to the active nodes of ``category`` for the rows (nodes)
-        stale (2, N) in either space; both spaces of those rows are recomputed in one pass."""
-        rows = np.flatnonzero(stale.any(axis=0))
-        members = self.active & (self.category == category)
-        distance = np.where(members, self._distance[:, rows], np.inf)  # (2, R, N)
-        distance[:, np.arange(len(rows)), rows] = np.inf  # a node is not its own neighbour
-        nearest = distance.argmin(axis=2)
-        minimum = np.take_along_axis(distance, nearest[..., None], axis=2)[..., 0]
-        self._min[:, category, rows] = minimum
-        self._argmin[:, category, rows] = np.where(np.isinf(minimum), -1, nearest)
+        marked in ``stale`` (2, N), space by space, over the active members' columns only."""
+        members = np.flatnonzero(self.active & (self.category == category))
+        for space in (_FEATURE, _PHYSICAL):
+            rows = np.flatnonzero(stale[space])
+            if len(rows) == 0:
+                continue
+            block = self._distance[space][np.ix_(rows, members)]  # (R, M)
+            block[rows[:, None] == members[None, :]] = np.inf  # a node is not its own neighbour
+            if block.shape[1] == 0:
+                self._min[space, category, rows] = np.inf
+                self._argmin[space, category, rows] = -1
+                continue
+            nearest = block.argmin(axis=1)
+            minimum = block[np.arange(len(rows)), nearest]
+            self._min[space, category, rows] = minimum
+            self._argmin[space, category, rows] = np.where(np.isinf(minimum), -1, members[nearest])
 
     # ----- what the agent observes -------------------------------------------------------------
     def node_features(self, inside_mask: Optional[np.ndarray] = None) -> np.ndarray:
