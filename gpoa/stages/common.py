@@ -104,7 +104,8 @@ class FeatureStore:
                 if cached.shape[:2] == (self.grid.rows, self.grid.cols):
                     return cached.astype(np.float32)
             except (OSError, ValueError):
-                pass  # unreadable cache entry (e.g. an interrupted write by another tool): recompute
+                # an unreadable cache entry (e.g. a write interrupted by another tool) is recomputed
+                pass
         if image is None:
             image = read_image(image_path)
         features = np.asarray(self.extractor.extract(image), dtype=np.float32)

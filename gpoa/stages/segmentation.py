@@ -159,7 +159,8 @@ def segment_and_evaluate(cfg: Config, device: str = "cpu") -> tuple:
                     masks[name] = read_mask(mask_file, expected_size=size)
                     continue
                 except InputError:
-                    pass  # damaged output: decode again
+                    # a damaged output is decoded again
+                    pass
             to_decode.append(name)
         if to_decode:
             embedding = segmenter.embed(image)
