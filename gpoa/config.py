@@ -135,6 +135,8 @@ class DQNConfig:
     learning_starts: int = 256
     train_frequency: int = 1
     hidden: int = 128
+    # layers of the shared per-node encoder φ (1 or 2)
+    node_layers: int = 1
     total_steps: int = 20000
     max_grad_norm: float = 10.0
 

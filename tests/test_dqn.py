@@ -105,10 +105,10 @@ def random_inputs(batch: int, nodes: int, node_dim: int = 6, global_dim: int = 3
             torch.randn(batch, global_dim, generator=generator))
 
 
-@pytest.fixture
-def network() -> NodeSetQNetwork:
+@pytest.fixture(params=[1, 2], ids=["one-layer", "two-layer"])
+def network(request) -> NodeSetQNetwork:
     torch.manual_seed(0)
-    return NodeSetQNetwork(node_dim=6, global_dim=3, hidden=32).eval()
+    return NodeSetQNetwork(node_dim=6, global_dim=3, hidden=32, node_layers=request.param).eval()
 
 
 @pytest.mark.parametrize("count", [1, 7, 60])
@@ -149,9 +149,10 @@ def test_action_q_is_the_q_of_the_chosen_column(network):
         torch.testing.assert_close(network.action_q(nodes, valid, globals_, actions), expected)
 
 
-def test_greedy_policy_matches_the_network():
+@pytest.mark.parametrize("node_layers", [1, 2])
+def test_greedy_policy_matches_the_network(node_layers):
     torch.manual_seed(3)
-    network = NodeSetQNetwork(node_dim=15, global_dim=5, hidden=128).eval()
+    network = NodeSetQNetwork(node_dim=15, global_dim=5, hidden=128, node_layers=node_layers).eval()
     rng = np.random.default_rng(3)
     policy = GreedyPolicy(network)
     for count in (1, 40, 300):

@@ -53,7 +53,8 @@ class NodeSetQNetwork(nn.Module):
 
     1. φ, shared by all nodes: h_i = ReLU(W [x_i, 1]) (H). The 1 is the node's validity flag, so
        the last column of W is φ's bias and a padded node, whose input is all zero, embeds to
-       exactly 0: it adds nothing to the sum, nor (h ≥ 0) to the max, with no mask to apply;
+       exactly 0: it adds nothing to the sum, nor (h ≥ 0) to the max, with no mask to apply. With
+       ``node_layers=2`` a second bias-free layer follows, h_i ← ReLU(W₂ h_i) (0 stays 0);
     2. graph context c = [mean of h over valid nodes, max of h, ReLU(W_g globals + b_g)] (3H);
     3. one MLP on the context, 3H → H → H + 2, gives a query q (H), a node offset s and Q_STOP (ρ);
     4. ψ: Q_i = ⟨h_i, q⟩ / √H + s, the bilinear node-context score of attention decoders.
@@ -63,17 +64,22 @@ class NodeSetQNetwork(nn.Module):
     N·H² per node layer: at N = 434, H = 128 that alone is more than the whole greedy step budget.
     """
 
-    def __init__(self, node_dim: int, global_dim: int, hidden: int = 128):
+    def __init__(self, node_dim: int, global_dim: int, hidden: int = 128, node_layers: int = 1):
         super().__init__()
-        self.node_dim, self.global_dim, self.hidden = node_dim, global_dim, hidden
+        if node_layers not in (1, 2):
+            raise ValueError(f"node_layers must be 1 or 2, got {node_layers}")
+        self.node_dim, self.global_dim, self.hidden, self.node_layers = node_dim, global_dim, hidden, node_layers
         self.node_encoder = nn.Linear(node_dim + 1, hidden, bias=False)
+        # optional second bias-free layer of φ: a padded node still embeds to exactly 0
+        self.node_encoder2 = nn.Linear(hidden, hidden, bias=False) if node_layers == 2 else None
         self.global_encoder = nn.Sequential(nn.Linear(global_dim, hidden), nn.ReLU())
         self.context_head = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden + 2))
 
     @property
     def architecture(self) -> dict:
         """The constructor arguments: ``NodeSetQNetwork(**net.architecture)`` rebuilds the network."""
-        return {"node_dim": self.node_dim, "global_dim": self.global_dim, "hidden": self.hidden}
+        return {"node_dim": self.node_dim, "global_dim": self.global_dim, "hidden": self.hidden,
+                "node_layers": self.node_layers}
 
     def embed(self, nodes: torch.Tensor, valid: torch.Tensor, globals_: torch.Tensor) -> tuple:
         """nodes (B, N, F), valid (B, N) bool, globals_ (B, G) → h (B, N, H), head (B, H + 2).
@@ -82,6 +88,8 @@ class NodeSetQNetwork(nn.Module):
         """
         flag = valid.unsqueeze(-1).to(nodes.dtype)
         h = torch.relu(self.node_encoder(torch.cat([nodes * flag, flag], dim=-1)))
+        if self.node_encoder2 is not None:
+            h = torch.relu(self.node_encoder2(h))
         mean = h.sum(dim=1) / flag.sum(dim=1).clamp(min=1.0)
         context = torch.cat([mean, h.amax(dim=1), self.global_encoder(globals_)], dim=-1)
         return h, self.context_head(context)
@@ -136,6 +144,7 @@ class GreedyPolicy:
         head_in, _, head_out = network.context_head
         self.architecture = network.architecture
         self.node_weight = numpy(network.node_encoder.weight)  # (H, F + 1), the last column for the flag 1
+        self.node_weight2 = None if network.node_encoder2 is None else numpy(network.node_encoder2.weight)  # (H, H)
         self.global_weight = numpy(network.global_encoder[0].weight.T)
         self.global_bias = numpy(network.global_encoder[0].bias)
         self.head_weight1, self.head_bias1 = numpy(head_in.weight.T), numpy(head_in.bias)
@@ -155,6 +164,9 @@ class GreedyPolicy:
         inputs[:-1] = nodes[rows].T
         h = self.node_weight @ inputs
         np.maximum(h, np.zeros(h.shape, dtype=np.float32), out=h)  # ReLU; maximum(h, 0) is 3x slower
+        if self.node_weight2 is not None:
+            h = self.node_weight2 @ h
+            np.maximum(h, np.zeros(h.shape, dtype=np.float32), out=h)
         mean = h @ np.full(count, 1.0 / max(count, 1), dtype=np.float32)
         global_embedding = np.maximum(obs["globals"] @ self.global_weight + self.global_bias, 0)
         context = np.concatenate([mean, h.max(axis=1, initial=0.0), global_embedding])
@@ -258,8 +270,8 @@ class DQNAgent:
                  device: str = "cpu"):
         torch.manual_seed(seed)  # the networks' initial weights; replay and exploration use self.rng
         self.cfg, self.max_nodes, self.device = cfg, max_nodes, device
-        self.q_network = NodeSetQNetwork(node_dim, global_dim, cfg.hidden).to(device)
-        self.target_network = NodeSetQNetwork(node_dim, global_dim, cfg.hidden).to(device)
+        self.q_network = NodeSetQNetwork(node_dim, global_dim, cfg.hidden, cfg.node_layers).to(device)
+        self.target_network = NodeSetQNetwork(node_dim, global_dim, cfg.hidden, cfg.node_layers).to(device)
         self.target_network.load_state_dict(self.q_network.state_dict())
         self.optimizer = optim.Adam(self.q_network.parameters(), lr=cfg.learning_rate)
         self.buffer = ReplayBuffer(cfg.buffer_size, max_nodes, node_dim, global_dim)
