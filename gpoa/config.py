@@ -284,7 +284,42 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
         for k in reversed(keys):
             nested = {k: nested}
         _apply(cfg, nested)
+    validate(cfg)
     return cfg
+
+
+#: fields that must be at least 1 (counts, sizes, periods)
+POSITIVE_FIELDS = ("features.working_size", "features.patch_size", "segmenter.n_segments", "env.episode_length",
+                   "env.max_nodes", "dqn.batch_size", "dqn.buffer_size", "dqn.target_update", "dqn.train_frequency",
+                   "dqn.hidden", "train.eval_every", "train.parallel_envs")
+#: fields that must be at least 0
+NON_NEGATIVE_FIELDS = ("matching.max_positive", "matching.max_negative", "segmentation.ideal_positive",
+                       "segmentation.ideal_negative", "graph.extra_positive", "graph.extra_negative",
+                       "env.min_positive", "env.max_positive", "env.min_negative", "env.max_negative",
+                       "dqn.total_steps", "dqn.learning_starts")
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that the types alone do not express; raises UsageError naming the key."""
+    def value(key: str):
+        section, name = key.split(".")
+        return getattr(getattr(cfg, section), name)
+
+    for key in POSITIVE_FIELDS:
+        if value(key) < 1:
+            raise UsageError(f"config key '{key}' must be at least 1, got {value(key)}")
+    for key in NON_NEGATIVE_FIELDS:
+        if value(key) < 0:
+            raise UsageError(f"config key '{key}' must not be negative, got {value(key)}")
+    weights = cfg.env.graph_weights
+    try:
+        cfg.env.graph_weights = [float(w) for w in weights]
+    except (TypeError, ValueError):
+        raise UsageError(f"config key 'env.graph_weights' must be 5 numbers, got {weights!r}") from None
+    if len(cfg.env.graph_weights) != 5:
+        raise UsageError(f"config key 'env.graph_weights' must be 5 numbers, got {len(weights)}")
+    if cfg.env.min_positive > cfg.env.max_positive or cfg.env.min_negative > cfg.env.max_negative:
+        raise UsageError("config keys env.min_positive/min_negative must not exceed env.max_positive/max_negative")
 
 
 def config_to_dict(cfg: Config) -> dict:

@@ -359,7 +359,7 @@ class PromptEnv(gymnasium.Env):
     def _observation(self) -> dict:
         graph, env = self.graph, self.cfg.env
         nodes = np.zeros((self.max_nodes, len(NODE_FEATURES)), dtype=np.float32)
-        nodes[:graph.num_nodes] = graph.node_features(self._inside)
+        graph.node_features(self._inside, out=nodes[:graph.num_nodes])
         valid = np.zeros(self.max_nodes, dtype=np.int8)
         valid[:graph.num_nodes] = 1
         area = 0.0 if self._mask is None else np.count_nonzero(self._mask) / self._mask.size

@@ -294,12 +294,13 @@ class DualSpaceGraph:
             self._argmin[space, category, rows] = np.where(np.isinf(minimum), -1, members[nearest])
 
     # ----- what the agent observes -------------------------------------------------------------
-    def node_features(self, inside_mask: Optional[np.ndarray] = None) -> np.ndarray:
+    def node_features(self, inside_mask: Optional[np.ndarray] = None, out: Optional[np.ndarray] = None) -> np.ndarray:
         """(N, F) float32 node observations, columns as in :data:`NODE_FEATURES` (F = 17).
 
         ``inside_mask`` (N,) bool/float says whether each node lies inside the segmenter's current
         mask; ``None`` (no mask) fills that column with 0. Mean and minimum distances are over the
         active nodes of the respective category other than the node itself, 1.0 when there is none.
+        ``out`` (N, F) float32, when given, receives the result (no new array).
         """
         buffer = self._feature_buffer  # (F, N), the static rows filled once
         buffer[_COLUMN["active"]] = self.active
@@ -309,7 +310,10 @@ class DualSpaceGraph:
         statistics[:, :, 0] = np.where(count > 0, self._sum[:, ::-1] / np.maximum(count, 1), 1.0)
         np.minimum(self._min[:, ::-1], 1.0, out=statistics[:, :, 1])  # no active node: inf → 1
         buffer[_COLUMN["inside_mask"]] = 0.0 if inside_mask is None else inside_mask
-        return buffer.T.copy()
+        if out is None:
+            return buffer.T.copy()
+        out[...] = buffer.T
+        return out
 
     def graph_terms(self) -> np.ndarray:
         """The five label-free terms of :meth:`graph_score`, (5,) float64, named by :data:`GRAPH_SCORE_TERMS`."""
@@ -404,8 +408,8 @@ def build_graph(grid: PatchGrid, target_features: np.ndarray, prompt_set: Prompt
     free[extra_positive] = False
     if cfg.negative_ring > 0 and len(positives):
         # negative candidates from the band around the positives, where a negative delimits the object
-        reach = grid.normalised_distance(np.arange(grid.num_patches), positives).min(axis=1)
-        near = reach * float(np.hypot(*grid.working_size)) <= cfg.negative_ring * grid.patch_size
+        reach = grid.pixel_distance(np.arange(grid.num_patches), positives).min(axis=1)
+        near = reach <= cfg.negative_ring * grid.patch_size
         extra_negative = _top(-margin, free & near, cfg.extra_negative)
         free[extra_negative] = False
         extra_negative = np.concatenate([extra_negative, _top(-margin, free, cfg.extra_negative - len(extra_negative))])

@@ -165,6 +165,10 @@ class PatchGrid:
         row = np.clip(xy[:, 1].astype(np.int64), 0, height - 1)
         return row, col
 
+    def pixel_distance(self, a, b) -> np.ndarray:
+        """Distance between patch centres in working-image pixels: (len(a), len(b))."""
+        return self.normalised_distance(a, b) * float(np.hypot(*self.working_size))
+
     def normalised_distance(self, a, b) -> np.ndarray:
         """Physical distance between patch centres, divided by the working-image diagonal: (len(a), len(b))."""
         pa, pb = self.index_to_working_xy(a), self.index_to_working_xy(b)

@@ -275,6 +275,19 @@ class DatasetLayout:
                                  f"for the layout")
             if name.endswith("_image") and not self.images(folder):
                 raise UsageError(f"'{folder}' holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        for name in names:
+            self.check_unique_stems(self.root / name)
+
+    def check_unique_stems(self, folder: PathLike) -> None:
+        """Images pair with masks and prompt files by stem: two files with one stem are ambiguous."""
+        stems: dict = {}
+        for path in self.images(folder):
+            stems.setdefault(path.stem, []).append(path.name)
+        clashes = {stem: names for stem, names in stems.items() if len(names) > 1}
+        if clashes:
+            listed = "; ".join(", ".join(names) for names in clashes.values())
+            raise UsageError(f"'{folder}' has several images with the same name but another extension ({listed}); "
+                             "outputs are named by file stem, so rename or remove all but one")
 
     @staticmethod
     def images(folder: PathLike) -> list:

@@ -118,7 +118,7 @@ def sample_ideal_prompts(grid: PatchGrid, mask: np.ndarray, n_positive: int, n_n
     centres = grid.index_to_working_xy(np.arange(grid.num_patches))
     positive = inside[farthest_point_order(centres[inside], n_positive, rng)]
     if len(outside) and len(inside):
-        near = grid.normalised_distance(outside, inside).min(axis=1) * np.hypot(*grid.working_size)
+        near = grid.pixel_distance(outside, inside).min(axis=1)
         ring = outside[near <= 2.5 * grid.patch_size]
         pool = ring if len(ring) >= n_negative else outside
     else:

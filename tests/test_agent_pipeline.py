@@ -156,3 +156,18 @@ def test_baselines_have_the_optimised_counts_and_come_from_the_initial_prompts()
     assert sorted(topk.positive_indices) == [2, 3, 4]
     assert sorted(topk.negative_indices) == [50, 60, 70]
     assert random_subset.source == "random_subset" and topk.source == "topk"
+
+
+def test_regenerated_initial_prompts_are_optimised_again(trained, capsys):
+    data, checkpoints = trained
+    assert optimize(data, checkpoints) == 0
+    assert optimize(data, checkpoints) == 0
+    assert "0 done, 6 kept" in capsys.readouterr().out
+    assert Generate_initial_prompts.main(["--config", str(DEMO_CONFIG), "--data", str(data), "--overwrite",
+                                          "--set", "matching.max_positive=3"]) == 0
+    capsys.readouterr()
+    assert optimize(data, checkpoints) == 0
+    assert "6 done, 0 kept" in capsys.readouterr().out
+    initial = json.loads(sorted((data / "initial_indices").glob("*.json"))[0].read_text())
+    topk = json.loads(sorted((data / "topk_indices").glob("*.json"))[0].read_text())
+    assert set(topk["positive_indices"]) <= set(initial["positive_indices"])

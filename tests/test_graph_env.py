@@ -465,3 +465,13 @@ def test_support_columns_count_nearby_candidates_of_each_label():
     # node order: positives (0,0), (0,2), (10,10), then negatives (1,0), (10,13); shares exclude the node
     np.testing.assert_allclose(features[:, NODE_FEATURES.index("positive_support")], [1 / 3, 1 / 3, 0, 2 / 3, 0])
     np.testing.assert_allclose(features[:, NODE_FEATURES.index("negative_support")], [1 / 2, 1 / 2, 0, 0, 0])
+
+
+def test_negative_ring_draws_negative_candidates_near_the_positives():
+    _, (target, prompt_set, reference, _) = random_graph(4, positives=3, negatives=4, extra=5)
+    cfg = GraphConfig(extra_positive=0, extra_negative=5, negative_ring=1.5)
+    graph = build_graph(GRID, target, prompt_set, reference, cfg)
+    candidates = graph.indices[~graph.initially_active]
+    assert len(candidates) == 5 and np.all(graph.category[~graph.initially_active] == 0)
+    reach = GRID.pixel_distance(candidates, prompt_set.positive_indices).min(axis=1)
+    assert np.all(reach <= 1.5 * GRID.patch_size)

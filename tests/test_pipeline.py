@@ -206,3 +206,36 @@ def test_device_auto_picks_cpu_here():
 
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert os.path.exists(DEMO_CONFIG)
+
+
+def test_changed_settings_redo_outputs_instead_of_resuming_stale_ones(demo_dataset, capsys):
+    assert run_stage1(demo_dataset) == 0
+    assert run_stage1(demo_dataset, "--set", "matching.max_positive=3") == 0
+    assert "6 done, 0 kept" in capsys.readouterr().out
+    data = json.loads(next((demo_dataset / "initial_indices").glob("*.json")).read_text())
+    assert len(data["positive_indices"]) == 3
+
+    assert run_stage4(demo_dataset) == 0
+    first = read_summary(demo_dataset / "results" / "summary.csv")["ideal"]["dice_mean"]
+    assert run_stage4(demo_dataset) == 0
+    assert "0 done, 6 kept" in capsys.readouterr().out
+    # another segmenter setting: every mask is decoded again
+    assert run_stage4(demo_dataset, "--set", "segmentation.ideal_positive=1",
+                      "--set", "segmentation.ideal_negative=0") == 0
+    assert "6 done, 0 kept" in capsys.readouterr().out
+    assert read_summary(demo_dataset / "results" / "summary.csv")["ideal"]["dice_mean"] != first
+
+
+def test_two_images_with_one_stem_are_a_usage_error(demo_dataset, capsys):
+    source = sorted((demo_dataset / "target_image").iterdir())[0]
+    Image.open(source).save(source.with_suffix(".tif"))
+    assert run_stage1(demo_dataset) == 2
+    err = capsys.readouterr().err
+    assert source.name in err and source.with_suffix(".tif").name in err and "same name" in err
+
+
+def test_out_of_range_settings_are_usage_errors(capsys):
+    assert Generate_initial_prompts.main(["--set", "train.eval_every=0"]) == 2
+    assert "'train.eval_every' must be at least 1" in capsys.readouterr().err
+    assert Generate_initial_prompts.main(["--set", "env.graph_weights=a,b,c,d,e"]) == 2
+    assert "env.graph_weights" in capsys.readouterr().err

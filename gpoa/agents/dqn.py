@@ -191,7 +191,7 @@ class ReplayBuffer:
     Per transition: observation (nodes (M, F), valid (M,), globals (G,)), action, reward, next
     observation, next action mask (M + 1,) and done, which means *terminated* only: a truncated
     episode still bootstraps from its next observation. ``np.zeros`` commits memory as slots are
-    written, about 2·M·(4F + 1) bytes per transition (62 KB for M = 512, F = 15).
+    written, about 2·M·(4F + 1) bytes per transition (70 KB for M = 512, F = 17).
     """
 
     def __init__(self, capacity: int, max_nodes: int, node_dim: int, global_dim: int):
@@ -263,7 +263,7 @@ class DQNAgent:
 
     ``global_step`` counts env transitions collected and ``gradient_steps`` the updates done; both
     survive :meth:`state_dict`, so :func:`train` resumes where a checkpoint stopped (the replay
-    buffer is not saved and refills first).
+    buffer is not saved: updates restart from the transitions collected after the resume).
     """
 
     def __init__(self, node_dim: int, global_dim: int, max_nodes: int, cfg: DQNConfig, seed: int = 0,
@@ -473,7 +473,7 @@ def load_policy(path: Union[str, Path], device: str = "cpu") -> tuple:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"policy checkpoint '{path}' does not exist; train one with train_GPOA.py or point "
-                         "optimize.policy at an existing policy.pt")
+                         "optimize.policy (--policy) at an existing best.pt or last.pt")
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # zip, pickle and weights-only refusals all mean the same to a user
@@ -483,7 +483,7 @@ def load_policy(path: Union[str, Path], device: str = "cpu") -> tuple:
     found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
     if found != POLICY_FORMAT:
         raise UsageError(f"'{path}' is not a GPOA policy checkpoint (format {found!r}, expected "
-                         f"{POLICY_FORMAT!r}); pass the policy.pt that train_GPOA.py writes")
+                         f"{POLICY_FORMAT!r}); pass the best.pt or last.pt that train_GPOA.py writes")
     try:
         network = NodeSetQNetwork(**payload["architecture"])
         network.load_state_dict(payload["state_dict"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import sys
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from gpoa.features import FeatureExtractor, build_feature_extractor, feature_cac
 from gpoa.grid import PatchGrid
 from gpoa.io import (
     DatasetLayout,
+    atomic_write_text,
     image_size,
     load_array,
     read_image,
@@ -53,6 +55,26 @@ class StageReport:
         return "\n".join(lines)
 
 
+def settings_stamp(path: Path, settings: dict) -> Path:
+    """The file recording the settings an output folder was made with.
+
+    Rewritten (so its modification time moves forward) only when ``settings`` differ from what it
+    holds: outputs older than the stamp were made with other settings and are redone on resume.
+    """
+    text = json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n"
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_text(path, text)
+    return path
+
+
+def is_fresh(output: Path, *inputs: Optional[Path]) -> bool:
+    """``output`` exists and is at least as new as every existing input (resume without stale results)."""
+    if not output.is_file():
+        return False
+    made = output.stat().st_mtime
+    return all(p is None or not p.exists() or p.stat().st_mtime <= made for p in inputs)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds legacy global-RNG users too
@@ -77,6 +99,8 @@ def working_grid(cfg: Config) -> PatchGrid:
 class FeatureStore:
     """Patch features (rows, cols, D) of dataset images, cached as fp16 under ``DATASET/cache``.
 
+    The cache is keyed by the features settings (:func:`~gpoa.features.feature_cache_key`) and an
+    entry is recomputed when its image is newer; ``--overwrite`` redoes stage outputs, not features.
     The extractor (and its checkpoint) is loaded only when an image is not cached yet.
     """
 
@@ -98,7 +122,7 @@ class FeatureStore:
     def features(self, split: str, image_path: Path, image: Optional[np.ndarray] = None) -> np.ndarray:
         """Features of ``image_path`` (read unless ``image`` is given); computed once, then cached."""
         path = self.path(split, Path(image_path).stem)
-        if path.is_file() and not self.cfg.overwrite:
+        if is_fresh(path, Path(image_path)):
             try:
                 cached = load_array(path)
                 if cached.shape[:2] == (self.grid.rows, self.grid.cols):

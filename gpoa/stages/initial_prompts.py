@@ -6,6 +6,8 @@ target (``initial_indices/overlays/<stem>.png``).
 
 from __future__ import annotations
 
+import dataclasses
+
 from tqdm import tqdm
 
 from gpoa.config import Config, save_config
@@ -13,7 +15,7 @@ from gpoa.errors import InputError
 from gpoa.io import DatasetLayout, image_size, read_image, write_png, write_prompt_file
 from gpoa.matching import match_prompts
 from gpoa.prompts import PromptSet
-from gpoa.stages.common import FeatureStore, StageReport, load_reference
+from gpoa.stages.common import FeatureStore, StageReport, is_fresh, load_reference, settings_stamp
 from gpoa.viz import draw_points
 
 INITIAL_FOLDER = "initial_indices"
@@ -27,13 +29,18 @@ def generate_initial_prompts(cfg: Config, device: str = "cpu") -> StageReport:
     out = layout.prompt_folder(INITIAL_FOLDER)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
+    references = [{"file": str(p), "bytes": p.stat().st_size, "modified": p.stat().st_mtime}
+                  for pair in layout.reference_pairs() for p in pair]
+    stamp = settings_stamp(out / "settings.txt", {"matching": dataclasses.asdict(cfg.matching),
+                                                    "features": store.key, "reference": references})
 
     report = StageReport("initial prompts")
     targets = layout.images(layout.target_image)
     for image_path in tqdm(targets, desc="initial prompts", unit="image"):
         stem = image_path.stem
         prompt_path = out / f"{stem}.json"
-        if prompt_path.is_file() and store.path("target", stem).is_file() and not cfg.overwrite:
+        if not cfg.overwrite and is_fresh(prompt_path, stamp, image_path) and is_fresh(store.path("target", stem),
+                                                                                     image_path):
             report.skipped.append((stem, "exists"))
             continue
         try:

@@ -25,7 +25,14 @@ from gpoa.errors import UsageError
 from gpoa.io import DatasetLayout, atomic_write_json, write_prompt_file
 from gpoa.prompts import PromptSet
 from gpoa.segmenters import build_segmenter
-from gpoa.stages.common import FeatureStore, StageReport, load_reference, prompt_file_samples, stable_seed
+from gpoa.stages.common import (
+    FeatureStore,
+    StageReport,
+    is_fresh,
+    load_reference,
+    prompt_file_samples,
+    stable_seed,
+)
 from gpoa.stages.train import resolve_policy
 
 OPTIMIZED, RANDOM_SUBSET, TOPK = "optimized_indices", "random_subset_indices", "topk_indices"
@@ -47,9 +54,11 @@ def baselines(initial: PromptSet, optimized: PromptSet, margin: np.ndarray, rng:
 
 
 def _up_to_date(layout: DatasetLayout, stem: str, target, policy_path, source: str) -> bool:
-    """Whether an earlier run already optimised ``stem`` with this very policy file (resume)."""
+    """Whether an earlier run already optimised ``stem``'s current initial prompts with this very
+    policy file (resume)."""
+    inputs = (policy_path, layout.initial_indices / f"{stem}.json")
     outputs = [target] + [layout.prompt_folder(f) / f"{stem}.json" for f in (RANDOM_SUBSET, TOPK)]
-    if not all(p.is_file() for p in outputs) or target.stat().st_mtime < policy_path.stat().st_mtime:
+    if not all(is_fresh(p, *inputs) for p in outputs):
         return False
     try:
         return json.loads(target.read_text()).get("source") == source
@@ -63,6 +72,9 @@ def optimize_prompts(cfg: Config, device: str = "cpu") -> StageReport:
     policy_path = resolve_policy(cfg)
     network, meta = load_policy(policy_path, device="cpu")
     store = FeatureStore(cfg, layout, device)
+    if meta.get("feature_cache_key", store.key) != store.key:
+        raise UsageError(f"policy '{policy_path}' was trained on '{meta['feature_cache_key']}' features but this "
+                         f"config gives '{store.key}'; run with the features settings the policy was trained with")
     if meta.get("grid") != store.grid.to_dict():
         raise UsageError(f"policy '{policy_path}' was trained on grid {meta.get('grid')} but this config uses "
                          f"{store.grid.to_dict()}; run with the features settings the policy was trained with")

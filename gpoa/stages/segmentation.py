@@ -14,6 +14,7 @@ the resolved ``config.yaml``. A mask already written and newer than its prompt f
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io as _io
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from gpoa.io import (
 from gpoa.metrics import all_metrics
 from gpoa.prompts import PromptSet, sample_ideal_prompts
 from gpoa.segmenters import build_segmenter
-from gpoa.stages.common import StageReport, stable_seed, working_grid
+from gpoa.stages.common import StageReport, is_fresh, settings_stamp, stable_seed, working_grid
 from gpoa.viz import overlay_mask
 
 IDEAL = "ideal"
@@ -100,6 +101,7 @@ def segment_and_evaluate(cfg: Config, device: str = "cpu") -> tuple:
     """Run stage 4 on ``cfg.data``. Returns (StageReport, summary rows)."""
     layout = DatasetLayout(cfg.data)
     layout.require("target_image")
+    layout.check_unique_stems(layout.target_mask)
     grid = working_grid(cfg)
     folders = discover_prompt_folders(layout, cfg.segmentation.prompts)
     has_truth = layout.target_mask.is_dir()
@@ -109,6 +111,9 @@ def segment_and_evaluate(cfg: Config, device: str = "cpu") -> tuple:
     out = Path(cfg.segmentation.out) if cfg.segmentation.out else layout.results
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
+    stamp = settings_stamp(out / "masks" / "settings.txt", {
+        "segmenter": dataclasses.asdict(cfg.segmenter), "seed": cfg.seed, "grid": grid.to_dict(),
+        "ideal": [cfg.segmentation.ideal_positive, cfg.segmentation.ideal_negative]})
     order = [name for name, _ in folders] + ([IDEAL] if has_truth else [])
 
     segmenter = build_segmenter(cfg, device=device)
@@ -153,8 +158,7 @@ def segment_and_evaluate(cfg: Config, device: str = "cpu") -> tuple:
         masks, to_decode = {}, []
         for name, (_, prompt_path) in prompt_sets.items():
             mask_file = out / "masks" / name / f"{stem}.png"
-            fresh = mask_file.is_file() and (prompt_path is None or mask_file.stat().st_mtime >= prompt_path.stat().st_mtime)
-            if fresh and not cfg.overwrite:
+            if not cfg.overwrite and is_fresh(mask_file, stamp, prompt_path, image_path):
                 try:
                     masks[name] = read_mask(mask_file, expected_size=size)
                     continue
@@ -172,11 +176,14 @@ def segment_and_evaluate(cfg: Config, device: str = "cpu") -> tuple:
                 if cfg.segmentation.overlays:
                     write_png(out / "overlays" / name / f"{stem}.png",
                               overlay_mask(image, mask, prompt_set.positive_points, prompt_set.negative_points))
+        if not to_decode:
+            report.skipped.append((stem, "masks exist"))
         if truth is not None:
             for name in order:
                 if name in masks:
                     rows.append({"prompt_set": name, "image": stem, **all_metrics(masks[name], truth)})
-        report.done.append(stem)
+        if to_decode:
+            report.done.append(stem)
 
     summary = summarise(rows, order)
     atomic_write_text(out / "metrics.csv", _csv(rows, ("prompt_set", "image") + METRICS))

@@ -155,9 +155,14 @@ def train_policy(cfg: Config, device: str = "cpu") -> StageReport:
 
     agent, best = DQNAgent.for_env(env, cfg.dqn, seed=cfg.seed, device=device), -np.inf
     if cfg.train.resume:
-        state = torch.load(run_dir / STATE, map_location=device, weights_only=True)
-        agent.load_state_dict(state["agent"])
-        best = float(state["best"])
+        try:
+            state = torch.load(run_dir / STATE, map_location=device, weights_only=True)
+            agent.load_state_dict(state["agent"])
+            best = float(state["best"])
+        except Exception as exc:  # unreadable file or a network of another shape: same advice
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UsageError(f"cannot resume from '{run_dir / STATE}' ({reason}); resume with the settings the run "
+                             "was started with (see its config.yaml) or start a new run") from None
         print(f"[train] resuming {run_dir} at step {agent.global_step}")
     log = TrainingLog(run_dir / LOG, resume=cfg.train.resume)
     meta = {"config": config_to_dict(cfg), "grid": store.grid.to_dict(), "reward": cfg.env.reward,
@@ -206,7 +211,7 @@ def train_policy(cfg: Config, device: str = "cpu") -> StageReport:
                   agent=agent, device=device)
     checkpoint(agent, agent.global_step)
     bar.close()
-    report.done.extend(s.name for s in train_samples)
+    report.done.extend(s.name for s in samples)
     print(f"[train] best {eval_key}={best:.4f}; policy: {run_dir / BEST}")
     return report
 
