@@ -132,9 +132,10 @@ class FeatureStore:
                 pass
         if image is None:
             image = read_image(image_path)
-        features = np.asarray(self.extractor.extract(image), dtype=np.float32)
-        save_array(path, features.astype(np.float16))
-        return features
+        stored = np.asarray(self.extractor.extract(image), dtype=np.float32).astype(np.float16)
+        save_array(path, stored)
+        # the cached precision, so a run gives the same prompts whether or not the cache existed
+        return stored.astype(np.float32)
 
 
 def load_reference(cfg: Config, layout: DatasetLayout, store: FeatureStore) -> ReferenceFeatures:

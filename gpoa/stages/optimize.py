@@ -45,8 +45,9 @@ def baselines(initial: PromptSet, optimized: PromptSet, margin: np.ndarray, rng:
     """
     n_pos = min(len(optimized.positive_indices), len(initial.positive_indices))
     n_neg = min(len(optimized.negative_indices), len(initial.negative_indices))
-    random_pos = np.sort(rng.choice(initial.positive_indices, size=n_pos, replace=False))
-    random_neg = np.sort(rng.choice(initial.negative_indices, size=n_neg, replace=False))
+    # drawn from the sorted indices: the subset does not depend on the order of the prompt file
+    random_pos = np.sort(rng.choice(np.sort(initial.positive_indices), size=n_pos, replace=False))
+    random_neg = np.sort(rng.choice(np.sort(initial.negative_indices), size=n_neg, replace=False))
     top_pos = initial.positive_indices[np.argsort(-margin[initial.positive_indices], kind="stable")[:n_pos]]
     top_neg = initial.negative_indices[np.argsort(margin[initial.negative_indices], kind="stable")[:n_neg]]
     make = lambda pos, neg, source: PromptSet(initial.image, initial.original_size, initial.grid, pos, neg, source)  # noqa: E731
