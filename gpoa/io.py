@@ -252,6 +252,14 @@ def read_prompt_file(path: PathLike, expected_grid: Optional[PatchGrid] = None) 
     return prompt_set
 
 
+def check_prompts_fit_image(prompt_path: PathLike, prompt_set: PromptSet, image_path: PathLike, size: tuple) -> None:
+    """Raise InputError when a prompt file was made for an image of another size than ``size`` (w, h)."""
+    if tuple(prompt_set.original_size) != tuple(size):
+        raise InputError(prompt_path, f"was made for a {prompt_set.original_size[0]}x{prompt_set.original_size[1]} "
+                                      f"image but '{image_path}' is {size[0]}x{size[1]}",
+                         "regenerate the prompts for this image")
+
+
 # ----- dataset layout ---------------------------------------------------------------------------
 class DatasetLayout:
     """Paths of one dataset folder. Nothing else in GPOA builds these paths."""

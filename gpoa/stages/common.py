@@ -20,6 +20,7 @@ from gpoa.grid import PatchGrid
 from gpoa.io import (
     DatasetLayout,
     atomic_write_text,
+    check_prompts_fit_image,
     image_size,
     load_array,
     read_image,
@@ -191,23 +192,27 @@ def matched_samples(cfg: Config, layout: DatasetLayout, store: FeatureStore, ref
 
 
 def prompt_file_samples(layout: DatasetLayout, store: FeatureStore, folder: Path, report: StageReport,
-                        with_images: bool) -> list:
-    """Episode samples of the target prompt files in ``folder`` (features from the cache, images if asked)."""
+                        with_images: bool, skip=None) -> list:
+    """Episode samples of the target prompt files in ``folder`` (features from the cache, images if asked).
+
+    ``skip(stem)`` → True leaves a prompt file out before anything of it is read (resume).
+    """
     from gpoa.env import EpisodeSample
 
     if not folder.is_dir() or not any(folder.glob("*.json")):
         raise UsageError(f"no prompt files in '{folder}'; run Generate_initial_prompts.py first")
     samples = []
     for prompt_path in tqdm(sorted(folder.glob("*.json")), desc="prompt files", unit="image"):
+        if skip is not None and skip(prompt_path.stem):
+            continue
         try:
             prompt_set = read_prompt_file(prompt_path, expected_grid=store.grid)
             image_path = layout.find_by_stem(layout.target_image, prompt_path.stem)
             if image_path is None:
                 raise InputError(prompt_path, f"has no target image '{prompt_path.stem}.*' in '{layout.target_image}'")
             image = read_image(image_path) if with_images else None
-            if image is not None and image_size(image) != prompt_set.original_size:
-                raise InputError(prompt_path, f"was made for a {prompt_set.original_size} image but '{image_path}' "
-                                              f"is {image_size(image)}", "regenerate the prompts for this image")
+            if image is not None:
+                check_prompts_fit_image(prompt_path, prompt_set, image_path, image_size(image))
             features = store.features("target", image_path, image)
         except InputError as exc:
             report.fail(prompt_path.name, str(exc))

@@ -90,17 +90,22 @@ def optimize_prompts(cfg: Config, device: str = "cpu") -> StageReport:
     segmenter = build_segmenter(cfg, device=device) if in_loop else None
 
     report = StageReport("optimize")
-    samples = prompt_file_samples(layout, store, layout.initial_indices, report, with_images=in_loop)
     out = layout.prompt_folder(OPTIMIZED)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    policy = GreedyPolicy(network)
     source = f"gpoa-dqn:{policy_path}"
+
+    def done_before(stem: str) -> bool:
+        if cfg.overwrite or not _up_to_date(layout, stem, out / f"{stem}.json", policy_path, source):
+            return False
+        report.skipped.append((stem, "exists"))
+        return True
+
+    samples = prompt_file_samples(layout, store, layout.initial_indices, report, with_images=in_loop,
+                                  skip=done_before)
+    policy = GreedyPolicy(network)
     for sample in tqdm(samples, desc="optimize", unit="image"):
         target = out / f"{sample.name}.json"
-        if not cfg.overwrite and _up_to_date(layout, sample.name, target, policy_path, source):
-            report.skipped.append((sample.name, "exists"))
-            continue
         try:
             env = PromptEnv([sample], reference, run_cfg, segmenter=segmenter, seed=cfg.seed)
         except ValueError as exc:

@@ -26,6 +26,7 @@ from gpoa.errors import InputError, UsageError
 from gpoa.io import (
     DatasetLayout,
     atomic_write_text,
+    check_prompts_fit_image,
     image_size,
     read_image,
     read_mask,
@@ -139,10 +140,7 @@ def segment_and_evaluate(cfg: Config, device: str = "cpu") -> tuple:
                 continue
             try:
                 prompt_set = read_prompt_file(prompt_path, expected_grid=grid)
-                if tuple(prompt_set.original_size) != size:
-                    raise InputError(prompt_path, f"was made for a {prompt_set.original_size[0]}x"
-                                                  f"{prompt_set.original_size[1]} image but '{image_path}' is "
-                                                  f"{size[0]}x{size[1]}", "regenerate the prompts for this image")
+                check_prompts_fit_image(prompt_path, prompt_set, image_path, size)
             except InputError as exc:
                 report.fail(f"{name}/{stem}", str(exc))
                 continue
