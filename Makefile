@@ -20,7 +20,7 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	test -f $(DEMO)/membrane/dataset.json || $(PY) -m gpoa.demo_data --out $(DEMO) --seed 0 --train 40
+	test -f $(DEMO)/membrane/dataset.json || $(PY) -m gpoa.demo_data --out $(DEMO) --seed 0 --train 80
 	set -e; for family in $(FAMILIES); do \
 	  $(PY) Generate_initial_prompts.py --config $(CONFIG) --data $(DEMO)/$$family; \
 	  test -f checkpoints/demo-$$family/best.pt || \

@@ -95,6 +95,10 @@ class GraphConfig:
     # draw the negative candidates from patches within this many patches of an initial positive
     # (where a negative delimits the object); 0 draws them from the whole image
     negative_ring: float = 0.0
+    # spread the positive candidates: each one at least this many patches from every positive
+    # prompt and every other positive candidate, so that they reach other instances and the
+    # unprompted parts of the object instead of crowding the best match; 0 takes the top ones
+    positive_spacing: float = 0.0
 
 
 @dataclass
@@ -107,6 +111,9 @@ class EnvConfig:
     # start state of an episode: "initial" (the prompt file), "ideal" (sampled from the mask), "empty"
     start: str = "initial"
     episode_length: int = 24
+    # subtracted from the reward of every toggle (not of STOP): moves that change nothing cost
+    # something, so the agent stops once no toggle is worth it instead of filling the episode
+    step_penalty: float = 0.0
     # bounds on active prompts; toggles that would leave them are masked out
     min_positive: int = 1
     max_positive: int = 40
@@ -295,8 +302,10 @@ POSITIVE_FIELDS = ("features.working_size", "features.patch_size", "segmenter.n_
 #: fields that must be at least 0
 NON_NEGATIVE_FIELDS = ("matching.max_positive", "matching.max_negative", "segmentation.ideal_positive",
                        "segmentation.ideal_negative", "graph.extra_positive", "graph.extra_negative",
+                       "graph.negative_ring", "graph.positive_spacing",
                        "env.min_positive", "env.max_positive", "env.min_negative", "env.max_negative",
-                       "dqn.total_steps", "dqn.learning_starts")
+                       "dqn.total_steps", "dqn.learning_starts",
+                       "env.step_penalty")
 
 
 def validate(cfg: Config) -> None:

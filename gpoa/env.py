@@ -7,6 +7,9 @@ its :class:`~gpoa.graph.DualSpaceGraph` (a prompt candidate) or stops. Rewards (
   sample's truth mask (needs a segmenter, images and truth masks);
 - ``"graph"`` — change of the label-free :meth:`~gpoa.graph.DualSpaceGraph.graph_score`.
 
+Every toggle (not STOP) pays ``env.step_penalty`` on top, so that the agent stops once no toggle
+is worth its cost.
+
 Whenever a segmenter is given it is *in the loop*: every step decodes the active prompts, so the
 current mask feeds the "inside_mask" node feature and the mask-area global, whichever the reward.
 Graphs are built once per sample and segmenter embeddings computed once per sample; environments
@@ -28,6 +31,7 @@ from gymnasium.utils import seeding
 from gpoa.config import Config
 from gpoa.graph import NODE_FEATURES, DualSpaceGraph, build_graph
 from gpoa.grid import PatchGrid
+from gpoa.kernels import write_action_mask
 from gpoa.matching import ReferenceFeatures
 from gpoa.metrics import dice_batch
 from gpoa.prompts import PointPrompts, PromptSet, sample_ideal_prompts
@@ -143,20 +147,21 @@ def _build_record(sample: EpisodeSample, reference: ReferenceFeatures, cfg: Conf
                          sample.grid.patch_centre_pixels(graph.indices, original_size))
 
 
-def _decode(segmenter: Segmenter, record: _SampleRecord, graphs: Sequence[DualSpaceGraph]) -> tuple:
-    """Decode the active prompts of ``graphs`` (all of ``record``'s sample) in one call.
+def _decode(segmenter: Segmenter, record: _SampleRecord, actives: Sequence[np.ndarray]) -> tuple:
+    """Decode the prompt sets given by ``actives`` ((N,) bool active-node masks of ``record``'s
+    graph) in one call.
 
     Prompts are positives then negatives, in node order, as ``PromptSet.point_prompts`` gives them.
     Returns masks (B, H, W) bool and Dice (B,) against the truth mask (None without one).
     """
-    sample = record.sample
+    sample, is_positive = record.sample, record.graph.is_positive
     if record.embedding is None:
         record.embedding = segmenter.embed(sample.image)
-    prompts = [PointPrompts.from_xy(record.node_xy[graph.active & graph.is_positive],
-                                    record.node_xy[graph.active & ~graph.is_positive]) for graph in graphs]
+    prompts = [PointPrompts.from_xy(record.node_xy[active & is_positive], record.node_xy[active & ~is_positive])
+               for active in actives]
     masks, _ = segmenter.decode(record.embedding, prompts)
     masks = np.asarray(masks, dtype=bool)
-    expected = (len(graphs), *sample.image.shape[:2])
+    expected = (len(actives), *sample.image.shape[:2])
     if masks.shape != expected:
         raise ValueError(f"segmenter returned masks of shape {masks.shape} for sample '{sample.name}', "
                          f"expected {expected} (one mask per prompt set at the image size)")
@@ -284,7 +289,7 @@ class PromptEnv(gymnasium.Env):
         if self._segmenter is not None:
             record = self._record
             if record.start_mask is None:
-                masks, dice = _decode(self._segmenter, record, [self.graph])
+                masks, dice = _decode(self._segmenter, record, [self.graph.active])
                 record.start_mask = masks[0]
                 record.start_dice = None if dice is None else float(dice[0])
             self._set_mask(record.start_mask, record.start_dice)
@@ -301,17 +306,17 @@ class PromptEnv(gymnasium.Env):
         graph = self.graph
         can_remove, can_add = self._allowed_toggles()
         valid = np.zeros(self.max_nodes + 1, dtype=bool)
-        valid[:graph.num_nodes] = np.where(graph.active, can_remove[graph.category], can_add[graph.category])
-        valid[:graph.num_nodes] &= ~self._toggled
+        write_action_mask(graph.active, graph.category, self._toggled, np.array(can_remove), np.array(can_add),
+                          valid[:graph.num_nodes])
         valid[self.stop_action] = True
         return valid
 
     def _allowed_toggles(self) -> tuple:
-        """(can_remove, can_add), each (2,) bool indexed by category (0 negative, 1 positive)."""
+        """(can_remove, can_add), each a pair of bools indexed by category (0 negative, 1 positive)."""
         graph, env = self.graph, self.cfg.env
         positives, negatives = graph.num_positive, graph.num_negative
-        return (np.array([negatives - 1 >= env.min_negative, positives - 1 >= env.min_positive]),
-                np.array([negatives + 1 <= env.max_negative, positives + 1 <= env.max_positive]))
+        return ((negatives - 1 >= env.min_negative, positives - 1 >= env.min_positive),
+                (negatives + 1 <= env.max_negative, positives + 1 <= env.max_positive))
 
     # ----- step internals (shared with step_batch) ------------------------------------------------
     def _check_action(self, action: int) -> None:
@@ -349,9 +354,9 @@ class PromptEnv(gymnasium.Env):
         if terminated:
             reward = 0.0
         elif self.cfg.env.reward == "segmentation":
-            reward = self._dice - dice_before
+            reward = self._dice - dice_before - self.cfg.env.step_penalty
         else:
-            reward = self._score - score_before
+            reward = self._score - score_before - self.cfg.env.step_penalty
         truncated = not terminated and self._steps >= self.cfg.env.episode_length
         self._done = terminated or truncated
         return self._observation(), float(reward), bool(terminated), bool(truncated), self._info()
@@ -402,7 +407,7 @@ def step_batch(envs: Sequence[PromptEnv], actions: Sequence[int]) -> list:
         if env._segmenter is not None:
             groups.setdefault((id(env._segmenter), id(env._record)), []).append(env)
     for group in groups.values():
-        masks, dice = _decode(group[0]._segmenter, group[0]._record, [env.graph for env in group])
+        masks, dice = _decode(group[0]._segmenter, group[0]._record, [env.graph.active for env in group])
         for j, env in enumerate(group):
             env._set_mask(masks[j], None if dice is None else float(dice[j]))
     return [env._finish(action, before) for env, action, before in zip(envs, actions, dice_before)]

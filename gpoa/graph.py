@@ -25,6 +25,7 @@ import numpy as np
 
 from gpoa.config import EnvConfig, GraphConfig
 from gpoa.grid import PatchGrid
+from gpoa.kernels import graph_score_terms, toggle_statistics, write_node_features
 from gpoa.matching import ReferenceFeatures, l2_normalise, reference_similarity
 from gpoa.prompts import PromptSet
 
@@ -105,16 +106,18 @@ class DualSpaceGraph:
         self.background_similarity = np.asarray(background_similarity, dtype=np.float32)
         self.match_score = np.asarray(match_score, dtype=np.float32)
         self.is_positive = self.category == POSITIVE
-        self._static_features = np.zeros((len(NODE_FEATURES), n), dtype=np.float32)  # (F, N)
-        self._static_features[_COLUMN["category"]] = self.category
-        self._static_features[_COLUMN["initially_active"]] = self.initially_active
-        self._static_features[_COLUMN["foreground_similarity"]] = self.foreground_similarity
-        self._static_features[_COLUMN["background_similarity"]] = self.background_similarity
-        self._static_features[_COLUMN["half_match_score"]] = self.match_score / 2
+        static = np.zeros((len(NODE_FEATURES), n), dtype=np.float32)  # (F, N), the columns that never change
+        static[_COLUMN["category"]] = self.category
+        static[_COLUMN["initially_active"]] = self.initially_active
+        static[_COLUMN["foreground_similarity"]] = self.foreground_similarity
+        static[_COLUMN["background_similarity"]] = self.background_similarity
+        static[_COLUMN["half_match_score"]] = self.match_score / 2
         near = self.physical_distance <= SUPPORT_RADIUS
         np.fill_diagonal(near, False)
         for column, members in (("positive_support", self.is_positive), ("negative_support", ~self.is_positive)):
-            self._static_features[_COLUMN[column]] = near[:, members].sum(axis=1) / max(int(members.sum()), 1)
+            static[_COLUMN[column]] = near[:, members].sum(axis=1) / max(int(members.sum()), 1)
+        self._static_features = np.ascontiguousarray(static.T)  # (N, F)
+        self._no_mask = np.zeros(n, dtype=np.float32)
         self._allocate_state()
         self.set_active(self.initially_active)
 
@@ -129,7 +132,6 @@ class DualSpaceGraph:
         self._num_active = np.zeros(2, dtype=np.int64)  # active negatives, active positives
         # sum of the distance over all unordered pairs of active nodes, [space, edge type]
         self._pair_sum = np.zeros((2, 3), dtype=np.float64)
-        self._feature_buffer = self._static_features.copy()
 
     # ----- static structure --------------------------------------------------------------------
     @property
@@ -240,58 +242,18 @@ class DualSpaceGraph:
         self._pair_sum[:, 2] = self._sum[:, POSITIVE][:, positives].sum(axis=1) / 2
 
     def toggle(self, node: int) -> None:
-        """Activate an inactive node or deactivate an active one, updating the statistics in O(N)."""
-        node = int(node)
-        category = int(self.category[node])
-        row = self._distance[:, node, :]  # (2, N): the node's distances to every node, both spaces
-        # the node's distance sums to the active negatives and positives, (2 spaces, 2), are its share
-        # of the pair sums of edge types category + 0 and category + 1 (its own distance is 0)
-        contribution = self._sum[:, :, node]
-        if self.active[node]:
-            self._pair_sum[:, category:category + 2] -= contribution
-        else:
-            self._pair_sum[:, category:category + 2] += contribution
-        sums = self._sum[:, category]
-        counts = self._count[category]
-        minimum, argmin = self._min[:, category], self._argmin[:, category]
-        if self.active[node]:
-            self.active[node] = False
-            self._num_active[category] -= 1
-            sums -= row
-            counts -= 1
-            counts[node] += 1
-            stale = argmin == node  # (2, N): rows whose nearest node of this category was this one
-            if stale.any():
-                self._refresh_min(category, stale)
-        else:
-            self.active[node] = True
-            self._num_active[category] += 1
-            sums += row
-            counts += 1
-            counts[node] -= 1
-            closer = row < minimum
-            closer[:, node] = False
-            np.copyto(minimum, row, where=closer)
-            argmin[closer] = node
+        """Activate an inactive node or deactivate an active one, updating the statistics in O(N).
 
-    def _refresh_min(self, category: int, stale: np.ndarray) -> None:
-        """Recompute the minimum distance to the active nodes of ``category`` for the rows (nodes)
-        marked in ``stale`` (2, N), space by space, over the active members' columns only."""
-        members = np.flatnonzero(self.active & (self.category == category))
-        for space in (_FEATURE, _PHYSICAL):
-            rows = np.flatnonzero(stale[space])
-            if len(rows) == 0:
-                continue
-            block = self._distance[space][np.ix_(rows, members)]  # (R, M)
-            block[rows[:, None] == members[None, :]] = np.inf  # a node is not its own neighbour
-            if block.shape[1] == 0:
-                self._min[space, category, rows] = np.inf
-                self._argmin[space, category, rows] = -1
-                continue
-            nearest = block.argmin(axis=1)
-            minimum = block[np.arange(len(rows)), nearest]
-            self._min[space, category, rows] = minimum
-            self._argmin[space, category, rows] = np.where(np.isinf(minimum), -1, members[nearest])
+        Compiled (:func:`gpoa.kernels.toggle_statistics`): sums and counts move by the node's
+        distance row; activating lowers the minimum of the rows it is nearer to; deactivating
+        recomputes the minimum only of the rows whose nearest node it was, over the active members
+        of its category.
+        """
+        node = int(node)
+        if not 0 <= node < self.num_nodes:
+            raise IndexError(f"node {node} is outside 0..{self.num_nodes - 1}")
+        toggle_statistics(self._distance, self.category, self.active, self._sum, self._min, self._argmin,
+                          self._count, self._num_active, self._pair_sum, node)
 
     # ----- what the agent observes -------------------------------------------------------------
     def node_features(self, inside_mask: Optional[np.ndarray] = None, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -302,33 +264,23 @@ class DualSpaceGraph:
         active nodes of the respective category other than the node itself, 1.0 when there is none.
         ``out`` (N, F) float32, when given, receives the result (no new array).
         """
-        buffer = self._feature_buffer  # (F, N), the static rows filled once
-        buffer[_COLUMN["active"]] = self.active
-        # the distance rows as [space (feature, physical)][positives, negatives][mean, min]
-        statistics = buffer[_DISTANCE_COLUMNS].reshape(2, 2, 2, self.num_nodes)
-        count = self._count[::-1]  # (2, N), positives first
-        statistics[:, :, 0] = np.where(count > 0, self._sum[:, ::-1] / np.maximum(count, 1), 1.0)
-        np.minimum(self._min[:, ::-1], 1.0, out=statistics[:, :, 1])  # no active node: inf → 1
-        buffer[_COLUMN["inside_mask"]] = 0.0 if inside_mask is None else inside_mask
+        shape = (self.num_nodes, len(NODE_FEATURES))
         if out is None:
-            return buffer.T.copy()
-        out[...] = buffer.T
+            out = np.empty(shape, dtype=np.float32)
+        elif out.shape != shape or out.dtype != np.float32:
+            raise ValueError(f"out must be a {shape} float32 array, got {out.shape} {out.dtype}")
+        inside = self._no_mask if inside_mask is None else np.asarray(inside_mask, dtype=np.float32)
+        if inside.shape != (self.num_nodes,):
+            raise ValueError(f"inside_mask must have shape ({self.num_nodes},), got {inside.shape}")
+        write_node_features(self._static_features, self.active, self._sum, self._count, self._min, inside,
+                            _COLUMN["active"], _DISTANCE_COLUMNS.start, _COLUMN["inside_mask"], out)
         return out
 
     def graph_terms(self) -> np.ndarray:
         """The five label-free terms of :meth:`graph_score`, (5,) float64, named by :data:`GRAPH_SCORE_TERMS`."""
-        p, q = self.num_positive, self.num_negative
-        terms = np.zeros(5, dtype=np.float64)
-        if p >= 2:
-            pairs = p * (p - 1) / 2
-            terms[0] = 1.0 - self._pair_sum[_FEATURE, 2] / pairs
-            terms[2] = self._pair_sum[_PHYSICAL, 2] / pairs
-        if q >= 2:
-            terms[3] = self._pair_sum[_PHYSICAL, 0] / (q * (q - 1) / 2)
-        if p >= 1 and q >= 1:
-            terms[1] = self._pair_sum[_FEATURE, 1] / (p * q)
-            positives = self.active & self.is_positive
-            terms[4] = self._min[_PHYSICAL, NEGATIVE].sum(where=positives, dtype=np.float64) / p
+        terms = np.empty(len(GRAPH_SCORE_TERMS), dtype=np.float64)
+        graph_score_terms(self._pair_sum, self._min[_PHYSICAL, NEGATIVE], self.active, self.is_positive, self._num_active,
+                          terms)
         return terms
 
     def graph_score(self, weights: Optional[Sequence[float]] = None) -> float:
@@ -363,6 +315,25 @@ def _top(score: np.ndarray, allowed: np.ndarray, count: int) -> np.ndarray:
     candidates = np.flatnonzero(allowed)
     order = np.lexsort((candidates, -score[candidates]))
     return candidates[order[:max(count, 0)]]
+
+
+def _spaced_top(score: np.ndarray, allowed: np.ndarray, count: int, grid: PatchGrid, taken: np.ndarray,
+                spacing: float) -> np.ndarray:
+    """Up to ``count`` indices picked greedily by highest ``score`` where ``allowed``, each at least
+    ``spacing`` working-image pixels from the patches in ``taken`` and from the ones picked before."""
+    patches = np.arange(grid.num_patches)
+    reach = np.full(grid.num_patches, np.inf)
+    if len(taken):
+        reach = grid.pixel_distance(patches, taken).min(axis=1)
+    picked = []
+    for _ in range(max(count, 0)):
+        candidates = np.flatnonzero(allowed & (reach >= spacing))
+        if len(candidates) == 0:
+            break
+        best = int(candidates[np.argmax(score[candidates])])  # ties: lowest index
+        picked.append(best)
+        np.minimum(reach, grid.pixel_distance(patches, [best])[:, 0], out=reach)
+    return np.asarray(picked, dtype=np.int64)
 
 
 def build_graph(grid: PatchGrid, target_features: np.ndarray, prompt_set: PromptSet, reference: ReferenceFeatures,
@@ -404,7 +375,11 @@ def build_graph(grid: PatchGrid, target_features: np.ndarray, prompt_set: Prompt
     margin = nearest_foreground - nearest_background  # (rows * cols,)
     free = np.ones(grid.num_patches, dtype=bool)
     free[positives] = free[negatives] = False
-    extra_positive = _top(margin, free, cfg.extra_positive)
+    if cfg.positive_spacing > 0:
+        extra_positive = _spaced_top(margin, free, cfg.extra_positive, grid, positives,
+                                     cfg.positive_spacing * grid.patch_size)
+    else:
+        extra_positive = _top(margin, free, cfg.extra_positive)
     free[extra_positive] = False
     if cfg.negative_ring > 0 and len(positives):
         # negative candidates from the band around the positives, where a negative delimits the object

@@ -175,6 +175,11 @@ def test_set_active_resets_and_empty_sets_report_distance_one():
     graph.set_active(graph.initially_active)
     np.testing.assert_allclose(graph.node_features()[:, distance_columns],
                                brute_force_features(graph)[:, distance_columns], atol=1e-6)
+    before = graph.node_features()
+    for node in (-1, graph.num_nodes):  # the compiled toggle does not check bounds: the method must
+        with pytest.raises(IndexError, match="outside"):
+            graph.toggle(node)
+    np.testing.assert_array_equal(graph.node_features(), before)
 
 
 def test_graph_attributes_and_node_features_layout():
@@ -475,3 +480,53 @@ def test_negative_ring_draws_negative_candidates_near_the_positives():
     assert len(candidates) == 5 and np.all(graph.category[~graph.initially_active] == 0)
     reach = GRID.pixel_distance(candidates, prompt_set.positive_indices).min(axis=1)
     assert np.all(reach <= 1.5 * GRID.patch_size)
+
+
+def test_positive_spacing_spreads_the_positive_candidates():
+    _, (target, prompt_set, reference, _) = random_graph(5, positives=3, negatives=4)
+    match = match_prompts(reference, target, MatchingConfig())
+    margin = match.foreground_similarity - match.background_similarity
+    spacing = 2.5 * GRID.patch_size
+    cfg = GraphConfig(extra_positive=6, extra_negative=0, positive_spacing=2.5)
+    graph = build_graph(GRID, target, prompt_set, reference, cfg)
+    candidates = graph.indices[~graph.initially_active]
+    assert len(candidates) == 6 and np.all(graph.category[~graph.initially_active] == 1)
+    # brute force: walk the free patches best first, keep one if it is far enough from every kept positive
+    kept = list(prompt_set.positive_indices)
+    expected = []
+    free = np.setdiff1d(np.arange(GRID.num_patches), np.r_[prompt_set.positive_indices, prompt_set.negative_indices])
+    for patch in free[np.argsort(-margin[free], kind="stable")]:
+        if GRID.pixel_distance([patch], kept).min() >= spacing - 1e-9 and len(expected) < 6:
+            expected.append(patch)
+            kept.append(patch)
+    np.testing.assert_array_equal(candidates, expected)
+    # without spacing the same count comes from the top of the ranking, crowded together
+    crowded = build_graph(GRID, target, prompt_set, reference, GraphConfig(extra_positive=6, extra_negative=0))
+    top = crowded.indices[~crowded.initially_active]
+    assert GRID.pixel_distance(top, top)[np.triu_indices(6, 1)].min() < spacing
+    assert GRID.pixel_distance(candidates, candidates)[np.triu_indices(6, 1)].min() >= spacing - 1e-9
+
+
+def test_node_features_reject_buffers_of_the_wrong_shape():
+    graph, _ = random_graph(2)
+    n = graph.num_nodes
+    with pytest.raises(ValueError, match="out must be"):
+        graph.node_features(out=np.zeros((n - 1, len(NODE_FEATURES)), dtype=np.float32))
+    with pytest.raises(ValueError, match="out must be"):
+        graph.node_features(out=np.zeros((n, len(NODE_FEATURES)), dtype=np.float64))
+    with pytest.raises(ValueError, match="inside_mask"):
+        graph.node_features(np.zeros(n + 3))
+
+
+@pytest.mark.parametrize("reward", ["segmentation", "graph"])
+def test_step_penalty_is_charged_on_toggles_only(reward):
+    sample, reference = scene()
+    plain, charged = (PromptEnv([sample], reference, make_cfg(reward=reward, max_nodes=40, step_penalty=penalty),
+                                segmenter=DiscSegmenter(), seed=0) for penalty in (0.0, 0.25))
+    for env in (plain, charged):
+        env.reset(seed=0)
+    node = node_of(plain, DISTRACTOR, 1)
+    (_, base, *_), (_, cost, *_) = plain.step(node), charged.step(node)
+    assert cost == pytest.approx(base - 0.25)
+    assert plain.step(plain.stop_action)[1] == charged.step(charged.stop_action)[1] == 0.0
+

@@ -36,6 +36,7 @@ from torch import nn, optim
 from gpoa.config import DQNConfig
 from gpoa.errors import UsageError
 from gpoa.io import atomic_write_bytes
+from gpoa.kernels import node_set_q
 
 #: Gradient steps between two ``losses/*`` reports to the callback.
 LOG_EVERY = 100
@@ -132,55 +133,55 @@ class GreedyPolicy:
 
     Computes :meth:`NodeSetQNetwork.forward` for a single observation (equal up to float32
     rounding) without autograd, module dispatch or padding: only the valid nodes are touched, and
-    when they come first (as the envs pad) they are read in place. Node embeddings are kept as
-    (H, n), one node per column, so that pooling over nodes runs along contiguous rows. Later
-    changes to the network are not seen: build a new policy after training.
+    when they come first (as the envs pad) they are read in place. The pass itself is compiled
+    (:func:`gpoa.kernels.node_set_q`: one matrix product per node layer, ReLU fused with the mean
+    and max pooling). Later changes to the network are not seen: build a new policy after training.
     """
 
     def __init__(self, network: NodeSetQNetwork):
         def numpy(tensor: torch.Tensor) -> np.ndarray:
-            return tensor.detach().cpu().numpy().astype(np.float32, copy=True)
+            return np.array(tensor.detach().cpu().numpy(), dtype=np.float32, order="C")  # a copy
 
         head_in, _, head_out = network.context_head
         self.architecture = network.architecture
-        self.node_weight = numpy(network.node_encoder.weight)  # (H, F + 1), the last column for the flag 1
-        self.node_weight2 = None if network.node_encoder2 is None else numpy(network.node_encoder2.weight)  # (H, H)
+        node_weight = numpy(network.node_encoder.weight)  # (H, F + 1), the last column for the flag 1
+        self.node_weight = np.ascontiguousarray(node_weight[:, :-1])  # (H, F)
+        self.node_bias = np.ascontiguousarray(node_weight[:, -1])
+        self.node_weight2 = (np.zeros((0, 0), np.float32) if network.node_encoder2 is None
+                             else numpy(network.node_encoder2.weight))
         self.global_weight = numpy(network.global_encoder[0].weight.T)
         self.global_bias = numpy(network.global_encoder[0].bias)
         self.head_weight1, self.head_bias1 = numpy(head_in.weight.T), numpy(head_in.bias)
         self.head_weight2, self.head_bias2 = numpy(head_out.weight.T), numpy(head_out.bias)
         # fold the 1/√H of the node score into the query outputs
-        scale = 1.0 / math.sqrt(network.hidden)
+        scale = np.float32(1.0 / math.sqrt(network.hidden))
         self.head_weight2[:, :-2] *= scale
         self.head_bias2[:-2] *= scale
 
     def q_values(self, obs: dict) -> np.ndarray:
         """(M + 1,) float32 Q-values of one observation (STOP last); padded nodes get -inf."""
-        nodes = obs["nodes"]
-        index = np.flatnonzero(obs["valid"])
-        count = len(index)
-        rows = slice(0, count) if count == 0 or index[-1] == count - 1 else index
-        inputs = np.ones((nodes.shape[1] + 1, count), dtype=np.float32)
-        inputs[:-1] = nodes[rows].T
-        h = self.node_weight @ inputs
-        np.maximum(h, np.zeros(h.shape, dtype=np.float32), out=h)  # ReLU; maximum(h, 0) is 3x slower
-        if self.node_weight2 is not None:
-            h = self.node_weight2 @ h
-            np.maximum(h, np.zeros(h.shape, dtype=np.float32), out=h)
-        mean = h @ np.full(count, 1.0 / max(count, 1), dtype=np.float32)
-        global_embedding = np.maximum(obs["globals"] @ self.global_weight + self.global_bias, 0)
-        context = np.concatenate([mean, h.max(axis=1, initial=0.0), global_embedding])
-        head = np.maximum(context @ self.head_weight1 + self.head_bias1, 0) @ self.head_weight2 + self.head_bias2
+        nodes, valid = obs["nodes"], obs["valid"]
+        count = int(np.count_nonzero(valid))
         q = np.full(len(nodes) + 1, -np.inf, dtype=np.float32)
-        q[rows] = head[:-2] @ h + head[-2]
-        q[-1] = head[-1]
+        if valid[:count].all():  # the real nodes come first (as the envs pad): read them in place
+            q[-1] = self._q(np.ascontiguousarray(nodes[:count], dtype=np.float32), obs["globals"], q[:count])
+        else:
+            index = np.flatnonzero(valid)
+            node_q = np.empty(count, dtype=np.float32)
+            q[-1] = self._q(np.ascontiguousarray(nodes[index], dtype=np.float32), obs["globals"], node_q)
+            q[index] = node_q
         return q
+
+    def _q(self, nodes: np.ndarray, globals_: np.ndarray, out: np.ndarray) -> float:
+        return node_set_q(nodes, self.node_weight, self.node_bias, self.node_weight2,
+                          np.asarray(globals_, dtype=np.float32), self.global_weight, self.global_bias,
+                          self.head_weight1, self.head_bias1, self.head_weight2, self.head_bias2, out)
 
     def __call__(self, obs: dict, action_mask: Optional[np.ndarray] = None) -> int:
         """The greedy action of one observation; without a mask every real node and STOP are valid."""
         q = self.q_values(obs)
         if action_mask is not None:
-            q = np.where(action_mask, q, -np.inf)
+            q[~np.asarray(action_mask, dtype=bool)] = -np.inf
         return int(np.argmax(q))
 
 
@@ -292,7 +293,9 @@ class DQNAgent:
     def act(self, observations: Sequence[dict], masks: np.ndarray, epsilon: float) -> np.ndarray:
         """ε-greedy actions (K,) int64 for K observations and their action masks (K, M + 1) bool."""
         explore = self.rng.random(len(observations)) < epsilon
-        actions = np.array([self.rng.choice(np.flatnonzero(mask)) for mask in masks], dtype=np.int64)
+        actions = np.zeros(len(observations), dtype=np.int64)
+        for k in np.flatnonzero(explore):  # a random draw only for the environments that explore
+            actions[k] = self.rng.choice(np.flatnonzero(masks[k]))
         if explore.all():
             return actions
         stacked = [np.stack([obs[key] for obs in observations]) for key in ("nodes", "valid", "globals")]
