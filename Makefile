@@ -19,15 +19,19 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
+# settings of one family on top of $(CONFIG): the membrane's distractors are short fragments that
+# look like it patch by patch, which the match-context node columns tell apart from the long band
+SET_membrane := --set graph.match_context=true
+SET_objects  :=
+
 demo: setup
 	test -f $(DEMO)/membrane/dataset.json || $(PY) -m gpoa.demo_data --out $(DEMO) --seed 0 --train 80
-	set -e; for family in $(FAMILIES); do \
-	  $(PY) Generate_initial_prompts.py --config $(CONFIG) --data $(DEMO)/$$family; \
-	  test -f checkpoints/demo-$$family/best.pt || \
-	    $(PY) train_GPOA.py --config $(CONFIG) --data $(DEMO)/$$family --run demo-$$family --overwrite; \
-	  $(PY) test_GPOA.py --config $(CONFIG) --data $(DEMO)/$$family --policy checkpoints/demo-$$family/best.pt; \
-	  $(PY) main_seg.py --config $(CONFIG) --data $(DEMO)/$$family; \
-	done
+	set -e; $(foreach family,$(FAMILIES), \
+	  $(PY) Generate_initial_prompts.py --config $(CONFIG) --data $(DEMO)/$(family) $(SET_$(family)); \
+	  test -f checkpoints/demo-$(family)/best.pt || \
+	    $(PY) train_GPOA.py --config $(CONFIG) --data $(DEMO)/$(family) $(SET_$(family)) --run demo-$(family) --overwrite; \
+	  $(PY) test_GPOA.py --config $(CONFIG) --data $(DEMO)/$(family) $(SET_$(family)) --policy checkpoints/demo-$(family)/best.pt; \
+	  $(PY) main_seg.py --config $(CONFIG) --data $(DEMO)/$(family) $(SET_$(family));)
 
 test: setup
 	$(PY) -m pytest -q

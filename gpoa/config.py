@@ -99,6 +99,11 @@ class GraphConfig:
     # prompt and every other positive candidate, so that they reach other instances and the
     # unprompted parts of the object instead of crowding the best match; 0 takes the top ones
     positive_spacing: float = 0.0
+    # fill the match-context node columns: the share of the patches within 3 and 6 patches of a
+    # node that match the reference foreground better than its background. Tells an object apart
+    # from small lookalike fragments (a patch of a long membrane has lookalike neighbours, a patch
+    # of a short fibre few); misleads when distractors are as large as the object. Off: zeros
+    match_context: bool = False
 
 
 @dataclass
@@ -304,8 +309,7 @@ NON_NEGATIVE_FIELDS = ("matching.max_positive", "matching.max_negative", "segmen
                        "segmentation.ideal_negative", "graph.extra_positive", "graph.extra_negative",
                        "graph.negative_ring", "graph.positive_spacing",
                        "env.min_positive", "env.max_positive", "env.min_negative", "env.max_negative",
-                       "dqn.total_steps", "dqn.learning_starts",
-                       "env.step_penalty")
+                       "env.step_penalty", "dqn.total_steps", "dqn.learning_starts")
 
 
 def validate(cfg: Config) -> None:

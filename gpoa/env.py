@@ -147,21 +147,20 @@ def _build_record(sample: EpisodeSample, reference: ReferenceFeatures, cfg: Conf
                          sample.grid.patch_centre_pixels(graph.indices, original_size))
 
 
-def _decode(segmenter: Segmenter, record: _SampleRecord, actives: Sequence[np.ndarray]) -> tuple:
-    """Decode the prompt sets given by ``actives`` ((N,) bool active-node masks of ``record``'s
-    graph) in one call.
+def _decode(segmenter: Segmenter, record: _SampleRecord, graphs: Sequence[DualSpaceGraph]) -> tuple:
+    """Decode the active prompts of ``graphs`` (all of ``record``'s sample) in one call.
 
     Prompts are positives then negatives, in node order, as ``PromptSet.point_prompts`` gives them.
     Returns masks (B, H, W) bool and Dice (B,) against the truth mask (None without one).
     """
-    sample, is_positive = record.sample, record.graph.is_positive
+    sample = record.sample
     if record.embedding is None:
         record.embedding = segmenter.embed(sample.image)
-    prompts = [PointPrompts.from_xy(record.node_xy[active & is_positive], record.node_xy[active & ~is_positive])
-               for active in actives]
+    prompts = [PointPrompts.from_xy(record.node_xy[graph.active & graph.is_positive],
+                                    record.node_xy[graph.active & ~graph.is_positive]) for graph in graphs]
     masks, _ = segmenter.decode(record.embedding, prompts)
     masks = np.asarray(masks, dtype=bool)
-    expected = (len(actives), *sample.image.shape[:2])
+    expected = (len(graphs), *sample.image.shape[:2])
     if masks.shape != expected:
         raise ValueError(f"segmenter returned masks of shape {masks.shape} for sample '{sample.name}', "
                          f"expected {expected} (one mask per prompt set at the image size)")
@@ -289,7 +288,7 @@ class PromptEnv(gymnasium.Env):
         if self._segmenter is not None:
             record = self._record
             if record.start_mask is None:
-                masks, dice = _decode(self._segmenter, record, [self.graph.active])
+                masks, dice = _decode(self._segmenter, record, [self.graph])
                 record.start_mask = masks[0]
                 record.start_dice = None if dice is None else float(dice[0])
             self._set_mask(record.start_mask, record.start_dice)
@@ -306,8 +305,7 @@ class PromptEnv(gymnasium.Env):
         graph = self.graph
         can_remove, can_add = self._allowed_toggles()
         valid = np.zeros(self.max_nodes + 1, dtype=bool)
-        write_action_mask(graph.active, graph.category, self._toggled, np.array(can_remove), np.array(can_add),
-                          valid[:graph.num_nodes])
+        write_action_mask(graph.active, graph.category, self._toggled, can_remove, can_add, valid[:graph.num_nodes])
         valid[self.stop_action] = True
         return valid
 
@@ -407,7 +405,7 @@ def step_batch(envs: Sequence[PromptEnv], actions: Sequence[int]) -> list:
         if env._segmenter is not None:
             groups.setdefault((id(env._segmenter), id(env._record)), []).append(env)
     for group in groups.values():
-        masks, dice = _decode(group[0]._segmenter, group[0]._record, [env.graph.active for env in group])
+        masks, dice = _decode(group[0]._segmenter, group[0]._record, [env.graph for env in group])
         for j, env in enumerate(group):
             env._set_mask(masks[j], None if dice is None else float(dice[j]))
     return [env._finish(action, before) for env, action, before in zip(envs, actions, dice_before)]

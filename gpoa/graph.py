@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
+from scipy import ndimage
 
 from gpoa.config import EnvConfig, GraphConfig
 from gpoa.grid import PatchGrid
@@ -51,10 +52,17 @@ NODE_FEATURES = (
     "inside_mask",  # 1 if the node lies inside the current mask, 0 without a mask
     "positive_support",  # share of the positive nodes (active or not) within SUPPORT_RADIUS of the node
     "negative_support",  # share of the negative nodes (active or not) within SUPPORT_RADIUS of the node
+    "match_context_near",  # share of the patches within CONTEXT_RADII[0] patches that match foreground better;
+    "match_context_far",  # the same within CONTEXT_RADII[1] patches (see match_context); 0 unless graph.match_context
 )
 
 #: Physical radius of the support columns, as a share of the working-image diagonal.
 SUPPORT_RADIUS = 0.1
+
+#: Radii, in patches, of the two match-context columns. A patch that looks like the object on its
+#: own but sits among few other such patches (a short distractor fragment, a speck) scores low; a
+#: patch of the object scores high because its neighbours look like the object too.
+CONTEXT_RADII = (3, 6)
 
 #: Edge type of nodes i, j is ``category[i] + category[j]``: an index into this tuple.
 EDGE_TYPES = ("negative-negative", "positive-negative", "positive-positive")
@@ -81,7 +89,9 @@ class DualSpaceGraph:
     - ``foreground_similarity``, ``background_similarity`` (N,) float32 — cosine similarity of the
       node's patch feature to the reference foreground / background prototype;
     - ``match_score`` (N,) float32 — similarity to the nearest reference foreground patch minus
-      similarity to the nearest reference background patch, in [-2, 2].
+      similarity to the nearest reference background patch, in [-2, 2];
+    - ``match_context`` (N, 2) float32 — the node's two :func:`match_context` shares, in [0, 1]
+      (zeros when ``graph.match_context`` is off).
 
     State: ``active`` (N,) bool, changed only through :meth:`toggle`, :meth:`set_active` and
     :meth:`copy_state`, which keep the statistics in step.
@@ -89,7 +99,7 @@ class DualSpaceGraph:
 
     def __init__(self, grid: PatchGrid, indices: np.ndarray, category: np.ndarray, initially_active: np.ndarray,
                  feature_distance: np.ndarray, physical_distance: np.ndarray, foreground_similarity: np.ndarray,
-                 background_similarity: np.ndarray, match_score: np.ndarray):
+                 background_similarity: np.ndarray, match_score: np.ndarray, match_context: np.ndarray):
         self.grid = grid
         self.indices = np.asarray(indices, dtype=np.int64)
         self.category = np.asarray(category, dtype=np.int8)
@@ -105,6 +115,10 @@ class DualSpaceGraph:
         self.foreground_similarity = np.asarray(foreground_similarity, dtype=np.float32)
         self.background_similarity = np.asarray(background_similarity, dtype=np.float32)
         self.match_score = np.asarray(match_score, dtype=np.float32)
+        self.match_context = np.asarray(match_context, dtype=np.float32)
+        if self.match_context.shape != (n, len(CONTEXT_RADII)):
+            raise ValueError(f"match_context must be ({n}, {len(CONTEXT_RADII)}) for {n} nodes, "
+                             f"got {self.match_context.shape}")
         self.is_positive = self.category == POSITIVE
         static = np.zeros((len(NODE_FEATURES), n), dtype=np.float32)  # (F, N), the columns that never change
         static[_COLUMN["category"]] = self.category
@@ -112,6 +126,7 @@ class DualSpaceGraph:
         static[_COLUMN["foreground_similarity"]] = self.foreground_similarity
         static[_COLUMN["background_similarity"]] = self.background_similarity
         static[_COLUMN["half_match_score"]] = self.match_score / 2
+        static[_COLUMN["match_context_near"]:_COLUMN["match_context_far"] + 1] = self.match_context.T
         near = self.physical_distance <= SUPPORT_RADIUS
         np.fill_diagonal(near, False)
         for column, members in (("positive_support", self.is_positive), ("negative_support", ~self.is_positive)):
@@ -257,7 +272,7 @@ class DualSpaceGraph:
 
     # ----- what the agent observes -------------------------------------------------------------
     def node_features(self, inside_mask: Optional[np.ndarray] = None, out: Optional[np.ndarray] = None) -> np.ndarray:
-        """(N, F) float32 node observations, columns as in :data:`NODE_FEATURES` (F = 17).
+        """(N, F) float32 node observations, columns as in :data:`NODE_FEATURES` (F = 19).
 
         ``inside_mask`` (N,) bool/float says whether each node lies inside the segmenter's current
         mask; ``None`` (no mask) fills that column with 0. Mean and minimum distances are over the
@@ -279,8 +294,8 @@ class DualSpaceGraph:
     def graph_terms(self) -> np.ndarray:
         """The five label-free terms of :meth:`graph_score`, (5,) float64, named by :data:`GRAPH_SCORE_TERMS`."""
         terms = np.empty(len(GRAPH_SCORE_TERMS), dtype=np.float64)
-        graph_score_terms(self._pair_sum, self._min[_PHYSICAL, NEGATIVE], self.active, self.is_positive, self._num_active,
-                          terms)
+        graph_score_terms(self._pair_sum, self._min[_PHYSICAL, NEGATIVE], self.active, self.is_positive,
+                          self._num_active, terms)
         return terms
 
     def graph_score(self, weights: Optional[Sequence[float]] = None) -> float:
@@ -317,14 +332,35 @@ def _top(score: np.ndarray, allowed: np.ndarray, count: int) -> np.ndarray:
     return candidates[order[:max(count, 0)]]
 
 
+def match_context(grid: PatchGrid, margin: np.ndarray) -> np.ndarray:
+    """(rows * cols, len(CONTEXT_RADII)) float32: for every patch and radius r of :data:`CONTEXT_RADII`,
+    the share of the patches within r patches (centre distance, the patch itself included; patches
+    outside the grid do not count) whose ``margin`` (fg − bg nearest-neighbour similarity,
+    (rows * cols,)) is positive: how much of its surroundings looks like the object."""
+    foreground_like = (np.asarray(margin).reshape(grid.rows, grid.cols) > 0).astype(np.float32)
+    in_grid = np.ones_like(foreground_like)
+    shares = np.empty((grid.num_patches, len(CONTEXT_RADII)), dtype=np.float32)
+    for column, radius in enumerate(CONTEXT_RADII):
+        offsets = np.arange(-radius, radius + 1)
+        disc = (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius ** 2).astype(np.float32)
+        count = ndimage.correlate(foreground_like, disc, mode="constant")
+        area = ndimage.correlate(in_grid, disc, mode="constant")
+        shares[:, column] = np.clip(count / area, 0.0, 1.0).reshape(-1)
+    return shares
+
+
+def _reach(grid: PatchGrid, patches) -> np.ndarray:
+    """(rows * cols,) working-image pixel distance of every patch to the nearest of ``patches`` (inf if none)."""
+    if len(patches) == 0:
+        return np.full(grid.num_patches, np.inf)
+    return grid.pixel_distance(np.arange(grid.num_patches), patches).min(axis=1)
+
+
 def _spaced_top(score: np.ndarray, allowed: np.ndarray, count: int, grid: PatchGrid, taken: np.ndarray,
                 spacing: float) -> np.ndarray:
     """Up to ``count`` indices picked greedily by highest ``score`` where ``allowed``, each at least
     ``spacing`` working-image pixels from the patches in ``taken`` and from the ones picked before."""
-    patches = np.arange(grid.num_patches)
-    reach = np.full(grid.num_patches, np.inf)
-    if len(taken):
-        reach = grid.pixel_distance(patches, taken).min(axis=1)
+    reach = _reach(grid, taken)
     picked = []
     for _ in range(max(count, 0)):
         candidates = np.flatnonzero(allowed & (reach >= spacing))
@@ -332,7 +368,7 @@ def _spaced_top(score: np.ndarray, allowed: np.ndarray, count: int, grid: PatchG
             break
         best = int(candidates[np.argmax(score[candidates])])  # ties: lowest index
         picked.append(best)
-        np.minimum(reach, grid.pixel_distance(patches, [best])[:, 0], out=reach)
+        np.minimum(reach, _reach(grid, [best]), out=reach)
     return np.asarray(picked, dtype=np.int64)
 
 
@@ -383,8 +419,7 @@ def build_graph(grid: PatchGrid, target_features: np.ndarray, prompt_set: Prompt
     free[extra_positive] = False
     if cfg.negative_ring > 0 and len(positives):
         # negative candidates from the band around the positives, where a negative delimits the object
-        reach = grid.pixel_distance(np.arange(grid.num_patches), positives).min(axis=1)
-        near = reach <= cfg.negative_ring * grid.patch_size
+        near = _reach(grid, positives) <= cfg.negative_ring * grid.patch_size
         extra_negative = _top(-margin, free & near, cfg.extra_negative)
         free[extra_negative] = False
         extra_negative = np.concatenate([extra_negative, _top(-margin, free, cfg.extra_negative - len(extra_negative))])
@@ -405,5 +440,7 @@ def build_graph(grid: PatchGrid, target_features: np.ndarray, prompt_set: Prompt
     physical_distance = grid.normalised_distance(indices, indices)
     foreground_similarity = np.clip(features @ reference.foreground_prototype, -1.0, 1.0)
     background_similarity = np.clip(features @ reference.background_prototype, -1.0, 1.0)
+    context = (match_context(grid, margin)[indices] if cfg.match_context
+               else np.zeros((len(indices), len(CONTEXT_RADII)), dtype=np.float32))
     return DualSpaceGraph(grid, indices, category, initially_active, feature_distance, physical_distance,
-                          foreground_similarity, background_similarity, margin[indices])
+                          foreground_similarity, background_similarity, margin[indices], context)

@@ -14,6 +14,7 @@ import Generate_initial_prompts
 import main_seg
 import test_GPOA
 import train_GPOA
+from gpoa.agents.dqn import NodeSetQNetwork, load_policy, save_policy
 
 FAST = ["dqn.total_steps=160", "dqn.learning_starts=32", "dqn.batch_size=16", "train.eval_every=80",
         "train.parallel_envs=4", "dqn.hidden=32"]
@@ -120,6 +121,14 @@ def test_missing_and_corrupt_policy_give_clear_errors(trained, tmp_path, capsys)
     assert str(corrupt) in err and "cannot be read" in err
     assert optimize(data, tmp_path / "empty_checkpoints") == 2
     assert "train_GPOA.py" in capsys.readouterr().err
+    # a policy of another observation layout (an older version's, with fewer node columns)
+    network, meta = load_policy(checkpoints / "tiny" / "best.pt")
+    older = tmp_path / "older.pt"
+    save_policy(older, NodeSetQNetwork(**{**network.architecture, "node_dim": network.node_dim - 2}), meta)
+    assert optimize(data, checkpoints, "--policy", str(older)) == 2
+    err = capsys.readouterr().err
+    assert str(older) in err and "another version" in err and "retrain" in err
+    assert not (data / "optimized_indices").exists()
 
 
 def test_prompt_file_from_another_grid_is_reported_and_the_rest_optimised(trained, capsys):

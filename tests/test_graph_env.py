@@ -10,7 +10,7 @@ from gymnasium.utils.env_checker import check_env
 
 from gpoa.config import Config, GraphConfig, MatchingConfig
 from gpoa.env import GLOBAL_FEATURES, EpisodeSample, PromptEnv, step_batch
-from gpoa.graph import NODE_FEATURES, build_graph
+from gpoa.graph import CONTEXT_RADII, NODE_FEATURES, build_graph, match_context
 from gpoa.grid import PatchGrid
 from gpoa.matching import build_reference, match_prompts
 from gpoa.prompts import PromptSet
@@ -193,7 +193,7 @@ def test_graph_attributes_and_node_features_layout():
     np.testing.assert_allclose(graph.physical_distance, GRID.normalised_distance(graph.indices, graph.indices),
                                rtol=1e-6)
     features = graph.node_features()
-    assert features.shape == (n, len(NODE_FEATURES)) == (n, 17) and features.dtype == np.float32
+    assert features.shape == (n, len(NODE_FEATURES)) == (n, 19) and features.dtype == np.float32
     np.testing.assert_array_equal(features[:, NODE_FEATURES.index("category")], graph.category)
     np.testing.assert_array_equal(features[:, NODE_FEATURES.index("active")], graph.active)
     np.testing.assert_allclose(features[:, NODE_FEATURES.index("half_match_score")], graph.match_score / 2)
@@ -470,6 +470,39 @@ def test_support_columns_count_nearby_candidates_of_each_label():
     # node order: positives (0,0), (0,2), (10,10), then negatives (1,0), (10,13); shares exclude the node
     np.testing.assert_allclose(features[:, NODE_FEATURES.index("positive_support")], [1 / 3, 1 / 3, 0, 2 / 3, 0])
     np.testing.assert_allclose(features[:, NODE_FEATURES.index("negative_support")], [1 / 2, 1 / 2, 0, 0, 0])
+
+
+def test_match_context_is_the_share_of_foreground_like_patches_within_each_radius():
+    grid = PatchGrid.square(280, 14)  # 20 x 20 patches
+    rng = np.random.default_rng(3)
+    margin = rng.normal(size=grid.num_patches)
+    shares = match_context(grid, margin)
+    assert shares.shape == (grid.num_patches, len(CONTEXT_RADII)) and shares.dtype == np.float32
+    rows, cols = grid.index_to_rc(np.arange(grid.num_patches))
+    for patch in rng.choice(grid.num_patches, 25, replace=False):  # brute force, edges and corners included
+        for column, radius in enumerate(CONTEXT_RADII):
+            within = (rows - rows[patch]) ** 2 + (cols - cols[patch]) ** 2 <= radius ** 2
+            assert shares[patch, column] == pytest.approx(np.mean(margin[within] > 0), abs=1e-6)
+
+
+def test_match_context_tells_an_object_from_an_isolated_lookalike():
+    # the object's patches look like it and so do their neighbours; the lone distractor patch looks
+    # just as much like it, but nothing around it does
+    sample, reference = scene()
+    cfg = GraphConfig(extra_positive=0, extra_negative=0, match_context=True)
+    graph = build_graph(GRID, sample.target_features, sample.prompt_set, reference, cfg)
+    features = graph.node_features()
+    node = {int(patch): i for i, patch in enumerate(graph.indices)}
+    object_node, distractor_node = node[int(OBJECT[5])], node[DISTRACTOR]
+    near, far = (features[:, NODE_FEATURES.index(name)] for name in ("match_context_near", "match_context_far"))
+    assert near[object_node] > 2 * near[distractor_node] > 0
+    assert far[object_node] > far[distractor_node] > 0
+    # off (the default), the two columns are zero and the rest unchanged
+    cfg.match_context = False
+    without = build_graph(GRID, sample.target_features, sample.prompt_set, reference, cfg).node_features()
+    context = [NODE_FEATURES.index("match_context_near"), NODE_FEATURES.index("match_context_far")]
+    assert not without[:, context].any()
+    np.testing.assert_array_equal(np.delete(without, context, axis=1), np.delete(features, context, axis=1))
 
 
 def test_negative_ring_draws_negative_candidates_near_the_positives():

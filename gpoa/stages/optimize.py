@@ -20,8 +20,9 @@ from tqdm import tqdm
 
 from gpoa.agents.dqn import GreedyPolicy, load_policy, run_greedy
 from gpoa.config import Config, EnvConfig, GraphConfig, save_config
-from gpoa.env import PromptEnv
+from gpoa.env import GLOBAL_FEATURES, PromptEnv
 from gpoa.errors import UsageError
+from gpoa.graph import NODE_FEATURES
 from gpoa.io import DatasetLayout, atomic_write_json, write_prompt_file
 from gpoa.prompts import PromptSet
 from gpoa.segmenters import build_segmenter
@@ -72,6 +73,10 @@ def optimize_prompts(cfg: Config, device: str = "cpu") -> StageReport:
     layout.require("target_image")
     policy_path = resolve_policy(cfg)
     network, meta = load_policy(policy_path, device="cpu")
+    if (network.node_dim, network.global_dim) != (len(NODE_FEATURES), len(GLOBAL_FEATURES)):
+        raise UsageError(f"policy '{policy_path}' observes {network.node_dim} node and {network.global_dim} graph "
+                         f"features, this version of GPOA gives {len(NODE_FEATURES)} and {len(GLOBAL_FEATURES)}: it "
+                         "was trained by another version; retrain it with train_GPOA.py (the demo's: make clean-demo)")
     store = FeatureStore(cfg, layout, device)
     if meta.get("feature_cache_key", store.key) != store.key:
         raise UsageError(f"policy '{policy_path}' was trained on '{meta['feature_cache_key']}' features but this "
