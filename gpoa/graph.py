@@ -52,8 +52,10 @@ NODE_FEATURES = (
     "inside_mask",  # 1 if the node lies inside the current mask, 0 without a mask
     "positive_support",  # share of the positive nodes (active or not) within SUPPORT_RADIUS of the node
     "negative_support",  # share of the negative nodes (active or not) within SUPPORT_RADIUS of the node
-    "match_context_near",  # share of the patches within CONTEXT_RADII[0] patches that match foreground better;
-    "match_context_far",  # the same within CONTEXT_RADII[1] patches (see match_context); 0 unless graph.match_context
+    # share of the patches within CONTEXT_RADII[0] / [1] patches that match the reference foreground
+    # better than its background (see match_context); 0 unless graph.match_context
+    "match_context_near",
+    "match_context_far",
 )
 
 #: Physical radius of the support columns, as a share of the working-image diagonal.
@@ -380,7 +382,9 @@ def build_graph(grid: PatchGrid, target_features: np.ndarray, prompt_set: Prompt
     order: the prompt set's positives and negatives (active; duplicates dropped), then the
     ``cfg.extra_positive`` non-prompt patches with the highest fg − bg nearest-neighbour similarity
     and the ``cfg.extra_negative`` remaining ones with the highest bg − fg (inactive candidates).
-    A patch that is both a positive and a negative prompt raises ``ValueError``.
+    A patch that is both a positive and a negative prompt raises ``ValueError``. With
+    ``cfg.match_context`` the nodes' match-context columns come from :func:`match_context` over the
+    whole grid.
 
     ``nearest_similarity`` = (foreground_similarity, background_similarity), (rows * cols,) each,
     as in :class:`~gpoa.matching.MatchResult`, skips recomputing them: comparing every target patch
