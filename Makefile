@@ -19,19 +19,20 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-# settings of one family on top of $(CONFIG): the membrane's distractors are short fragments that
-# look like it patch by patch, which the match-context node columns tell apart from the long band
+# training settings of one family on top of $(CONFIG) (test_GPOA.py takes the graph settings from
+# the policy): the membrane's distractors are short fragments that look like it patch by patch,
+# which the match-context node columns tell apart from the long band
 SET_membrane := --set graph.match_context=true
 SET_objects  :=
 
 demo: setup
 	test -f $(DEMO)/membrane/dataset.json || $(PY) -m gpoa.demo_data --out $(DEMO) --seed 0 --train 80
 	set -e; $(foreach family,$(FAMILIES), \
-	  $(PY) Generate_initial_prompts.py --config $(CONFIG) --data $(DEMO)/$(family) $(SET_$(family)); \
+	  $(PY) Generate_initial_prompts.py --config $(CONFIG) --data $(DEMO)/$(family); \
 	  test -f checkpoints/demo-$(family)/best.pt || \
 	    $(PY) train_GPOA.py --config $(CONFIG) --data $(DEMO)/$(family) $(SET_$(family)) --run demo-$(family) --overwrite; \
-	  $(PY) test_GPOA.py --config $(CONFIG) --data $(DEMO)/$(family) $(SET_$(family)) --policy checkpoints/demo-$(family)/best.pt; \
-	  $(PY) main_seg.py --config $(CONFIG) --data $(DEMO)/$(family) $(SET_$(family));)
+	  $(PY) test_GPOA.py --config $(CONFIG) --data $(DEMO)/$(family) --policy checkpoints/demo-$(family)/best.pt; \
+	  $(PY) main_seg.py --config $(CONFIG) --data $(DEMO)/$(family);)
 
 test: setup
 	$(PY) -m pytest -q
