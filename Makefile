@@ -5,7 +5,6 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := data/demo
-FAMILIES := membrane objects
 CONFIG := configs/demo.yaml
 
 .PHONY: setup demo test lint bench clean-demo
@@ -19,20 +18,18 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-# training settings of one family on top of $(CONFIG) (test_GPOA.py takes the graph settings from
-# the policy): the membrane's distractors are short fragments that look like it patch by patch,
-# which the match-context node columns tell apart from the long band
-SET_membrane := --set graph.match_context=true
-SET_objects  :=
+TASKS  := data/tasks
+POLICY := checkpoints/demo/best.pt
 
+# One configuration, one policy: the generated task corpus and the demo families' training images
+# train ONE policy, which is then applied to both demo families (nothing here is per family).
 demo: setup
-	test -f $(DEMO)/membrane/dataset.json || $(PY) -m gpoa.demo_data --out $(DEMO) --seed 0 --train 80
-	set -e; $(foreach family,$(FAMILIES), \
-	  $(PY) Generate_initial_prompts.py --config $(CONFIG) --data $(DEMO)/$(family); \
-	  test -f checkpoints/demo-$(family)/best.pt || \
-	    $(PY) train_GPOA.py --config $(CONFIG) --data $(DEMO)/$(family) $(SET_$(family)) --run demo-$(family) --overwrite; \
-	  $(PY) test_GPOA.py --config $(CONFIG) --data $(DEMO)/$(family) --policy checkpoints/demo-$(family)/best.pt; \
-	  $(PY) main_seg.py --config $(CONFIG) --data $(DEMO)/$(family);)
+	test -f $(DEMO)/membrane/dataset.json || $(PY) -m gpoa.demo_data --out $(DEMO) --seed 0 --train 40
+	$(PY) -m gpoa.task_data --out $(TASKS) --tasks 40 --seed 0
+	$(PY) Generate_initial_prompts.py --config $(CONFIG) --data $(DEMO)
+	test -f $(POLICY) || $(PY) train_GPOA.py --config $(CONFIG) --data $(TASKS) --data $(DEMO) --run demo --overwrite
+	$(PY) test_GPOA.py --config $(CONFIG) --data $(DEMO) --policy $(POLICY)
+	$(PY) main_seg.py --config $(CONFIG) --data $(DEMO)
 
 test: setup
 	$(PY) -m pytest -q
@@ -46,4 +43,4 @@ bench: setup
 	$(PY) benchmarks/bench_agent.py
 
 clean-demo:
-	rm -rf $(DEMO) $(foreach family,$(FAMILIES),checkpoints/demo-$(family))
+	rm -rf $(DEMO) $(TASKS) checkpoints/demo

@@ -33,13 +33,15 @@ import numpy as np
 import torch
 from timing import time_ms
 
-from gpoa.agents.dqn import GreedyPolicy, NodeSetQNetwork
+from gpoa.agents.greedy import GreedyPolicy
+from gpoa.agents.network import NodeSetNetwork
 from gpoa.config import Config, load_config
-from gpoa.env import EpisodeSample, PromptEnv, step_batch
+from gpoa.envs import EpisodeBank, PromptEnv, VecPromptEnv
 from gpoa.graph import build_graph
 from gpoa.grid import PatchGrid
 from gpoa.matching import build_reference, l2_normalise, reference_similarity
 from gpoa.prompts import PromptSet
+from gpoa.samples import EpisodeSample
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,11 +88,11 @@ def paper_scale(repeats: int) -> dict:
     build_ms = time_ms(lambda: build_graph(grid, target, prompt_set, reference, cfg.graph, (fg, bg)), repeats)
     with_context = dataclasses.replace(cfg.graph, match_context=True)
     context_ms = time_ms(lambda: build_graph(grid, target, prompt_set, reference, with_context, (fg, bg)), repeats)
-    sample = EpisodeSample("synthetic", grid, target, prompt_set)
-    env = PromptEnv([sample], reference, cfg, seed=0)
+    sample = EpisodeSample("synthetic", grid, target, prompt_set, reference)
+    env = PromptEnv([sample], cfg, seed=0)
     torch.manual_seed(0)
     space = env.observation_space
-    policy = GreedyPolicy(NodeSetQNetwork(space["nodes"].shape[1], space["globals"].shape[0], cfg.dqn.hidden))
+    policy = GreedyPolicy(NodeSetNetwork(space["nodes"].shape[1], space["globals"].shape[0], cfg.dqn.hidden))
     episode_ms = time_ms(lambda: greedy_steps(env, policy, 100), repeats)
     optimise_ms = time_ms(lambda: (build_graph(grid, target, prompt_set, reference, cfg.graph, (fg, bg)),
                                      greedy_steps(env, policy, 100)), repeats)
@@ -115,41 +117,38 @@ class TimedSegmenter:
 
 
 def demo_case(data: Path, steps: int) -> dict:
-    from gpoa.io import DatasetLayout
-    from gpoa.segmenters import build_segmenter
-    from gpoa.stages.common import FeatureStore, StageReport, load_reference, matched_samples
+    from gpoa.backends import Backends
+    from gpoa.runtime import StageReport
+    from gpoa.tasks import load_tasks
 
-    cfg = load_config(ROOT / "configs" / "demo.yaml", [f"data={data}"])
-    layout = DatasetLayout(data)
-    store = FeatureStore(cfg, layout)
-    reference = load_reference(cfg, layout, store)
-    samples = matched_samples(cfg, layout, store, reference, "train", StageReport("bench"))[:4]
-    segmenter = TimedSegmenter(build_segmenter(cfg))
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    cfg.data = [str(data)]
+    backends = Backends(cfg)
+    (task,) = load_tasks(cfg, backends)
+    samples = [lazy.load() for lazy in task.training_samples(StageReport("bench"))[:4]]
+    segmenter = TimedSegmenter(backends.segmenter)
     cfg.env = dataclasses.replace(cfg.env, reward="segmentation", episode_length=steps)
-    env = PromptEnv(samples, reference, cfg, segmenter=segmenter, seed=0)
-    envs = [env] + [env.spawn(seed=k) for k in range(1, 8)]
+    vec_env = VecPromptEnv(EpisodeBank(samples, cfg, segmenter=segmenter, seed=0), cfg, num_envs=8, seed=0)
     rng = np.random.default_rng(0)
-    for e in envs:
-        e.reset(seed=int(rng.integers(1 << 30)))
+    vec_env.reset(seed=int(rng.integers(1 << 30)))
     segmenter.decode_seconds = 0.0
     start, transitions = time.perf_counter(), 0
     for _ in range(steps):
         actions = []
-        for e in envs:
-            mask = e.action_masks()
-            mask[e.stop_action] = False
-            actions.append(int(rng.choice(np.flatnonzero(mask))) if mask.any() else e.stop_action)
-        for e, (_, _, terminated, truncated, _) in zip(envs, step_batch(envs, actions)):
+        for mask in vec_env.action_masks():
+            mask[-1] = False  # STOP masked: every step toggles
+            actions.append(int(rng.choice(np.flatnonzero(mask))) if mask.any() else len(mask) - 1)
+        for k, (_, _, terminated, truncated, _) in enumerate(vec_env.step(actions)):
             transitions += 1
             if terminated or truncated:
-                e.reset()
+                vec_env.reset_one(k)
     total = time.perf_counter() - start
-    nodes = int(np.mean([e.graph.num_nodes for e in envs]))
-    graph_env = PromptEnv(samples, reference, dataclasses.replace(cfg, env=dataclasses.replace(
+    nodes = int(np.mean([e.graph.num_nodes for e in vec_env.envs]))
+    graph_env = PromptEnv(samples, dataclasses.replace(cfg, env=dataclasses.replace(
         cfg.env, reward="graph", episode_length=100)), seed=0)
     space = graph_env.observation_space
     torch.manual_seed(0)
-    policy = GreedyPolicy(NodeSetQNetwork(space["nodes"].shape[1], space["globals"].shape[0], cfg.dqn.hidden))
+    policy = GreedyPolicy(NodeSetNetwork(space["nodes"].shape[1], space["globals"].shape[0], cfg.dqn.hidden))
     taken = greedy_steps(graph_env, policy, 100)
     return {"demo_nodes": nodes, "demo_seg_step_ms": 1000 * total / transitions,
             "decode_share": segmenter.decode_seconds / total,

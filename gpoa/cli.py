@@ -31,8 +31,9 @@ def stage_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="FILE", help="YAML config file (default: built-in defaults)")
-    parser.add_argument("--data", metavar="DIR",
-                        help="dataset folder with reference_image/, reference_mask/, target_image/, ... "
+    parser.add_argument("--data", metavar="DIR", action="append",
+                        help="a task: a dataset folder (reference_image/, reference_mask/, target_image/, ...), "
+                             "a domain folder (image/ + mask/) or a folder of them; repeatable "
                              "(default: the config's 'data')")
     parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
                         help="override one config field (repeatable), e.g. --set features.backend=dinov2")
@@ -45,24 +46,25 @@ def stage_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, extra_overrides: Sequence[str] = ()) -> Config:
     overrides = list(args.overrides)
-    if args.data is not None:
-        overrides.append(f"data={args.data}")
     if args.device is not None:
         overrides.append(f"device={args.device}")
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     if args.overwrite:
         overrides.append("overwrite=true")
-    return load_config(args.config, overrides + list(extra_overrides))
+    cfg = load_config(args.config, overrides + list(extra_overrides))
+    if args.data:
+        cfg.data = list(args.data)  # paths as given: never split at commas
+    return cfg
 
 
 def run_stage(parser: argparse.ArgumentParser, stage: Callable, argv: Optional[Sequence[str]] = None,
               extra_overrides: Callable[[argparse.Namespace], list] = lambda args: []) -> int:
     """Parse ``argv``, build the config, run ``stage(cfg, device)`` and turn the outcome into an exit code.
 
-    ``stage`` returns a :class:`~gpoa.stages.common.StageReport` (or a tuple starting with one).
+    ``stage`` returns a :class:`~gpoa.runtime.StageReport` (or a tuple starting with one).
     """
-    from gpoa.stages.common import seed_everything
+    from gpoa.runtime import seed_everything
 
     args = parser.parse_args(argv)
     try:

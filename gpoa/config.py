@@ -58,8 +58,13 @@ class SegmenterConfig:
 
 @dataclass
 class MatchingConfig:
-    """Stage 1: reference-to-target patch matching."""
+    """Stage 1: how the initial prompts are proposed from the reference."""
 
+    # "placement": score every target patch against the reference, read the scores as a predicted
+    # object region and place spread positives inside it and negatives in a ring around it
+    # (gpoa/placement.py, settings in the placement section); "nearest": the paper's matching,
+    # each reference patch's nearest target patch is a prompt (settings below)
+    method: str = "placement"
     # a reference patch is foreground when at least this share of its pixels is in the mask,
     # background when none is
     foreground_fraction: float = 0.5
@@ -68,6 +73,31 @@ class MatchingConfig:
     # the best-scoring prompts kept per image (0 = keep all matches)
     max_positive: int = 0
     max_negative: int = 0
+
+
+@dataclass
+class PlacementConfig:
+    """matching.method=placement: the fields of gpoa.placement.PlacementSettings (see its docstring)."""
+
+    # patch ranking: "margin" (nearest-neighbour fg - bg similarity), "logistic" or "fusion"
+    ranking: str = "margin"
+    n_positive: int = 8
+    n_negative: int = 8
+    # the predicted region holds between these multiples of the reference's foreground share
+    min_share: float = 1.0
+    max_share: float = 2.0
+    # connected pieces of the region lighter than this share of the heaviest are dropped
+    keep_ratio: float = 0.25
+    # positives at least this many patches inside their piece's edge
+    interior_depth: int = 2
+    # negatives in the ring (ring_inner, ring_outer] patches outside the region
+    ring_inner: float = 1.0
+    ring_outer: float = 2.5
+    # below this score-region correlation for every view the placement hedges over all pieces
+    min_correlation: float = 0.5
+    uncertain_keep_ratio: float = 0.0
+    # L2 weight of the logistic patch classifier fitted on the reference
+    regularisation: float = 0.01
 
 
 @dataclass
@@ -99,6 +129,8 @@ class GraphConfig:
     # prompt and every other positive candidate, so that they reach other instances and the
     # unprompted parts of the object instead of crowding the best match; 0 takes the top ones
     positive_spacing: float = 0.0
+    # the same for the negative candidates (from the negative prompts and each other)
+    negative_spacing: float = 0.0
     # fill the match-context node columns: the share of the patches within 3 and 6 patches of a
     # node that match the reference foreground better than its background. Tells an object apart
     # from small lookalike fragments (a patch of a long membrane has lookalike neighbours, a patch
@@ -165,6 +197,12 @@ class TrainConfig:
     eval_every: int = 2000
     # environments stepped together (their decodes are batched per image)
     parallel_envs: int = 8
+    # episode records (graph, segmenter embedding, start mask) kept in memory at once; 0 keeps all
+    bank_capacity: int = 0
+    # torch threads for the network updates on the CPU: the node-set network is small, and on a
+    # busy machine extra threads wait on each other (1 was several times faster than 2 here);
+    # 0 keeps torch's default
+    cpu_threads: int = 1
     # continue the run's last checkpoint (train.run, or the most recent run) instead of starting anew
     resume: bool = False
 
@@ -175,12 +213,20 @@ class OptimizeConfig:
 
     # policy checkpoint; empty means the best checkpoint of the most recent run under train.checkpoints
     policy: str = ""
+    # do-no-harm gate: the policy toggles a node only when the node's score beats STOP's by more
+    # than this (for DQN, the expected gain in Dice); 0 takes every edit the policy prefers to STOP
+    stop_margin: float = 0.0
+    # also write oracle_indices/: the greedy oracle that reads target_mask/ (evaluation yardstick)
+    oracle: bool = False
 
 
 @dataclass
 class Config:
-    # dataset folder in the layout of data/README.md
-    data: str = "data/demo/membrane"
+    # the tasks: dataset folders (data/README.md), domain folders (<domain>/image + <domain>/mask) or
+    # folders of them; --data DIR (repeatable) replaces this list
+    data: list = field(default_factory=lambda: ["data/demo/membrane"])
+    # outputs of domain folders, which are never written to: WORKSPACE/<domain>/
+    workspace: str = "outputs"
     # auto picks cuda, then mps, then cpu
     device: str = "auto"
     seed: int = 0
@@ -189,6 +235,7 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     matching: MatchingConfig = field(default_factory=MatchingConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -307,9 +354,13 @@ POSITIVE_FIELDS = ("features.working_size", "features.patch_size", "segmenter.n_
 #: fields that must be at least 0
 NON_NEGATIVE_FIELDS = ("matching.max_positive", "matching.max_negative", "segmentation.ideal_positive",
                        "segmentation.ideal_negative", "graph.extra_positive", "graph.extra_negative",
-                       "graph.negative_ring", "graph.positive_spacing",
+                       "graph.negative_ring", "graph.positive_spacing", "graph.negative_spacing",
                        "env.min_positive", "env.max_positive", "env.min_negative", "env.max_negative",
-                       "env.step_penalty", "dqn.total_steps", "dqn.learning_starts")
+                       "env.step_penalty", "dqn.total_steps", "dqn.learning_starts", "train.bank_capacity", "train.cpu_threads",
+                       "optimize.stop_margin")
+
+
+MATCHING_METHODS = ("placement", "nearest")
 
 
 def validate(cfg: Config) -> None:
@@ -324,6 +375,15 @@ def validate(cfg: Config) -> None:
     for key in NON_NEGATIVE_FIELDS:
         if value(key) < 0:
             raise UsageError(f"config key '{key}' must not be negative, got {value(key)}")
+    if cfg.matching.method not in MATCHING_METHODS:
+        raise UsageError(f"config key 'matching.method' must be one of {', '.join(MATCHING_METHODS)}, "
+                         f"got '{cfg.matching.method}'")
+    from gpoa.placement import PlacementSettings
+
+    try:
+        PlacementSettings(**dataclasses.asdict(cfg.placement))
+    except ValueError as exc:
+        raise UsageError(f"config section 'placement': {exc}") from None
     weights = cfg.env.graph_weights
     try:
         cfg.env.graph_weights = [float(w) for w in weights]

@@ -42,7 +42,8 @@ import numpy as np
 from scipy import ndimage
 
 from gpoa.errors import UsageError
-from gpoa.io import DatasetLayout, atomic_write_json, write_mask, write_png
+from gpoa.io import atomic_write_json, write_mask, write_png
+from gpoa.layout import DatasetLayout
 
 ImageAndMask = tuple  # (uint8 RGB image (H, W, 3), bool mask (H, W))
 FamilyGenerator = Callable[[np.random.Generator], ImageAndMask]

@@ -23,6 +23,7 @@ from typing import Optional
 
 import numpy as np
 from scipy import ndimage
+from scipy.stats import rankdata
 
 from gpoa.config import EnvConfig, GraphConfig
 from gpoa.grid import PatchGrid
@@ -49,7 +50,11 @@ NODE_FEATURES = (
     "foreground_similarity",  # cosine to the reference foreground prototype, [-1, 1]
     "background_similarity",  # cosine to the reference background prototype, [-1, 1]
     "half_match_score",  # match_score / 2, in [-1, 1]
+    "match_rank",  # share of the image's patches whose match score is below the node's, [0, 1]
     "inside_mask",  # 1 if the node lies inside the current mask, 0 without a mask
+    # signed distance of the node's patch to the current mask's edge on the patch grid, in units of
+    # MASK_DISTANCE_SCALE patches, clipped to [-1, 1]: > 0 inside the mask, < 0 outside; 0 without a mask
+    "mask_edge_distance",
     "positive_support",  # share of the positive nodes (active or not) within SUPPORT_RADIUS of the node
     "negative_support",  # share of the negative nodes (active or not) within SUPPORT_RADIUS of the node
     # share of the patches within CONTEXT_RADII[0] / [1] patches that match the reference foreground
@@ -57,6 +62,9 @@ NODE_FEATURES = (
     "match_context_near",
     "match_context_far",
 )
+
+#: Patches per unit of the "mask_edge_distance" column.
+MASK_DISTANCE_SCALE = 8.0
 
 #: Physical radius of the support columns, as a share of the working-image diagonal.
 SUPPORT_RADIUS = 0.1
@@ -93,7 +101,9 @@ class DualSpaceGraph:
     - ``match_score`` (N,) float32 — similarity to the nearest reference foreground patch minus
       similarity to the nearest reference background patch, in [-2, 2];
     - ``match_context`` (N, 2) float32 — the node's two :func:`match_context` shares, in [0, 1]
-      (zeros when ``graph.match_context`` is off).
+      (zeros when ``graph.match_context`` is off);
+    - ``patch_rank`` (rows * cols,) float32 — :func:`match_rank` of every patch of the image (not
+      only the nodes'); zeros when not given.
 
     State: ``active`` (N,) bool, changed only through :meth:`toggle`, :meth:`set_active` and
     :meth:`copy_state`, which keep the statistics in step.
@@ -101,7 +111,8 @@ class DualSpaceGraph:
 
     def __init__(self, grid: PatchGrid, indices: np.ndarray, category: np.ndarray, initially_active: np.ndarray,
                  feature_distance: np.ndarray, physical_distance: np.ndarray, foreground_similarity: np.ndarray,
-                 background_similarity: np.ndarray, match_score: np.ndarray, match_context: np.ndarray):
+                 background_similarity: np.ndarray, match_score: np.ndarray, match_context: np.ndarray,
+                 patch_rank: Optional[np.ndarray] = None):
         self.grid = grid
         self.indices = np.asarray(indices, dtype=np.int64)
         self.category = np.asarray(category, dtype=np.int8)
@@ -128,13 +139,20 @@ class DualSpaceGraph:
         static[_COLUMN["foreground_similarity"]] = self.foreground_similarity
         static[_COLUMN["background_similarity"]] = self.background_similarity
         static[_COLUMN["half_match_score"]] = self.match_score / 2
+        # every patch's match rank (patch_rank, (rows * cols,)): the nodes' column and the mask globals
+        self.patch_rank = (np.zeros(grid.num_patches, dtype=np.float32) if patch_rank is None
+                           else np.asarray(patch_rank, dtype=np.float32).reshape(-1))
+        if self.patch_rank.shape != (grid.num_patches,):
+            raise ValueError(f"patch_rank must have one value per patch ({grid.num_patches}), "
+                             f"got {self.patch_rank.shape}")
+        static[_COLUMN["match_rank"]] = self.patch_rank[self.indices]
         static[_COLUMN["match_context_near"]:_COLUMN["match_context_far"] + 1] = self.match_context.T
         near = self.physical_distance <= SUPPORT_RADIUS
         np.fill_diagonal(near, False)
         for column, members in (("positive_support", self.is_positive), ("negative_support", ~self.is_positive)):
             static[_COLUMN[column]] = near[:, members].sum(axis=1) / max(int(members.sum()), 1)
         self._static_features = np.ascontiguousarray(static.T)  # (N, F)
-        self._no_mask = np.zeros(n, dtype=np.float32)
+        self._no_mask = np.zeros((n, 2), dtype=np.float32)
         self._allocate_state()
         self.set_active(self.initially_active)
 
@@ -273,24 +291,31 @@ class DualSpaceGraph:
                           self._count, self._num_active, self._pair_sum, node)
 
     # ----- what the agent observes -------------------------------------------------------------
-    def node_features(self, inside_mask: Optional[np.ndarray] = None, out: Optional[np.ndarray] = None) -> np.ndarray:
-        """(N, F) float32 node observations, columns as in :data:`NODE_FEATURES` (F = 19).
+    def node_features(self, mask_columns: Optional[np.ndarray] = None, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """(N, F) float32 node observations, columns as in :data:`NODE_FEATURES`.
 
-        ``inside_mask`` (N,) bool/float says whether each node lies inside the segmenter's current
-        mask; ``None`` (no mask) fills that column with 0. Mean and minimum distances are over the
-        active nodes of the respective category other than the node itself, 1.0 when there is none.
-        ``out`` (N, F) float32, when given, receives the result (no new array).
+        ``mask_columns`` (N, 2) float (or (N,): the first column alone) are the two columns that
+        follow the segmenter's current mask, ``inside_mask`` and ``mask_edge_distance``; ``None``
+        (no mask) fills them with 0. Mean and minimum distances are over the active nodes of the
+        respective category other than the node itself, 1.0 when there is none. ``out`` (N, F)
+        float32, when given, receives the result (no new array).
         """
         shape = (self.num_nodes, len(NODE_FEATURES))
         if out is None:
             out = np.empty(shape, dtype=np.float32)
         elif out.shape != shape or out.dtype != np.float32:
             raise ValueError(f"out must be a {shape} float32 array, got {out.shape} {out.dtype}")
-        inside = self._no_mask if inside_mask is None else np.asarray(inside_mask, dtype=np.float32)
-        if inside.shape != (self.num_nodes,):
-            raise ValueError(f"inside_mask must have shape ({self.num_nodes},), got {inside.shape}")
-        write_node_features(self._static_features, self.active, self._sum, self._count, self._min, inside,
-                            _COLUMN["active"], _DISTANCE_COLUMNS.start, _COLUMN["inside_mask"], out)
+        if mask_columns is None:
+            columns = self._no_mask
+        else:
+            columns = np.asarray(mask_columns, dtype=np.float32)
+            if columns.shape == (self.num_nodes,):
+                columns = np.column_stack([columns, np.zeros_like(columns)])
+            if columns.shape != (self.num_nodes, 2):
+                raise ValueError(f"mask_columns must have shape ({self.num_nodes}, 2), got {columns.shape}")
+        write_node_features(self._static_features, self.active, self._sum, self._count, self._min,
+                            np.ascontiguousarray(columns), _COLUMN["active"], _DISTANCE_COLUMNS.start,
+                            _COLUMN["inside_mask"], out)
         return out
 
     def graph_terms(self) -> np.ndarray:
@@ -349,6 +374,15 @@ def match_context(grid: PatchGrid, margin: np.ndarray) -> np.ndarray:
         area = ndimage.correlate(in_grid, disc, mode="constant")
         shares[:, column] = np.clip(count / area, 0.0, 1.0).reshape(-1)
     return shares
+
+
+def match_rank(margin: np.ndarray) -> np.ndarray:
+    """(N,) float32 in [0, 1]: the share of the other patches whose ``margin`` (N,) is below each
+    patch's (ties count half). Scale-free, so it means the same for any features and any image."""
+    margin = np.asarray(margin, dtype=np.float64).reshape(-1)
+    if len(margin) < 2:
+        return np.full(len(margin), 0.5, dtype=np.float32)
+    return ((rankdata(margin) - 1.0) / (len(margin) - 1)).astype(np.float32)
 
 
 def _reach(grid: PatchGrid, patches) -> np.ndarray:
@@ -421,14 +455,20 @@ def build_graph(grid: PatchGrid, target_features: np.ndarray, prompt_set: Prompt
     else:
         extra_positive = _top(margin, free, cfg.extra_positive)
     free[extra_positive] = False
+    def negative_candidates(allowed: np.ndarray, count: int) -> np.ndarray:
+        if cfg.negative_spacing > 0:
+            return _spaced_top(-margin, allowed, count, grid, negatives, cfg.negative_spacing * grid.patch_size)
+        return _top(-margin, allowed, count)
+
     if cfg.negative_ring > 0 and len(positives):
         # negative candidates from the band around the positives, where a negative delimits the object
         near = _reach(grid, positives) <= cfg.negative_ring * grid.patch_size
-        extra_negative = _top(-margin, free & near, cfg.extra_negative)
+        extra_negative = negative_candidates(free & near, cfg.extra_negative)
         free[extra_negative] = False
-        extra_negative = np.concatenate([extra_negative, _top(-margin, free, cfg.extra_negative - len(extra_negative))])
+        extra_negative = np.concatenate([extra_negative,
+                                         negative_candidates(free, cfg.extra_negative - len(extra_negative))])
     else:
-        extra_negative = _top(-margin, free, cfg.extra_negative)
+        extra_negative = negative_candidates(free, cfg.extra_negative)
 
     indices = np.concatenate([positives, negatives, extra_positive, extra_negative])
     category = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives)), np.ones(len(extra_positive)),
@@ -447,4 +487,5 @@ def build_graph(grid: PatchGrid, target_features: np.ndarray, prompt_set: Prompt
     context = (match_context(grid, margin)[indices] if cfg.match_context
                else np.zeros((len(indices), len(CONTEXT_RADII)), dtype=np.float32))
     return DualSpaceGraph(grid, indices, category, initially_active, feature_distance, physical_distance,
-                          foreground_similarity, background_similarity, margin[indices], context)
+                          foreground_similarity, background_similarity, margin[indices], context,
+                          patch_rank=match_rank(margin))

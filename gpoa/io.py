@@ -1,18 +1,5 @@
-"""Everything that touches the dataset's files: folder layout, image/mask reading, prompt files,
-the patch-feature cache and atomic writes.
-
-Dataset layout (``DATASET`` is the folder given with ``--data``)::
-
-    reference_image/   one or more reference images (k-shot: all are used)
-    reference_mask/    their masks, paired by file stem
-    target_image/      images to segment
-    target_mask/       optional ground truth for target_image/ (enables evaluation)
-    train_image/       optional training images for the agent ...
-    train_mask/        ... and their masks
-    initial_indices/   stage 1 output: <stem>.json prompt files
-    optimized_indices/ stage 3 output: <stem>.json prompt files
-    cache/             patch features (fp16) and other reusable intermediate results
-    results/           stage 4 output
+"""Everything that reads or writes files: images and masks (with validation), prompt files,
+atomic writes and safe loading of torch files. Which files make up a task: :mod:`gpoa.layout`.
 
 Images: PNG, JPEG, TIFF or BMP, any size; gray, RGB, RGBA (alpha dropped), palette, 16-bit
 (scaled by 1/257) or float (clipped to [0, 1] when within it, else min-max scaled); all become
@@ -25,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional, Union
 
@@ -258,75 +244,3 @@ def check_prompts_fit_image(prompt_path: PathLike, prompt_set: PromptSet, image_
         raise InputError(prompt_path, f"was made for a {prompt_set.original_size[0]}x{prompt_set.original_size[1]} "
                                       f"image but '{image_path}' is {size[0]}x{size[1]}",
                          "regenerate the prompts for this image")
-
-
-# ----- dataset layout ---------------------------------------------------------------------------
-class DatasetLayout:
-    """Paths of one dataset folder. Nothing else in GPOA builds these paths."""
-
-    FOLDERS = ("reference_image", "reference_mask", "target_image", "target_mask", "train_image",
-               "train_mask", "initial_indices", "optimized_indices", "cache", "results")
-
-    def __init__(self, root: PathLike):
-        self.root = Path(root)
-        for name in self.FOLDERS:
-            setattr(self, name, self.root / name)
-
-    def require(self, *names: str) -> None:
-        if not self.root.is_dir():
-            raise UsageError(f"dataset folder '{self.root}' does not exist; pass an existing folder to --data "
-                             f"(create one with: python -m gpoa.demo_data --out data/demo)")
-        for name in names:
-            folder = self.root / name
-            if not folder.is_dir():
-                raise UsageError(f"dataset folder '{self.root}' has no '{name}/' subfolder; see data/README.md "
-                                 f"for the layout")
-            if name.endswith("_image") and not self.images(folder):
-                raise UsageError(f"'{folder}' holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-        for name in names:
-            self.check_unique_stems(self.root / name)
-
-    def check_unique_stems(self, folder: PathLike) -> None:
-        """Images pair with masks and prompt files by stem: two files with one stem are ambiguous."""
-        stems: dict = {}
-        for path in self.images(folder):
-            stems.setdefault(path.stem, []).append(path.name)
-        clashes = {stem: names for stem, names in stems.items() if len(names) > 1}
-        if clashes:
-            listed = "; ".join(", ".join(names) for names in clashes.values())
-            raise UsageError(f"'{folder}' has several images with the same name but another extension ({listed}); "
-                             "outputs are named by file stem, so rename or remove all but one")
-
-    @staticmethod
-    def images(folder: PathLike) -> list:
-        folder = Path(folder)
-        if not folder.is_dir():
-            return []
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                      and not p.name.startswith("."))
-
-    @staticmethod
-    def find_by_stem(folder: PathLike, stem: str) -> Optional[Path]:
-        matches = [p for p in DatasetLayout.images(folder) if p.stem == stem]
-        return matches[0] if matches else None
-
-    def pairs(self, image_folder: PathLike, mask_folder: PathLike) -> Iterator[tuple]:
-        """(image path, mask path or None) for every image of ``image_folder``, masks paired by stem."""
-        masks = {p.stem: p for p in self.images(mask_folder)}
-        for image in self.images(image_folder):
-            yield image, masks.get(image.stem)
-
-    def reference_pairs(self) -> list:
-        self.require("reference_image", "reference_mask")
-        pairs = list(self.pairs(self.reference_image, self.reference_mask))
-        lonely = [str(image) for image, mask in pairs if mask is None]
-        if lonely:
-            raise UsageError(f"reference image(s) {lonely} have no mask with the same stem in '{self.reference_mask}'")
-        return pairs
-
-    def feature_cache(self, extractor_key: str, split: str, stem: str) -> Path:
-        """Cached patch features (rows, cols, D) fp16 of image ``stem`` in ``split`` (reference/target/train)."""
-        return self.cache / "features" / extractor_key / split / f"{stem}.npy"
-
-    def prompt_folder(self, name: str) -> Path:
-        return self.root / name

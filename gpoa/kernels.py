@@ -79,11 +79,12 @@ def toggle_statistics(distance, category, active, sums, minimum, argmin, counts,
 
 
 @_jit
-def write_node_features(static, active, sums, counts, minimum, inside, active_column, distance_column,
-                        inside_column, out):
+def write_node_features(static, active, sums, counts, minimum, mask_columns, active_column, distance_column,
+                        mask_column, out):
     """Fill ``out`` (N, F) float32: the static columns of ``static`` (N, F), then the active flag,
     the eight distance statistics from ``distance_column`` on — [space (feature, physical)]
-    [positives, negatives][mean, min], 1.0 where there is no active node — and ``inside`` (N,)."""
+    [positives, negatives][mean, min], 1.0 where there is no active node — and ``mask_columns``
+    (N, C) from ``mask_column`` on."""
     n, f = static.shape
     for i in range(n):
         for k in range(f):
@@ -96,7 +97,8 @@ def write_node_features(static, active, sums, counts, minimum, inside, active_co
                 out[i, column] = sums[s, c, i] / count if count > 0 else 1.0
                 out[i, column + 1] = min(minimum[s, c, i], np.float32(1.0))
                 column += 2
-        out[i, inside_column] = inside[i]
+        for j in range(mask_columns.shape[1]):
+            out[i, mask_column + j] = mask_columns[i, j]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)

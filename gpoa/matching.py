@@ -32,12 +32,14 @@ class ReferenceFeatures:
     """Patch features of the reference pair(s), flattened over all reference images.
 
     ``features`` (M, D) unit-norm; ``foreground`` / ``background`` (M,) bool patch labels;
-    ``foreground_prototype`` / ``background_prototype`` (D,) unit-norm class means (computed once).
+    ``foreground_share`` the share of the reference image area inside its mask (the expected object
+    size); ``foreground_prototype`` / ``background_prototype`` (D,) unit-norm class means (computed once).
     """
 
     features: np.ndarray
     foreground: np.ndarray
     background: np.ndarray
+    foreground_share: float = 0.0
 
     @cached_property
     def foreground_prototype(self) -> np.ndarray:
@@ -64,7 +66,7 @@ def build_reference(feature_grids: Sequence[np.ndarray], mask_fractions: Sequenc
                          "reference object)")
     if not background.any():
         raise ValueError("no reference patch is pure background; the reference mask covers the whole image")
-    return ReferenceFeatures(features, foreground, background)
+    return ReferenceFeatures(features, foreground, background, float(fractions.mean()))
 
 
 def reference_similarity(reference: ReferenceFeatures, target: np.ndarray) -> tuple:

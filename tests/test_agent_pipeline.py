@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,10 @@ import Generate_initial_prompts
 import main_seg
 import test_GPOA
 import train_GPOA
-from gpoa.agents.dqn import NodeSetQNetwork, load_policy, save_policy
+from gpoa.agents.network import NodeSetNetwork
+from gpoa.agents.policy_file import POLICY_FORMAT, load_policy, save_policy
+from gpoa.envs import GLOBAL_FEATURES
+from gpoa.graph import NODE_FEATURES
 
 FAST = ["dqn.total_steps=160", "dqn.learning_starts=32", "dqn.batch_size=16", "train.eval_every=80",
         "train.parallel_envs=4", "dqn.hidden=32"]
@@ -34,12 +38,33 @@ def optimize(data: Path, checkpoints: Path, *extra) -> int:
                            *sets([f"train.checkpoints={checkpoints}"]), *extra])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The tiny networks here train faster on one thread, and much faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained_master(demo_master, tmp_path_factory):
+    """The membrane demo set with its initial prompts and a tiny trained run (read-only: copy it)."""
+    root = tmp_path_factory.mktemp("trained")
+    data, checkpoints = root / "membrane", root / "checkpoints"
+    shutil.copytree(demo_master / "membrane", data)
+    assert Generate_initial_prompts.main(["--config", str(DEMO_CONFIG), "--data", str(data)]) == 0
+    assert train(data, checkpoints) == 0
+    return data, checkpoints
+
+
 @pytest.fixture
-def trained(demo_dataset, tmp_path):
-    assert Generate_initial_prompts.main(["--config", str(DEMO_CONFIG), "--data", str(demo_dataset)]) == 0
-    checkpoints = tmp_path / "checkpoints"
-    assert train(demo_dataset, checkpoints) == 0
-    return demo_dataset, checkpoints
+def trained(trained_master, tmp_path):
+    """A private copy of the trained master (files keep their times, so resuming sees them as they were)."""
+    data, checkpoints = tmp_path / "membrane", tmp_path / "checkpoints"
+    shutil.copytree(trained_master[0], data)
+    shutil.copytree(trained_master[1], checkpoints)
+    return data, checkpoints
 
 
 def test_train_then_optimize_then_segment(trained, capsys):
@@ -49,11 +74,14 @@ def test_train_then_optimize_then_segment(trained, capsys):
         assert (run / name).is_file(), name
     # policies load with weights_only=True and carry their config
     payload = torch.load(run / "best.pt", weights_only=True)
+    assert payload["format"] == POLICY_FORMAT and payload["learner"] == "dqn"
+    assert payload["node_features"] == list(NODE_FEATURES) and payload["global_features"] == list(GLOBAL_FEATURES)
+    assert payload["settings"]["hidden"] == 32 and payload["extra"]["tasks"] == ["membrane"]
     assert payload["extra"]["config"]["env"]["reward"] == "segmentation"
     assert payload["extra"]["grid"] == {"rows": 40, "cols": 40, "patch_size": 14, "working_size": [560, 560]}
     with open(run / "log.csv") as handle:
         keys = {row["key"] for row in csv.DictReader(handle)}
-    assert {"charts/episodic_return", "charts/dice", "eval/dice"} <= keys
+    assert {"charts/episodic_return", "charts/dice", "eval/dice", "eval/membrane/dice", "eval/gain"} <= keys
 
     capsys.readouterr()
     assert optimize(data, checkpoints) == 0
@@ -78,6 +106,36 @@ def test_train_then_optimize_then_segment(trained, capsys):
     with open(data / "results" / "summary.csv") as handle:
         names = [row["prompt_set"] for row in csv.DictReader(handle)]
     assert names == ["initial", "optimized", "random_subset", "topk", "ideal"]
+
+
+def test_stop_margin_gate_and_oracle_yardstick(trained, capsys):
+    data, checkpoints = trained
+    for path in sorted((data / "initial_indices").glob("*.json"))[2:]:  # two targets are enough here
+        path.unlink()
+    # a margin no toggle can beat: the policy stops at once and leaves the start state as it is
+    assert optimize(data, checkpoints, "--set", "optimize.stop_margin=1000") == 0
+    start = torch.load(checkpoints / "tiny" / "best.pt", weights_only=True)["extra"]["config"]["env"]["start"]
+    optimized = sorted((data / "optimized_indices").glob("*.json"))
+    assert len(optimized) == 2
+    for path in optimized:
+        trace = json.loads((data / "optimized_indices" / "traces" / path.name).read_text())
+        assert [a["action"] for a in trace["actions"]] == ["stop"]
+        initial = json.loads((data / "initial_indices" / path.name).read_text())
+        result = json.loads(path.read_text())
+        for key in ("positive_indices", "negative_indices"):  # an "ideal" start begins from the prompts too
+            assert sorted(result[key]) == ([] if start == "empty" else sorted(initial[key]))
+    assert not (data / "oracle_indices").exists()  # only when asked for
+    # the oracle reads target_mask/: its prompts never do worse than the start, and stage 4 evaluates them
+    assert optimize(data, checkpoints, "--overwrite", "--set", "optimize.oracle=true") == 0
+    oracle = sorted((data / "oracle_indices").glob("*.json"))
+    assert len(oracle) == 2 and all(json.loads(p.read_text())["source"] == "oracle" for p in oracle)
+    assert (data / "oracle_indices" / "traces" / oracle[0].name).is_file()
+    assert main_seg.main(["--config", str(DEMO_CONFIG), "--data", str(data)]) == 0
+    with open(data / "results" / "summary.csv") as handle:
+        summary = {row["prompt_set"]: row for row in csv.DictReader(handle)}
+    assert list(summary) == ["initial", "optimized", "oracle", "random_subset", "topk", "ideal"]
+    assert int(summary["oracle"]["images"]) == 2
+    assert float(summary["oracle"]["dice_mean"]) > 0.5
 
 
 def test_resume_continues_the_run(trained, capsys):
@@ -122,12 +180,21 @@ def test_missing_and_corrupt_policy_give_clear_errors(trained, tmp_path, capsys)
     assert optimize(data, tmp_path / "empty_checkpoints") == 2
     assert "train_GPOA.py" in capsys.readouterr().err
     # a policy of another observation layout (an older version's, with fewer node columns)
-    network, meta = load_policy(checkpoints / "tiny" / "best.pt")
+    policy = load_policy(checkpoints / "tiny" / "best.pt")
     older = tmp_path / "older.pt"
-    save_policy(older, NodeSetQNetwork(**{**network.architecture, "node_dim": network.node_dim - 2}), meta)
+    network = policy.network
+    save_policy(older, NodeSetNetwork(**{**network.architecture, "node_dim": network.node_dim - 2}), policy.learner,
+                policy.settings, policy.node_features[:-2], policy.global_features, policy.extra)
     assert optimize(data, checkpoints, "--policy", str(older)) == 2
     err = capsys.readouterr().err
-    assert str(older) in err and "another version" in err and "retrain" in err
+    assert str(older) in err and "other node features" in err and "retrain" in err
+    # a policy file of the previous format
+    payload = torch.load(checkpoints / "tiny" / "best.pt", weights_only=True)
+    previous = tmp_path / "previous.pt"
+    torch.save({**payload, "format": "gpoa-node-set-q-network/1"}, previous)
+    assert optimize(data, checkpoints, "--policy", str(previous)) == 2
+    err = capsys.readouterr().err
+    assert str(previous) in err and "not a GPOA policy checkpoint of this version" in err
     assert not (data / "optimized_indices").exists()
 
 
@@ -140,7 +207,7 @@ def test_prompt_file_from_another_grid_is_reported_and_the_rest_optimised(traine
     capsys.readouterr()
     assert optimize(data, checkpoints) == 1
     err = capsys.readouterr().err
-    assert str(path) in err and "20x20 grid" in err
+    assert str(path) in err and "20x20 grid" in err and f"FAILED membrane/{path.name}" in err
     assert len(list((data / "optimized_indices").glob("*.json"))) == 5
 
 
@@ -180,3 +247,27 @@ def test_regenerated_initial_prompts_are_optimised_again(trained, capsys):
     initial = json.loads(sorted((data / "initial_indices").glob("*.json"))[0].read_text())
     topk = json.loads(sorted((data / "topk_indices").glob("*.json"))[0].read_text())
     assert set(topk["positive_indices"]) <= set(initial["positive_indices"])
+
+
+def test_one_policy_trains_and_optimises_over_several_tasks(demo_master, tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    families = ("membrane", "objects")
+    for family in families:
+        shutil.copytree(demo_master / family, corpus / family)
+        for folder, keep in (("target", 2), ("train", 3)):
+            for path in sorted((corpus / family / f"{folder}_image").iterdir())[keep:]:
+                path.unlink()
+    assert Generate_initial_prompts.main(["--config", str(DEMO_CONFIG), "--data", str(corpus)]) == 0
+    checkpoints = tmp_path / "checkpoints"
+    # records of at most 2 samples kept at once: the others are rebuilt when drawn again
+    assert train(corpus, checkpoints, "--set", "train.bank_capacity=2") == 0
+    assert "2 task(s)" in capsys.readouterr().out
+    payload = torch.load(checkpoints / "tiny" / "best.pt", weights_only=True)
+    assert payload["extra"]["tasks"] == list(families)
+    last = torch.load(checkpoints / "tiny" / "last.pt", weights_only=True)["extra"]
+    # held-out images of each task are evaluated; eval/dice is the mean of the per-task means
+    assert last["eval/dice"] == pytest.approx((last["eval/membrane/dice"] + last["eval/objects/dice"]) / 2)
+    assert optimize(corpus, checkpoints) == 0
+    assert "4 done" in capsys.readouterr().out
+    for family in families:
+        assert len(list((corpus / family / "optimized_indices").glob("*.json"))) == 2

@@ -10,7 +10,7 @@ import torch
 from gpoa.cli import config_from_args, run_stage, stage_parser
 from gpoa.config import Config, load_config, resolve_device, save_config
 from gpoa.errors import UsageError
-from gpoa.stages.common import StageReport
+from gpoa.runtime import StageReport, stable_seed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,6 +24,8 @@ def test_defaults():
     assert cfg.matching.foreground_fraction == 0.5 and cfg.matching.mutual_nearest is False
     assert cfg.device == "auto" and cfg.seed == 0
     assert cfg.env.graph_weights == [5.0, 5.0, 1.0, 1.0, 1.0]
+    assert cfg.data == ["data/demo/membrane"] and cfg.workspace == "outputs"
+    assert cfg.train.bank_capacity == 0 and cfg.optimize.stop_margin == 0.0 and cfg.optimize.oracle is False
 
 
 def test_defaults_are_not_shared_between_configs():
@@ -39,7 +41,7 @@ def test_yaml_file(tmp_path):
                     "matching:\n  mutual_nearest: true\n  foreground_fraction: 1\n"
                     "env:\n  graph_weights: [1, 2, 3, 4, 5]\n")
     cfg = load_config(path)
-    assert cfg.data == "/data/cells" and cfg.seed == 3
+    assert cfg.data == ["/data/cells"] and cfg.seed == 3  # one folder is a list of one
     assert cfg.features.backend == "dinov2" and cfg.features.working_size == 448
     assert cfg.features.patch_size == 14  # untouched keys keep their defaults
     assert cfg.matching.mutual_nearest is True
@@ -80,7 +82,7 @@ def test_set_overrides_of_every_type():
     assert cfg.segmenter.backend == "sam"
     assert cfg.segmentation.prompts == ["a_indices", "b_indices"]
     assert cfg.env.graph_weights == [1.5, 2, 0, 0, 1]
-    assert cfg.data == "/tmp/x=y"
+    assert cfg.data == ["/tmp/x=y"]
     assert cfg.seed == 7
 
 
@@ -174,9 +176,26 @@ def test_config_from_args():
     args = parser.parse_args(["--data", "data/x", "--set", "dqn.batch_size=32", "--set", "segmenter.backend=sam",
                               "--device", "cpu", "--seed", "5", "--overwrite"])
     cfg = config_from_args(args, ["segmentation.out=results/x"])
-    assert cfg.data == "data/x" and cfg.device == "cpu" and cfg.seed == 5 and cfg.overwrite is True
+    assert cfg.data == ["data/x"] and cfg.device == "cpu" and cfg.seed == 5 and cfg.overwrite is True
     assert cfg.dqn.batch_size == 32 and cfg.segmenter.backend == "sam"
     assert cfg.segmentation.out == "results/x"
+
+
+def test_data_is_repeatable_and_never_split_at_commas():
+    parser = stage_parser("stage.py", "test stage")
+    cfg = config_from_args(parser.parse_args(["--data", "data/a", "--data", "data/b,c"]))
+    assert cfg.data == ["data/a", "data/b,c"]
+    assert config_from_args(parser.parse_args([])).data == Config().data  # the default without --data
+    cfg = load_config(overrides=["data=[x, y]", "workspace=/tmp/work", "train.bank_capacity=16",
+                                 "optimize.stop_margin=0.05", "optimize.oracle=true"])
+    assert cfg.data == ["x", "y"] and cfg.workspace == "/tmp/work" and cfg.train.bank_capacity == 16
+    assert cfg.optimize.stop_margin == pytest.approx(0.05) and cfg.optimize.oracle is True
+
+
+@pytest.mark.parametrize("key", ["train.bank_capacity", "optimize.stop_margin"])
+def test_new_keys_must_not_be_negative(key):
+    with pytest.raises(UsageError, match=f"'{key}' must not be negative"):
+        load_config(overrides=[f"{key}=-1"])
 
 
 def test_config_from_args_with_config_file_and_no_options(tmp_path):
@@ -184,9 +203,9 @@ def test_config_from_args_with_config_file_and_no_options(tmp_path):
     path.write_text("seed: 4\ndata: data/from_file\n")
     parser = stage_parser("stage.py", "test stage")
     cfg = config_from_args(parser.parse_args(["--config", str(path)]))
-    assert cfg.seed == 4 and cfg.data == "data/from_file" and cfg.overwrite is False
+    assert cfg.seed == 4 and cfg.data == ["data/from_file"] and cfg.overwrite is False
     cfg = config_from_args(parser.parse_args(["--config", str(path), "--data", "data/y"]))
-    assert cfg.data == "data/y"  # the command line overrides the file
+    assert cfg.data == ["data/y"]  # the command line overrides the file
 
 
 def test_run_stage_unknown_key_exits_2_with_one_line(capsys):
@@ -218,7 +237,7 @@ def test_run_stage_passes_config_and_device_and_maps_failures_to_exit_1(capsys):
         return report
 
     assert run_stage(stage_parser("stage.py", "t"), stage, ["--device", "cpu", "--seed", "9", "--data", "d"]) == 0
-    assert seen == [(9, "d", "cpu")]
+    assert seen == [(9, ["d"], "cpu")]
     assert "1 done" in capsys.readouterr().out
 
     def failing(cfg, device):
@@ -228,6 +247,19 @@ def test_run_stage_passes_config_and_device_and_maps_failures_to_exit_1(capsys):
 
     assert run_stage(stage_parser("stage.py", "t"), failing, ["--device", "cpu"]) == 1
     assert "1 failed" in capsys.readouterr().err
+
+
+def test_stage_reports_merge_and_seeds_are_stable(capsys):
+    first, second = StageReport("stage"), StageReport("stage")
+    first.done.append("a/x")
+    second.skipped.append(("b/y", "exists"))
+    second.fail("b/z", "unreadable")
+    assert "FAILED b/z: unreadable" in capsys.readouterr().err
+    first.merge(second)
+    assert (first.done, first.skipped, first.failed) == (["a/x"], [("b/y", "exists")], [("b/z", "unreadable")])
+    assert first.exit_code == 1 and "1 done, 1 kept from an earlier run, 1 failed" in first.summary()
+    assert stable_seed(0, "split", "cells") == stable_seed(0, "split", "cells") != stable_seed(0, "split", "dogs")
+    assert 0 <= stable_seed("x") < 2 ** 32
 
 
 def test_run_stage_raises_a_usage_error_from_the_stage_as_exit_2(capsys):

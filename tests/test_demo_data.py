@@ -11,7 +11,8 @@ from PIL import Image
 
 from gpoa.demo_data import FAMILIES, image_seed, main, write_demo_dataset
 from gpoa.errors import UsageError
-from gpoa.io import DatasetLayout, read_image, read_mask
+from gpoa.io import read_image, read_mask
+from gpoa.layout import DatasetLayout, dataset_task
 
 SPLIT_FOLDERS = (("reference_image", "reference_mask"), ("train_image", "train_mask"),
                  ("target_image", "target_mask"))
@@ -44,7 +45,9 @@ def test_layout_has_the_requested_counts_and_paired_stems(small):
         assert [p.stem for p in layout.images(layout.reference_image)] == ["reference"]
         assert [p.stem for p in layout.images(layout.target_image)] == [f"{root.name}_{i:03d}" for i in range(3)]
         assert [p.stem for p in layout.images(layout.train_image)] == [f"{root.name}_train_{i:03d}" for i in range(2)]
-        assert [(image.name, mask.name) for image, mask in layout.reference_pairs()] == [("reference.png",) * 2]
+        task = dataset_task(root)
+        task.require("reference", "targets", "train")  # a complete task of the dataset layout
+        assert [(image.name, mask.name) for image, mask in task.reference] == [("reference.png",) * 2]
         info = json.loads((root / "dataset.json").read_text())
         assert info["family"] == root.name and info["seed"] == 0
         assert info["counts"] == {"reference": 1, "train": 2, "target": 3}

@@ -1,4 +1,4 @@
-"""The node-set Q-network, its greedy policy, checkpoints, and Double DQN on a planted task."""
+"""Double DQN: replay, resumable agent state, the training loop over a vectorised env, a planted task."""
 
 from __future__ import annotations
 
@@ -10,18 +10,10 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from gpoa.agents.dqn import (
-    DQNAgent,
-    GreedyPolicy,
-    NodeSetQNetwork,
-    load_policy,
-    masked_argmax,
-    run_greedy,
-    save_policy,
-    train,
-)
+from gpoa.agents.dqn import DQNAgent, ReplayBuffer, linear_schedule, train
+from gpoa.agents.greedy import GreedyPolicy, run_greedy
 from gpoa.config import DQNConfig
-from gpoa.errors import UsageError
+from gpoa.envs import SerialVecEnv
 
 
 class PlantedOutlierEnv(gym.Env):
@@ -99,106 +91,9 @@ def small_config(**overrides) -> DQNConfig:
     return DQNConfig(**values)
 
 
-def random_inputs(batch: int, nodes: int, node_dim: int = 6, global_dim: int = 3, seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, nodes, node_dim, generator=generator), torch.ones(batch, nodes, dtype=torch.bool),
-            torch.randn(batch, global_dim, generator=generator))
-
-
-@pytest.fixture(params=[1, 2], ids=["one-layer", "two-layer"])
-def network(request) -> NodeSetQNetwork:
-    torch.manual_seed(0)
-    return NodeSetQNetwork(node_dim=6, global_dim=3, hidden=32, node_layers=request.param).eval()
-
-
-@pytest.mark.parametrize("count", [1, 7, 60])
-def test_network_gives_one_q_per_node_and_stop(network, count):
-    q = network(*random_inputs(batch=3, nodes=count))
-    assert q.shape == (3, count + 1)
-    assert torch.isfinite(q).all()
-
-
-def test_permuting_nodes_permutes_their_q_values(network):
-    nodes, valid, globals_ = random_inputs(batch=2, nodes=11)
-    permutation = torch.randperm(11, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        q = network(nodes, valid, globals_)
-        q_permuted = network(nodes[:, permutation], valid[:, permutation], globals_)
-    torch.testing.assert_close(q_permuted[:, :-1], q[:, permutation])
-    torch.testing.assert_close(q_permuted[:, -1], q[:, -1])
-
-
-def test_padded_nodes_change_nothing(network):
-    nodes, valid, globals_ = random_inputs(batch=2, nodes=9)
-    garbage = 5.0 * torch.randn(2, 20, 6, generator=torch.Generator().manual_seed(2))
-    padded_nodes = torch.cat([nodes, garbage], dim=1)
-    padded_valid = torch.cat([valid, torch.zeros(2, 20, dtype=torch.bool)], dim=1)
-    with torch.no_grad():
-        q = network(nodes, valid, globals_)
-        q_padded = network(padded_nodes, padded_valid, globals_)
-    torch.testing.assert_close(q_padded[:, :9], q[:, :9])
-    torch.testing.assert_close(q_padded[:, -1], q[:, -1])
-
-
-def test_action_q_is_the_q_of_the_chosen_column(network):
-    nodes, valid, globals_ = random_inputs(batch=4, nodes=9)
-    valid[1, 5:] = False
-    actions = torch.tensor([0, 4, 9, 9])  # two node toggles, two STOPs
-    with torch.no_grad():
-        expected = network(nodes, valid, globals_).gather(1, actions[:, None])[:, 0]
-        torch.testing.assert_close(network.action_q(nodes, valid, globals_, actions), expected)
-
-
-@pytest.mark.parametrize("node_layers", [1, 2])
-def test_greedy_policy_matches_the_network(node_layers):
-    torch.manual_seed(3)
-    network = NodeSetQNetwork(node_dim=15, global_dim=5, hidden=128, node_layers=node_layers).eval()
-    rng = np.random.default_rng(3)
-    policy = GreedyPolicy(network)
-    for count in (1, 40, 300):
-        valid = np.zeros(320, dtype=np.int8)
-        valid[rng.choice(320, size=count, replace=False)] = 1  # real nodes anywhere, not only first
-        nodes = np.where(valid[:, None] == 1, rng.normal(size=(320, 15)), 0.0).astype(np.float32)
-        obs = {"nodes": nodes, "valid": valid, "globals": rng.normal(size=5).astype(np.float32)}
-        with torch.no_grad():
-            expected = network(torch.from_numpy(nodes)[None], torch.from_numpy(valid == 1)[None],
-                               torch.from_numpy(obs["globals"])[None])[0].numpy()
-        q = policy.q_values(obs)
-        real = np.append(valid == 1, True)
-        np.testing.assert_allclose(q[real], expected[real], rtol=1e-5, atol=1e-5)
-        assert np.all(q[~real] == -np.inf)
-        mask = real & (rng.random(321) < 0.5)
-        mask[-1] = True
-        best = masked_argmax(torch.from_numpy(expected), torch.from_numpy(mask)).item()
-        assert policy(obs, mask) == best
-
-
-def test_masked_argmax_picks_the_best_valid_action():
-    generator = torch.Generator().manual_seed(4)
-    q = torch.randn(500, 9, generator=generator)
-    mask = torch.rand(500, 9, generator=generator) < 0.3
-    mask[:, -1] = True
-    chosen = masked_argmax(q, mask)
-    assert mask.gather(1, chosen[:, None]).all()
-    torch.testing.assert_close(q.gather(1, chosen[:, None]).squeeze(1), q.masked_fill(~mask, -np.inf).amax(1))
-    with pytest.raises(ValueError, match="no valid action"):
-        masked_argmax(q[:2], torch.zeros(2, 9, dtype=torch.bool))
-
-
-def test_policy_checkpoint_round_trips(tmp_path, network):
-    path = tmp_path / "run" / "policy.pt"
-    save_policy(path, network, extra={"dice": np.float64(0.81), "steps": np.int64(300), "images": ["a", "b"]})
-    assert torch.load(path, weights_only=True)["architecture"] == network.architecture
-    loaded, meta = load_policy(path)
-    assert meta == {"dice": 0.81, "steps": 300, "images": ["a", "b"]}
-    inputs = random_inputs(batch=2, nodes=5)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(*inputs), network(*inputs))
-
-
 def test_agent_state_round_trips_with_weights_only(tmp_path):
     env = PlantedOutlierEnv()
-    agent = train([env], small_config(learning_starts=64), total_steps=200, seed=0)
+    agent = train(SerialVecEnv([env]), small_config(learning_starts=64), total_steps=200, seed=0)
     torch.save(agent.state_dict(), tmp_path / "agent.pt")
     restored = DQNAgent.for_env(env, small_config(learning_starts=64), seed=99)
     restored.load_state_dict(torch.load(tmp_path / "agent.pt", weights_only=True))
@@ -208,30 +103,59 @@ def test_agent_state_round_trips_with_weights_only(tmp_path):
     assert restored.optimizer.state_dict()["state"].keys() == agent.optimizer.state_dict()["state"].keys()
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "does not exist"),
-    (b"not a torch file", "cannot be read"),
-    ("truncated", "cannot be read"),
-    ({"weights": torch.zeros(2)}, "not a GPOA policy"),
-    ({"format": "gpoa-node-set-q-network/1", "architecture": {"node_dim": 6}}, "damaged"),
-])
-def test_unusable_policy_files_raise_usage_errors(tmp_path, network, content, message):
-    path = tmp_path / "policy.pt"
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    elif content == "truncated":
-        save_policy(path, network)
-        path.write_bytes(path.read_bytes()[:200])
-    elif isinstance(content, dict):
-        torch.save(content, path)
-    with pytest.raises(UsageError, match=message) as error:
-        load_policy(path)
-    assert str(path) in str(error.value)
+def test_agent_state_of_another_network_is_refused():
+    env = PlantedOutlierEnv()
+    state = DQNAgent.for_env(env, small_config(hidden=64)).state_dict()
+    with pytest.raises(ValueError, match="agent state is for network"):
+        DQNAgent.for_env(env, small_config(hidden=32)).load_state_dict(state)
+
+
+def test_agent_is_sized_from_the_env_and_checks_its_action_space():
+    env = PlantedOutlierEnv()
+    agent = DQNAgent.for_env(env, small_config())
+    assert agent.network is agent.q_network and agent.learner == "dqn"
+    assert agent.q_network.architecture == {"node_dim": 4, "global_dim": 2, "hidden": 64, "node_layers": 1}
+    env.action_space = spaces.Discrete(PlantedOutlierEnv.max_nodes)  # no STOP column
+    with pytest.raises(ValueError, match="max_nodes \\+ 1"):
+        DQNAgent.for_env(env, small_config())
+
+
+def test_replay_buffer_is_a_ring_and_linear_schedule_decays_then_holds():
+    buffer = ReplayBuffer(capacity=3, max_nodes=2, node_dim=1, global_dim=1)
+    for step in range(5):
+        obs = {"nodes": np.full((2, 1), step, np.float32), "valid": np.ones(2, np.int8),
+               "globals": np.zeros(1, np.float32)}
+        buffer.add(obs, step % 3, float(step), obs, np.ones(3, bool), terminated=step == 4)
+    assert len(buffer) == 3 and sorted(buffer.rewards.tolist()) == [2.0, 3.0, 4.0]
+    batch = buffer.sample(50, np.random.default_rng(0))
+    assert set(batch["rewards"].tolist()) == {2.0, 3.0, 4.0}
+    np.testing.assert_array_equal(batch["dones"], batch["rewards"] == 4.0)
+    np.testing.assert_array_equal(batch["nodes"][:, 0, 0], batch["rewards"])
+    assert linear_schedule(1.0, 0.1, 100, 0) == 1.0
+    assert linear_schedule(1.0, 0.1, 100, 50) == pytest.approx(0.55)
+    assert linear_schedule(1.0, 0.1, 100, 500) == pytest.approx(0.1)
+
+
+def test_trains_on_the_batched_prompt_env():
+    from synthetic import DiscSegmenter, make_cfg, scene
+
+    from gpoa.envs import EpisodeBank, VecPromptEnv
+
+    cfg = make_cfg(reward="segmentation", max_nodes=40, episode_length=6)
+    segmenter = DiscSegmenter()
+    bank = EpisodeBank([scene("a", 0), scene("b", 1)], cfg, segmenter=segmenter)
+    logs = []
+    agent = train(VecPromptEnv(bank, cfg, num_envs=3), small_config(learning_starts=32, batch_size=16, hidden=16),
+                  total_steps=120, seed=0, callback=lambda step, entry: logs.append(entry))
+    assert agent.global_step == 120 and agent.gradient_steps > 0
+    episodes = [entry for entry in logs if "charts/episodic_return" in entry]
+    assert episodes and all("charts/dice" in entry and "charts/positives" in entry for entry in episodes)
+    assert segmenter.embed_calls == 2  # one embedding per sample over the whole run
 
 
 def test_same_seed_gives_same_weights():
     def weights(seed):
-        envs = [PlantedOutlierEnv(), PlantedOutlierEnv()]
+        envs = SerialVecEnv([PlantedOutlierEnv(), PlantedOutlierEnv()])
         agent = train(envs, small_config(learning_starts=64), total_steps=300, seed=seed)
         return torch.cat([p.detach().flatten() for p in agent.q_network.parameters()])
 
@@ -241,19 +165,21 @@ def test_same_seed_gives_same_weights():
 
 
 def test_training_logs_stops_and_resumes():
-    envs = [PlantedOutlierEnv() for _ in range(3)]
     calls, logs = [], []
 
-    def step_fn(envs_, actions):
-        calls.append(len(actions))
-        return [env.step(int(action)) for env, action in zip(envs_, actions)]
+    class CountingVecEnv(SerialVecEnv):
+        def step(self, actions):
+            calls.append(len(actions))
+            return super().step(actions)
+
+    envs = CountingVecEnv([PlantedOutlierEnv() for _ in range(3)])
 
     def callback(step, entry):
         logs.append(entry)
         return "losses/td_loss" in entry  # stop at the first loss report
 
     cfg = small_config(learning_starts=64, train_frequency=1)
-    agent = train(envs, cfg, total_steps=5000, seed=0, step_fn=step_fn, callback=callback)
+    agent = train(envs, cfg, total_steps=5000, seed=0, callback=callback)
     assert set(calls) == {3}
     episode = next(entry for entry in logs if "charts/episodic_return" in entry)
     assert {"charts/episode_length", "charts/epsilon", "charts/success"} <= episode.keys()
@@ -271,7 +197,7 @@ def test_training_logs_stops_and_resumes():
 
 
 def test_dqn_solves_the_planted_outlier_task():
-    envs = [PlantedOutlierEnv() for _ in range(4)]
+    envs = SerialVecEnv([PlantedOutlierEnv() for _ in range(4)])
     start = time.perf_counter()
     agent = train(envs, small_config(), total_steps=4000, seed=0)
     training_seconds = time.perf_counter() - start

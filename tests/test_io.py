@@ -1,4 +1,4 @@
-"""Dataset files: images and masks of every supported mode, prompt files, atomic writes and the folder layout."""
+"""Files: images and masks of every supported mode, prompt files and atomic writes (layout: test_layout.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from gpoa.errors import InputError, UsageError
+from gpoa.errors import InputError
 from gpoa.grid import PatchGrid
 from gpoa.io import (
-    DatasetLayout,
     atomic_write_bytes,
     atomic_write_json,
     read_image,
@@ -469,72 +468,3 @@ def test_failed_atomic_write_keeps_old_content_and_no_temp_file(tmp_path):
         atomic_write_bytes(path, "not bytes")  # fails while writing the temporary file
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
-
-
-# ----- dataset layout ----------------------------------------------------------------------------------
-
-
-def touch_image(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(colour()).save(path)
-
-
-def test_pairs_by_stem(tmp_path):
-    layout = DatasetLayout(tmp_path)
-    for name in ("a.png", "b.JPG", "c.tif"):
-        touch_image(layout.target_image / name)
-    touch_image(layout.target_mask / "a.png")
-    touch_image(layout.target_mask / "c.png")  # a mask may have another extension than its image
-    touch_image(layout.target_mask / "z.png")  # a mask without an image is ignored
-    (layout.target_image / "notes.txt").write_text("not an image")
-    touch_image(layout.target_image / ".hidden.png")
-    pairs = [(image.name, mask.name if mask else None)
-             for image, mask in layout.pairs(layout.target_image, layout.target_mask)]
-    assert pairs == [("a.png", "a.png"), ("b.JPG", None), ("c.tif", "c.png")]
-    assert layout.find_by_stem(layout.target_mask, "c") == layout.target_mask / "c.png"
-    assert layout.find_by_stem(layout.target_mask, "b") is None
-
-
-def test_require_missing_root_folder_is_a_usage_error(tmp_path):
-    with pytest.raises(UsageError, match="does not exist"):
-        DatasetLayout(tmp_path / "nowhere").require("target_image")
-
-
-def test_require_missing_subfolder_is_a_usage_error(tmp_path):
-    with pytest.raises(UsageError, match="no 'reference_mask/' subfolder"):
-        DatasetLayout(tmp_path).require("reference_mask")
-
-
-def test_require_empty_image_folder_is_a_usage_error(tmp_path):
-    layout = DatasetLayout(tmp_path)
-    layout.target_image.mkdir()
-    (layout.target_image / "readme.txt").write_text("no images here")
-    with pytest.raises(UsageError, match="holds no images"):
-        layout.require("target_image")
-    touch_image(layout.target_image / "a.png")
-    layout.require("target_image")  # now fine
-
-
-def test_reference_pairs(tmp_path):
-    layout = DatasetLayout(tmp_path)
-    touch_image(layout.reference_image / "r1.png")
-    touch_image(layout.reference_image / "r2.png")
-    touch_image(layout.reference_mask / "r1.png")
-    touch_image(layout.reference_mask / "r2.png")
-    assert [(i.name, m.name) for i, m in layout.reference_pairs()] == [("r1.png", "r1.png"), ("r2.png", "r2.png")]
-
-
-def test_reference_image_without_mask_is_a_usage_error(tmp_path):
-    layout = DatasetLayout(tmp_path)
-    touch_image(layout.reference_image / "r1.png")
-    touch_image(layout.reference_image / "r2.png")
-    touch_image(layout.reference_mask / "r1.png")
-    with pytest.raises(UsageError, match="r2.png"):
-        layout.reference_pairs()
-
-
-def test_reference_pairs_without_mask_folder_is_a_usage_error(tmp_path):
-    layout = DatasetLayout(tmp_path)
-    touch_image(layout.reference_image / "r1.png")
-    with pytest.raises(UsageError, match="reference_mask"):
-        layout.reference_pairs()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,16 @@ from PIL import Image
 
 import Generate_initial_prompts
 import main_seg
+from gpoa.backends import Backends, working_grid
 from gpoa.config import load_config
-from gpoa.io import DatasetLayout, read_image, read_mask
+from gpoa.evaluation import MEAN_TASK
+from gpoa.features.store import FeatureStore
+from gpoa.io import read_image, read_mask
+from gpoa.layout import DatasetLayout
 from gpoa.metrics import dice
 from gpoa.prompts import PromptSet, sample_ideal_prompts
 from gpoa.segmenters import build_segmenter
-from gpoa.stages.common import working_grid
+from gpoa.stages.segmentation import segment_and_evaluate
 
 ARGS = ["--config", str(DEMO_CONFIG)]
 
@@ -52,8 +57,11 @@ def test_stage1_then_stage4_end_to_end(demo_dataset, capsys):
     assert all(0 <= x < width and 0 <= y < height for x, y in data["positive_points"] + data["negative_points"])
     assert (layout.initial_indices / "overlays" / f"{prompt_files[0].stem}.png").is_file()
     assert (layout.initial_indices / "config.yaml").is_file()
-    cached = list((layout.cache / "features").rglob("target/*.npy"))
-    assert len(cached) == len(prompt_files) and np.load(cached[0]).dtype == np.float16
+    # features are cached by image content: one entry per target and one for the reference
+    store = FeatureStore(layout.cache, Backends(load_config(DEMO_CONFIG)))
+    assert all(store.is_cached(p) for p in layout.images(layout.target_image) + layout.images(layout.reference_image))
+    cached = list((layout.cache / "features").rglob("*.npy"))
+    assert len(cached) == len(prompt_files) + 1 and np.load(cached[0]).dtype == np.float16
 
     assert run_stage4(demo_dataset) == 0
     printed = capsys.readouterr().out
@@ -61,20 +69,29 @@ def test_stage1_then_stage4_end_to_end(demo_dataset, capsys):
     results = demo_dataset / "results"
     summary = read_summary(results / "summary.csv")
     assert list(summary) == ["initial", "ideal"]
-    assert list(next(iter(summary.values()))) == ["prompt_set", "images", "dice_mean", "dice_std", "iou_mean",
-                                                  "iou_std", "hd95_mean", "hd95_std"]
+    assert list(next(iter(summary.values()))) == ["task", "prompt_set", "images", "dice_mean", "dice_std",
+                                                  "iou_mean", "iou_std", "hd95_mean", "hd95_std"]
+    assert {row["task"] for row in summary.values()} == {"membrane"}
     assert int(summary["initial"]["images"]) == len(prompt_files)
     # the ideal set (prompts from the ground truth) is the upper bound the matcher falls short of
     assert float(summary["ideal"]["dice_mean"]) > float(summary["initial"]["dice_mean"])
     with open(results / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 * len(prompt_files)
+    assert list(rows[0]) == ["task", "prompt_set", "image", "dice", "iou", "hd95", "intersection", "union",
+                             "prediction_area", "truth_area"]
+    assert {r["task"] for r in rows} == {"membrane"}
     stem = prompt_files[0].stem
     mask = np.asarray(Image.open(results / "masks" / "initial" / f"{stem}.png"))
     assert mask.shape == (height, width) and set(np.unique(mask)) <= {0, 255}
     truth = read_mask(layout.target_mask / f"{stem}.png")
     row = next(r for r in rows if r["prompt_set"] == "initial" and r["image"] == stem)
     assert float(row["dice"]) == pytest.approx(dice(mask > 0, truth), abs=1e-4)
+    predicted = mask > 0
+    assert int(row["intersection"]) == np.count_nonzero(predicted & truth)
+    assert int(row["union"]) == np.count_nonzero(predicted | truth)
+    assert int(row["prediction_area"]) == np.count_nonzero(predicted)
+    assert int(row["truth_area"]) == np.count_nonzero(truth)
     assert (results / "overlays" / "ideal" / f"{stem}.png").is_file()
     assert "| prompt set |" in (results / "summary.md").read_text()
     assert (results / "config.yaml").is_file()
@@ -144,7 +161,7 @@ def test_bad_targets_are_reported_and_the_rest_processed(demo_dataset, capsys):
     # stage 1: the unreadable image fails, every other target gets prompts
     assert run_stage1(demo_dataset) == 1
     err = capsys.readouterr().err
-    assert corrupt.name in err and "cannot be read" in err
+    assert corrupt.name in err and "cannot be read" in err and f"membrane/{corrupt.stem}" in err
     written = {p.stem for p in (demo_dataset / "initial_indices").glob("*.json")}
     assert written == {p.stem for p in targets[1:]}
     # stage 4: a ground-truth mask of the wrong size fails its image only
@@ -153,7 +170,7 @@ def test_bad_targets_are_reported_and_the_rest_processed(demo_dataset, capsys):
     mask.resize((mask.width + 10, mask.height)).save(mask_path)
     assert run_stage4(demo_dataset) == 1
     err = capsys.readouterr().err
-    assert str(mask_path) in err and "size of the image" in err
+    assert str(mask_path) in err and "size of the image" in err and f"FAILED membrane/{resized.stem}" in err
     summary = read_summary(demo_dataset / "results" / "summary.csv")
     assert int(summary["initial"]["images"]) == len(targets) - 2
     # inputs are never modified
@@ -186,8 +203,10 @@ def test_missing_checkpoint_is_a_usage_error(demo_dataset, tmp_path, capsys, scr
         capsys.readouterr()
     args = [a for o in overrides + [f"{key}.checkpoint={missing}"] for a in ("--set", o)]
     assert script(demo_dataset, *args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    # the models load when first needed, the segmenter inside the progress loop: leave out its bar
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "%|" not in line]
     assert len(err) == 1 and str(missing) in err[0] and expected in err[0] and f"{key}.checkpoint" in err[0]
+    assert err[0].startswith(("Generate_initial_prompts.py: error: ", "main_seg.py: error: "))
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):
@@ -210,7 +229,7 @@ def test_device_auto_picks_cpu_here():
 
 def test_changed_settings_redo_outputs_instead_of_resuming_stale_ones(demo_dataset, capsys):
     assert run_stage1(demo_dataset) == 0
-    assert run_stage1(demo_dataset, "--set", "matching.max_positive=3") == 0
+    assert run_stage1(demo_dataset, "--set", "matching.method=nearest", "--set", "matching.max_positive=3") == 0
     assert "6 done, 0 kept" in capsys.readouterr().out
     data = json.loads(next((demo_dataset / "initial_indices").glob("*.json")).read_text())
     assert len(data["positive_indices"]) == 3
@@ -239,3 +258,52 @@ def test_out_of_range_settings_are_usage_errors(capsys):
     assert "'train.eval_every' must be at least 1" in capsys.readouterr().err
     assert Generate_initial_prompts.main(["--set", "env.graph_weights=a,b,c,d,e"]) == 2
     assert "env.graph_weights" in capsys.readouterr().err
+
+
+def test_stage4_over_a_folder_of_two_tasks_writes_each_and_returns_their_mean(demo_master, tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    families = ("membrane", "objects")
+    for family in families:
+        shutil.copytree(demo_master / family, corpus / family, ignore=shutil.ignore_patterns("train_*"))
+        for path in sorted((corpus / family / "target_image").iterdir())[2:]:
+            path.unlink()
+    stems = {family: [p.stem for p in sorted((corpus / family / "target_image").iterdir())] for family in families}
+    assert run_stage1(corpus) == 0
+    assert "4 done" in capsys.readouterr().out
+    for family in families:
+        assert sorted(p.stem for p in (corpus / family / "initial_indices").glob("*.json")) == stems[family]
+
+    cfg = load_config(DEMO_CONFIG)
+    cfg.data = [str(corpus)]
+    report, summary = segment_and_evaluate(cfg, "cpu")
+    assert report.exit_code == 0
+    assert sorted(report.done) == sorted(f"{family}/{stem}" for family in families for stem in stems[family])
+    assert [(s["task"], s["prompt_set"]) for s in summary] == [
+        (task, name) for task in (*families, MEAN_TASK) for name in ("initial", "ideal")]
+    assert "Mean over 2 tasks" in capsys.readouterr().out
+    per_task = {}
+    for family in families:  # each task's results in its own folder, rows of that task only
+        results = corpus / family / "results"
+        with open(results / "summary.csv") as handle:
+            rows = list(csv.DictReader(handle))
+        assert [(r["task"], r["prompt_set"], r["images"]) for r in rows] == [(family, "initial", "2"),
+                                                                             (family, "ideal", "2")]
+        with open(results / "metrics.csv") as handle:
+            metrics = list(csv.DictReader(handle))
+        assert len(metrics) == 4 and {r["task"] for r in metrics} == {family}
+        assert {r["image"] for r in metrics} == set(stems[family])
+        per_task[family] = {r["prompt_set"]: float(r["dice_mean"]) for r in rows}
+    means = {s["prompt_set"]: s for s in summary if s["task"] == MEAN_TASK}
+    for name in ("initial", "ideal"):
+        assert means[name]["images"] == 4
+        assert means[name]["dice_mean"] == pytest.approx(np.mean([per_task[f][name] for f in families]), abs=1e-4)
+
+    # with several tasks, --out OUT writes OUT/<task>/ and --prompts DIR reads DIR/<task>/
+    manual = tmp_path / "manual"
+    for family in families:
+        shutil.copytree(corpus / family / "initial_indices", manual / family, ignore=shutil.ignore_patterns("*.png"))
+    out = tmp_path / "out"
+    assert run_stage4(corpus, "--out", str(out), "--prompts", str(manual)) == 0
+    for family in families:
+        assert list(read_summary(out / family / "summary.csv")) == ["initial", "manual", "ideal"]
+        assert len(list((out / family / "masks" / "manual").glob("*.png"))) == 2

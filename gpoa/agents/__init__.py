@@ -1,5 +1,7 @@
 """Agents that edit a prompt set on the dual-space graph.
 
-``dqn`` holds the Double DQN agent: the node-set Q-network shared by every agent, its fast greedy
-policy, the replay buffer, the training loop and the policy checkpoints.
+- :mod:`gpoa.agents.network` — the node-set network every learner shares (one score per node + STOP);
+- :mod:`gpoa.agents.greedy` — fast deterministic inference with the do-no-harm gate;
+- :mod:`gpoa.agents.policy_file` — policy files (learner, settings, observation feature names);
+- :mod:`gpoa.agents.dqn` — Double DQN (replay, update rule, training loop).
 """

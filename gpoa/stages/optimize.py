@@ -1,42 +1,45 @@
 """Stage 3: run a trained policy greedily on every initial prompt file → ``optimized_indices/``.
 
-For each ``initial_indices/<stem>.json`` the policy edits the prompt set on its dual-space graph
-(ε = 0, deterministic) and the result is written to ``optimized_indices/<stem>.json`` (``source``
-names the checkpoint) with the action trace in ``optimized_indices/traces/<stem>.json``. Two
-baselines with the optimised set's prompt counts are written beside it for stage 4 to evaluate:
+Runs over every task of ``cfg.data`` with one policy. For each ``initial_indices/<stem>.json`` the
+policy edits the prompt set on its dual-space graph (deterministic; a toggle is taken only when
+its score beats STOP's by ``optimize.stop_margin``) and the result is written to
+``optimized_indices/<stem>.json`` (``source`` names the checkpoint) with the action trace in
+``optimized_indices/traces/<stem>.json``. Baselines with the optimised set's prompt counts are
+written beside it for stage 4 to evaluate:
 
 - ``random_subset_indices/`` — a random subset of the initial prompts (what the original code's
   inference amounts to);
-- ``topk_indices/`` — the initial positives and negatives that match the reference best.
+- ``topk_indices/`` — the initial positives and negatives that match the reference best;
+- ``oracle_indices/`` (with ``optimize.oracle=true`` and target masks) — the greedy oracle
+  (:mod:`gpoa.envs.oracle`) over the same candidates and start state as the policy: how much of
+  the reachable gain the policy takes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
 
-from gpoa.agents.dqn import GreedyPolicy, load_policy, run_greedy
+from gpoa.agents.greedy import GreedyPolicy, run_greedy
+from gpoa.agents.policy_file import check_observation, load_policy
+from gpoa.backends import Backends
 from gpoa.config import Config, EnvConfig, GraphConfig, save_config
-from gpoa.env import GLOBAL_FEATURES, PromptEnv
-from gpoa.errors import UsageError
+from gpoa.envs import GLOBAL_FEATURES, EpisodeBank, PromptEnv
+from gpoa.envs.oracle import run_oracle
+from gpoa.errors import InputError, UsageError
 from gpoa.graph import NODE_FEATURES
-from gpoa.io import DatasetLayout, atomic_write_json, write_prompt_file
+from gpoa.io import atomic_write_json, write_prompt_file
 from gpoa.prompts import PromptSet
-from gpoa.segmenters import build_segmenter
-from gpoa.stages.common import (
-    FeatureStore,
-    StageReport,
-    is_fresh,
-    load_reference,
-    prompt_file_samples,
-    stable_seed,
-)
+from gpoa.runtime import StageReport, is_fresh, stable_seed
 from gpoa.stages.train import resolve_policy
+from gpoa.tasks import Task, load_tasks
 
-OPTIMIZED, RANDOM_SUBSET, TOPK = "optimized_indices", "random_subset_indices", "topk_indices"
+OPTIMIZED, RANDOM_SUBSET, TOPK, ORACLE = "optimized_indices", "random_subset_indices", "topk_indices", "oracle_indices"
 
 
 def baselines(initial: PromptSet, optimized: PromptSet, margin: np.ndarray, rng: np.random.Generator) -> dict:
@@ -55,83 +58,105 @@ def baselines(initial: PromptSet, optimized: PromptSet, margin: np.ndarray, rng:
     return {RANDOM_SUBSET: make(random_pos, random_neg, "random_subset"), TOPK: make(top_pos, top_neg, "topk")}
 
 
-def _up_to_date(layout: DatasetLayout, stem: str, target, policy_path, source: str) -> bool:
+def _up_to_date(task: Task, stem: str, outputs: list, policy_path: Path, source: str) -> bool:
     """Whether an earlier run already optimised ``stem``'s current initial prompts with this very
     policy file (resume)."""
-    inputs = (policy_path, layout.initial_indices / f"{stem}.json")
-    outputs = [target] + [layout.prompt_folder(f) / f"{stem}.json" for f in (RANDOM_SUBSET, TOPK)]
+    inputs = (policy_path, task.layout.initial_indices / f"{stem}.json")
     if not all(is_fresh(p, *inputs) for p in outputs):
         return False
     try:
-        return json.loads(target.read_text()).get("source") == source
+        return json.loads(outputs[0].read_text()).get("source") == source
     except (OSError, ValueError):
         return False
 
 
-def optimize_prompts(cfg: Config, device: str = "cpu") -> StageReport:
-    layout = DatasetLayout(cfg.data)
-    layout.require("target_image")
+def action_trace(actions: list, graph) -> list:
+    """The actions of an episode as readable entries (node, patch, label), STOP included."""
+    return [{"step": i, "action": "stop" if a >= graph.num_nodes else "toggle",
+             **({} if a >= graph.num_nodes else {
+                 "node": int(a), "patch": int(graph.indices[a]),
+                 "label": "positive" if graph.category[a] else "negative"})}
+            for i, a in enumerate(actions)]
+
+
+def optimize_prompts(cfg: Config, device: str = "cpu", tasks: Optional[list] = None) -> StageReport:
+    """Stage 3 over ``tasks`` (default: the tasks of ``cfg.data``)."""
+    backends = Backends(cfg, device)
+    tasks = tasks if tasks is not None else load_tasks(cfg, backends)
     policy_path = resolve_policy(cfg)
-    network, meta = load_policy(policy_path, device="cpu")
-    if (network.node_dim, network.global_dim) != (len(NODE_FEATURES), len(GLOBAL_FEATURES)):
-        raise UsageError(f"policy '{policy_path}' observes {network.node_dim} node and {network.global_dim} graph "
-                         f"features, this version of GPOA gives {len(NODE_FEATURES)} and {len(GLOBAL_FEATURES)}: it "
-                         "was trained by another version; retrain it with train_GPOA.py (the demo's: make clean-demo)")
-    store = FeatureStore(cfg, layout, device)
-    if meta.get("feature_cache_key", store.key) != store.key:
+    policy = load_policy(policy_path, device="cpu")
+    check_observation(policy, policy_path, NODE_FEATURES, GLOBAL_FEATURES)
+    meta = policy.extra
+    if meta.get("feature_cache_key", backends.feature_key) != backends.feature_key:
         raise UsageError(f"policy '{policy_path}' was trained on '{meta['feature_cache_key']}' features but this "
-                         f"config gives '{store.key}'; run with the features settings the policy was trained with")
-    if meta.get("grid") != store.grid.to_dict():
+                         f"config gives '{backends.feature_key}'; run with the features settings the policy was "
+                         "trained with")
+    if meta.get("grid") != backends.grid.to_dict():
         raise UsageError(f"policy '{policy_path}' was trained on grid {meta.get('grid')} but this config uses "
-                         f"{store.grid.to_dict()}; run with the features settings the policy was trained with")
+                         f"{backends.grid.to_dict()}; run with the features settings the policy was trained with")
     # the observation layout and the start state are fixed by the training run: take its graph and
     # environment settings (an "ideal" start needs ground truth, so inference starts from the prompts)
     trained_env = meta["config"]["env"]
     start = "initial" if trained_env["start"] == "ideal" else trained_env["start"]
     run_cfg = dataclasses.replace(cfg, graph=GraphConfig(**meta["config"]["graph"]),
                                   env=EnvConfig(**{**trained_env, "reward": "graph", "start": start}))
-    reference = load_reference(cfg, layout, store)
     in_loop = bool(meta.get("segmenter_in_loop"))
-    segmenter = build_segmenter(cfg, device=device) if in_loop else None
-
+    greedy = GreedyPolicy(policy.network, stop_margin=cfg.optimize.stop_margin)
+    source = f"gpoa-{policy.learner}:{policy_path}"
     report = StageReport("optimize")
+    for task in tasks:
+        optimize_task(task, backends, run_cfg, greedy, in_loop, policy_path, source, report)
+    return report
+
+
+def optimize_task(task: Task, backends: Backends, run_cfg: Config, greedy: GreedyPolicy, in_loop: bool,
+                  policy_path: Path, source: str, report: StageReport) -> None:
+    """Stage 3 for one task (see :func:`optimize_prompts`)."""
+    cfg, layout = task.cfg, task.layout
+    layout.require("reference", "targets")
+    oracle = cfg.optimize.oracle and layout.has_truth
     out = layout.prompt_folder(OPTIMIZED)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    source = f"gpoa-dqn:{policy_path}"
+    folders = [OPTIMIZED, RANDOM_SUBSET, TOPK] + ([ORACLE] if oracle else [])
 
     def done_before(stem: str) -> bool:
-        if cfg.overwrite or not _up_to_date(layout, stem, out / f"{stem}.json", policy_path, source):
+        wanted = folders if layout.target_mask(stem) is not None else folders[:3]  # no oracle without a mask
+        outputs = [layout.prompt_folder(f) / f"{stem}.json" for f in wanted]
+        if cfg.overwrite or not _up_to_date(task, stem, outputs, policy_path, source):
             return False
-        report.skipped.append((stem, "exists"))
+        report.skipped.append((f"{task.name}/{stem}", "exists"))
         return True
 
-    samples = prompt_file_samples(layout, store, layout.initial_indices, report, with_images=in_loop,
-                                  skip=done_before)
-    policy = GreedyPolicy(network)
-    for sample in tqdm(samples, desc="optimize", unit="image"):
-        target = out / f"{sample.name}.json"
+    sources = task.prompt_file_samples(layout.initial_indices, report, with_images=in_loop or oracle,
+                                       with_truth=oracle, skip=done_before)
+    for lazy in tqdm(sources, desc=f"optimize [{task.name}]", unit="image"):
+        name = f"{task.name}/{lazy.name}"
         try:
-            env = PromptEnv([sample], reference, run_cfg, segmenter=segmenter, seed=cfg.seed)
-        except ValueError as exc:
-            report.fail(sample.name, str(exc))
+            sample = lazy.load()
+            env = PromptEnv(EpisodeBank([sample], run_cfg, backends.segmenter if in_loop else None, seed=cfg.seed),
+                            run_cfg, seed=cfg.seed)
+            actions, info, _ = run_greedy(greedy, env, options={"sample": 0}, seed=cfg.seed)
+        except (InputError, ValueError) as exc:
+            report.fail(name, str(exc))
             continue
-        actions, info, _ = run_greedy(policy, env, options={"sample": 0}, seed=cfg.seed)
         optimized = env.prompt_set(source=source)
         graph = env.graph
-        trace = [{"step": i, "action": "stop" if a >= graph.num_nodes else "toggle",
-                  **({} if a >= graph.num_nodes else {
-                      "node": int(a), "patch": int(graph.indices[a]),
-                      "label": "positive" if graph.category[a] else "negative"})}
-                 for i, a in enumerate(actions)]
-        write_prompt_file(target, optimized)
+        write_prompt_file(out / f"{sample.name}.json", optimized)
         atomic_write_json(out / "traces" / f"{sample.name}.json",
-                          {"policy": str(policy_path), "actions": trace,
+                          {"policy": str(policy_path), "actions": action_trace(actions, graph),
                            "positives": int(info["positives"]), "negatives": int(info["negatives"])})
-        margin = np.zeros(store.grid.num_patches, dtype=np.float32)
+        margin = np.zeros(task.grid.num_patches, dtype=np.float32)
         margin[graph.indices] = graph.match_score
         rng = np.random.default_rng(stable_seed(cfg.seed, "random_subset", sample.name))
         for folder, prompt_set in baselines(sample.prompt_set, optimized, margin, rng).items():
             write_prompt_file(layout.prompt_folder(folder) / f"{sample.name}.json", prompt_set)
-        report.done.append(sample.name)
-    return report
+        if oracle and sample.truth_mask is not None:
+            oracle_env = PromptEnv(EpisodeBank([sample], run_cfg, backends.segmenter, seed=cfg.seed), run_cfg,
+                                   seed=cfg.seed)
+            oracle_actions, _ = run_oracle(oracle_env, options={"sample": 0}, seed=cfg.seed)
+            write_prompt_file(layout.prompt_folder(ORACLE) / f"{sample.name}.json",
+                              oracle_env.prompt_set(source="oracle"))
+            atomic_write_json(layout.prompt_folder(ORACLE) / "traces" / f"{sample.name}.json",
+                              {"actions": action_trace(oracle_actions, oracle_env.graph)})
+        report.done.append(name)

@@ -1,30 +1,41 @@
 """Stage 4: decode every prompt set of every target with the segmenter, evaluate, tabulate.
 
-Prompt sets are found automatically: ``initial_indices/`` → ``initial``, ``optimized_indices/`` →
-``optimized``, any other ``DATASET/<name>_indices/`` → ``<name>``, each folder of
-``segmentation.prompts`` (``--prompts DIR``) → its folder name, and, where ``target_mask/`` has the
-image's mask, ``ideal`` (prompts sampled from the ground truth: the upper bound). Each target is
-embedded once and all its prompt sets are decoded in one call.
+Runs over every task of ``cfg.data`` with the segmenter loaded once. Prompt sets are found per
+task: ``initial_indices/`` → ``initial``, ``optimized_indices/`` → ``optimized``, any other
+``<task root>/<name>_indices/`` → ``<name>``, each folder of ``segmentation.prompts``
+(``--prompts DIR``; with several tasks ``DIR/<task>/``) → its folder name, and, where the target has
+a mask, ``ideal`` (prompts sampled from the ground truth). Each target is embedded once and all
+its prompt sets are decoded in one call.
 
-Writes to ``segmentation.out`` (default ``DATASET/results``): ``masks/<set>/<stem>.png`` (0/255,
-original size), ``overlays/<set>/<stem>.png``, ``metrics.csv``, ``summary.csv``, ``summary.md`` and
-the resolved ``config.yaml``. A mask already written and newer than its prompt file is reused.
+Writes to ``segmentation.out`` (default: the task's ``results/``; with several tasks
+``OUT/<task>/``): ``masks/<set>/<stem>.png`` (0/255, original size), ``overlays/<set>/<stem>.png``,
+``metrics.csv`` (one row per image and prompt set, with raw pixel counts), ``summary.csv``,
+``summary.md`` and the resolved ``config.yaml``. A mask already written and newer than its prompt
+file is reused.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io as _io
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
 
+from gpoa.backends import Backends
 from gpoa.config import Config, save_config
 from gpoa.errors import InputError, UsageError
+from gpoa.evaluation import (
+    ROW_COLUMNS,
+    SUMMARY_COLUMNS,
+    image_row,
+    markdown_table,
+    mean_over_tasks,
+    summarise,
+    to_csv,
+)
 from gpoa.io import (
-    DatasetLayout,
     atomic_write_text,
     check_prompts_fit_image,
     image_size,
@@ -34,30 +45,36 @@ from gpoa.io import (
     write_mask,
     write_png,
 )
-from gpoa.metrics import all_metrics
+from gpoa.layout import TaskLayout
 from gpoa.prompts import PromptSet, sample_ideal_prompts
-from gpoa.segmenters import build_segmenter
-from gpoa.stages.common import StageReport, is_fresh, settings_stamp, stable_seed, working_grid
+from gpoa.runtime import StageReport, is_fresh, settings_stamp, stable_seed
+from gpoa.tasks import Task, load_tasks
 from gpoa.viz import overlay_mask
 
 IDEAL = "ideal"
-METRICS = ("dice", "iou", "hd95")
-SUMMARY_COLUMNS = ("prompt_set", "images", "dice_mean", "dice_std", "iou_mean", "iou_std", "hd95_mean", "hd95_std")
 
 
-def discover_prompt_folders(layout: DatasetLayout, extra: list) -> list:
-    """(name, folder) of every prompt set to evaluate, in table order (initial, optimized, others)."""
+def prompt_set_name(folder: Path) -> str:
+    """The prompt-set name of a prompt folder: its name without a trailing ``_indices``."""
+    return folder.name[: -len("_indices")] if folder.name.endswith("_indices") else folder.name
+
+
+def discover_prompt_folders(layout: TaskLayout, extra: list) -> list:
+    """(name, folder) of every prompt set to evaluate, in table order (initial, optimized, others).
+
+    ``extra``: more prompt folders, each named by :func:`prompt_set_name`, or (name, folder) pairs.
+    """
     found = {}
     fixed = [("initial", layout.initial_indices), ("optimized", layout.optimized_indices)]
     others = sorted(p for p in layout.root.glob("*_indices") if p.is_dir() and p not in dict(fixed).values())
     for name, folder in fixed + [(p.name[: -len("_indices")], p) for p in others]:
         if folder.is_dir() and any(folder.glob("*.json")):
             found.setdefault(folder.resolve(), name)
-    for folder in map(Path, extra):
+    for entry in extra:
+        name, folder = (entry[0], Path(entry[1])) if isinstance(entry, tuple) else (None, Path(entry))
         if not folder.is_dir():
             raise UsageError(f"prompt folder '{folder}' (from --prompts / segmentation.prompts) does not exist")
-        name = folder.name[: -len("_indices")] if folder.name.endswith("_indices") else folder.name
-        found.setdefault(folder.resolve(), name)
+        found.setdefault(folder.resolve(), name or prompt_set_name(folder))
     names = list(found.values())
     duplicates = {n for n in names if names.count(n) > 1 or n == IDEAL}
     if duplicates:
@@ -66,71 +83,58 @@ def discover_prompt_folders(layout: DatasetLayout, extra: list) -> list:
     return [(name, folder) for folder, name in found.items()]
 
 
-def summarise(rows: list, order: list) -> list:
-    """Per prompt set: image count, mean and (population) std of each metric."""
-    summary = []
-    for name in order:
-        values = {m: np.array([r[m] for r in rows if r["prompt_set"] == name], dtype=np.float64) for m in METRICS}
-        if len(values["dice"]) == 0:
-            continue
-        entry = {"prompt_set": name, "images": len(values["dice"])}
-        for metric in METRICS:
-            entry[f"{metric}_mean"] = float(values[metric].mean())
-            entry[f"{metric}_std"] = float(values[metric].std())
-        summary.append(entry)
-    return summary
+def segment_and_evaluate(cfg: Config, device: str = "cpu", tasks: Optional[list] = None) -> tuple:
+    """Stage 4 over ``tasks`` (default: the tasks of ``cfg.data``) → (StageReport, summary rows).
+
+    Summary rows carry a ``task`` column; with several tasks, rows of task ``MEAN`` follow.
+    """
+    backends = Backends(cfg, device)
+    tasks = tasks if tasks is not None else load_tasks(cfg, backends)
+    report, summary = StageReport("segmentation"), []
+    several = len(tasks) > 1
+    for task in tasks:
+        # with several tasks, --prompts DIR reads DIR/<task>/; the set keeps DIR's name in every task
+        extra = ([(prompt_set_name(Path(p)), Path(p) / task.name) for p in cfg.segmentation.prompts] if several
+                 else cfg.segmentation.prompts)
+        out = Path(cfg.segmentation.out) / task.name if several and cfg.segmentation.out else (
+            Path(cfg.segmentation.out) if cfg.segmentation.out else task.layout.results)
+        summary += segment_task(task, backends, extra, out, report)
+    if several and summary:
+        order = list(dict.fromkeys(s["prompt_set"] for s in summary))
+        means = mean_over_tasks(summary, order)
+        print(f"\nMean over {len(tasks)} tasks (Dice and IoU in %):\n\n{markdown_table(means)}")
+        summary += means
+    return report, summary
 
 
-def _csv(rows: list, columns: tuple) -> str:
-    buffer = _io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items() if k in columns})
-    return buffer.getvalue()
-
-
-def markdown_table(summary: list) -> str:
-    header = "| prompt set | images | Dice | IoU | HD95 (px) |\n| --- | ---: | ---: | ---: | ---: |\n"
-    lines = [f"| {s['prompt_set']} | {s['images']} | {100 * s['dice_mean']:.1f} ± {100 * s['dice_std']:.1f} | "
-             f"{100 * s['iou_mean']:.1f} ± {100 * s['iou_std']:.1f} | {s['hd95_mean']:.1f} ± {s['hd95_std']:.1f} |"
-             for s in summary]
-    return header + "\n".join(lines) + "\n"
-
-
-def segment_and_evaluate(cfg: Config, device: str = "cpu") -> tuple:
-    """Run stage 4 on ``cfg.data``. Returns (StageReport, summary rows)."""
-    layout = DatasetLayout(cfg.data)
-    layout.require("target_image")
-    layout.check_unique_stems(layout.target_mask)
-    grid = working_grid(cfg)
-    folders = discover_prompt_folders(layout, cfg.segmentation.prompts)
-    has_truth = layout.target_mask.is_dir()
+def segment_task(task: Task, backends: Backends, extra_prompts: list, out: Path, report: StageReport) -> list:
+    """Stage 4 for one task, written to ``out``; returns its summary rows."""
+    cfg, layout, grid = task.cfg, task.layout, task.grid
+    layout.require("targets")
+    folders = discover_prompt_folders(layout, extra_prompts)
+    has_truth = layout.has_truth
     if not folders and not has_truth:
         raise UsageError(f"no prompt files to segment in '{layout.root}': run Generate_initial_prompts.py first "
                          "or pass a prompt folder with --prompts DIR")
-    out = Path(cfg.segmentation.out) if cfg.segmentation.out else layout.results
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     stamp = settings_stamp(out / "masks" / "settings.txt", {
         "segmenter": dataclasses.asdict(cfg.segmenter), "seed": cfg.seed, "grid": grid.to_dict(),
         "ideal": [cfg.segmentation.ideal_positive, cfg.segmentation.ideal_negative]})
     order = [name for name, _ in folders] + ([IDEAL] if has_truth else [])
+    segmenter = backends.segmenter  # loaded (or its checkpoint refused) before any image is read
 
-    segmenter = build_segmenter(cfg, device=device)
-    report = StageReport("segmentation")
     rows = []
-    for image_path in tqdm(layout.images(layout.target_image), desc="segmentation", unit="image"):
+    for image_path in tqdm(layout.targets, desc=f"segmentation [{task.name}]", unit="image"):
         stem = image_path.stem
+        label = f"{task.name}/{stem}"
         try:
             image = read_image(image_path)
             size = image_size(image)
-            truth = None
-            mask_path = layout.find_by_stem(layout.target_mask, stem) if has_truth else None
-            if mask_path is not None:
-                truth = read_mask(mask_path, expected_size=size)
+            mask_path = layout.target_mask(stem)
+            truth = read_mask(mask_path, expected_size=size) if mask_path is not None else None
         except InputError as exc:
-            report.fail(image_path.name, str(exc))
+            report.fail(label, str(exc))
             continue
 
         prompt_sets = {}  # name → (PromptSet, prompt file or None)
@@ -142,7 +146,7 @@ def segment_and_evaluate(cfg: Config, device: str = "cpu") -> tuple:
                 prompt_set = read_prompt_file(prompt_path, expected_grid=grid)
                 check_prompts_fit_image(prompt_path, prompt_set, image_path, size)
             except InputError as exc:
-                report.fail(f"{name}/{stem}", str(exc))
+                report.fail(f"{task.name}/{name}/{stem}", str(exc))
                 continue
             prompt_sets[name] = (prompt_set, prompt_path)
         if truth is not None:
@@ -174,22 +178,19 @@ def segment_and_evaluate(cfg: Config, device: str = "cpu") -> tuple:
                 if cfg.segmentation.overlays:
                     write_png(out / "overlays" / name / f"{stem}.png",
                               overlay_mask(image, mask, prompt_set.positive_points, prompt_set.negative_points))
-        if not to_decode:
-            report.skipped.append((stem, "masks exist"))
+            report.done.append(label)
+        else:
+            report.skipped.append((label, "masks exist"))
         if truth is not None:
-            for name in order:
-                if name in masks:
-                    rows.append({"prompt_set": name, "image": stem, **all_metrics(masks[name], truth)})
-        if to_decode:
-            report.done.append(stem)
+            rows += [image_row(task.name, name, stem, masks[name], truth) for name in order if name in masks]
 
     summary = summarise(rows, order)
-    atomic_write_text(out / "metrics.csv", _csv(rows, ("prompt_set", "image") + METRICS))
-    atomic_write_text(out / "summary.csv", _csv(summary, SUMMARY_COLUMNS))
+    atomic_write_text(out / "metrics.csv", to_csv(rows, ROW_COLUMNS))
+    atomic_write_text(out / "summary.csv", to_csv(summary, SUMMARY_COLUMNS))
     table = markdown_table(summary)
-    atomic_write_text(out / "summary.md", f"# Segmentation results: {layout.root}\n\n{table}")
+    atomic_write_text(out / "summary.md", f"# Segmentation results: {task.name} ({layout.source})\n\n{table}")
     if summary:
-        print(f"\nResults for {layout.root} (Dice and IoU in %, mean ± std over images):\n\n{table}")
+        print(f"\nResults for {task.name} ({layout.source}; Dice and IoU in %, mean ± std over images):\n\n{table}")
     else:
-        print(f"\nMasks written to {out / 'masks'}; no target_mask/ ground truth, so no metrics.")
-    return report, summary
+        print(f"\nMasks written to {out / 'masks'}; no target masks, so no metrics.")
+    return summary

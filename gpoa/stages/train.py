@@ -1,43 +1,47 @@
-"""Stage 2: train the prompt-editing policy (Double DQN on the dual-space graph).
+"""Stage 2: train ONE prompt-editing policy across every task given (Double DQN on the dual-space graph).
 
 Two sources of episodes, picked by ``env.reward``:
 
-- ``segmentation`` — ``train_image/`` + ``train_mask/``: prompts from matching each training image,
-  reward = change in Dice of the segmenter's mask (the segmenter is in the loop);
-- ``graph`` — the target prompt files ``initial_indices/*.json`` alone (label-free, transductive):
-  reward = change in the graph score.
+- ``segmentation`` — each task's training pairs (``train_image/`` + ``train_mask/``, or a domain
+  folder's non-reference pairs): prompts from stage 1's proposal for each training image against
+  its task's reference, reward = change in Dice of the segmenter's mask (segmenter in the loop);
+- ``graph`` — each task's target prompt files ``initial_indices/*.json`` alone (label-free,
+  transductive): reward = change in the graph score.
 
-A share ``train.eval_fraction`` of the images is held out; every ``train.eval_every`` steps the
-greedy policy runs on them and the best one is kept. Writes to ``train.checkpoints/<run>/``:
-``best.pt`` and ``last.pt`` (policy + config, ``torch.load(weights_only=True)``), ``train_state.pt``
-(optimizer and counters, for ``--resume``), ``log.csv`` (step, key, value) and ``reward_curve.png``.
+Episodes are drawn uniformly over the samples of all tasks, from an
+:class:`~gpoa.envs.bank.EpisodeBank` that builds graphs and embeddings lazily. A share
+``train.eval_fraction`` of each task's images is held out; every ``train.eval_every`` steps the
+greedy policy (with the inference gate ``optimize.stop_margin``) runs on them, the result is
+logged per task (``eval/<task>/dice``) and averaged over tasks (``eval/dice``), and the best
+policy is kept. Writes to ``train.checkpoints/<run>/``: ``best.pt`` and ``last.pt`` (policy files,
+:mod:`gpoa.agents.policy_file`), ``train_state.pt`` (optimizer and counters, for ``--resume``),
+``log.csv`` (step, key, value), ``reward_curve.png`` and ``eval_curve.png``.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io as _io
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from gpoa.agents.dqn import DQNAgent, run_greedy, save_policy, train
+from gpoa.agents.dqn import DQNAgent, train
+from gpoa.agents.greedy import GreedyPolicy, run_greedy
+from gpoa.agents.policy_file import save_policy
+from gpoa.backends import Backends
 from gpoa.config import Config, config_to_dict, save_config
-from gpoa.env import PromptEnv, step_batch
+from gpoa.envs import GLOBAL_FEATURES, EpisodeBank, PromptEnv, VecPromptEnv
 from gpoa.errors import UsageError
-from gpoa.io import DatasetLayout, atomic_write_bytes
-from gpoa.segmenters import build_segmenter
-from gpoa.stages.common import (
-    FeatureStore,
-    StageReport,
-    load_reference,
-    matched_samples,
-    prompt_file_samples,
-    stable_seed,
-)
+from gpoa.graph import NODE_FEATURES
+from gpoa.io import atomic_write_bytes
+from gpoa.runtime import StageReport, stable_seed
+from gpoa.tasks import load_tasks
 from gpoa.viz import plot_curves
 
 BEST, LAST, STATE, LOG = "best.pt", "last.pt", "train_state.pt", "log.csv"
@@ -50,29 +54,47 @@ def latest_run(checkpoints: Path) -> Path:
     return max(runs, key=lambda p: (p / LAST).stat().st_mtime)
 
 
-def split_samples(samples: list, eval_fraction: float, seed: int) -> tuple:
-    """(training samples, held-out samples): a deterministic shuffle, at least one image in each when possible."""
-    order = np.random.default_rng(stable_seed(seed, "split")).permutation(len(samples))
+def resolve_policy(cfg: Config) -> Path:
+    """``optimize.policy``, or the best checkpoint of the most recent run."""
+    if cfg.optimize.policy:
+        return Path(cfg.optimize.policy)
+    return latest_run(Path(cfg.train.checkpoints)) / BEST
+
+
+def split_samples(samples: list, eval_fraction: float, seed: int, task: str = "") -> tuple:
+    """(training samples, held-out samples) of one task: a deterministic shuffle, at least one image in
+    each when there are two or more."""
+    order = np.random.default_rng(stable_seed(seed, "split", task)).permutation(len(samples))
     held = int(round(eval_fraction * len(samples)))
     held = min(max(held, 1 if eval_fraction > 0 else 0), len(samples) - 1)
     return [samples[i] for i in sorted(order[held:])], [samples[i] for i in sorted(order[:held])]
 
 
 def evaluate(policy, env: PromptEnv, seed: int) -> dict:
-    """Greedy episode on every sample of ``env`` → mean start/final Dice (if known) and graph score."""
-    start_dice, final_dice, start_score, final_score = [], [], [], []
+    """A greedy episode on every sample of ``env``'s bank → per task and averaged over tasks:
+    ``eval/<task>/dice`` and ``eval/<task>/dice_start`` (when the Dice is known) and
+    ``eval/<task>/score``, then ``eval/dice``, ``eval/dice_start``, ``eval/gain`` and ``eval/score``
+    (means over tasks of the per-task means)."""
+    per_task: dict = {}
     for index in range(env.num_samples):
-        _, info = env.reset(seed=seed, options={"sample": index})
-        start_score.append(info["score"])
-        if "dice" in info:
-            start_dice.append(info["dice"])
-        _, info, _ = run_greedy(policy, env, options={"sample": index}, seed=seed)
-        final_score.append(info["score"])
-        if "dice" in info:
-            final_dice.append(info["dice"])
-    result = {"eval/score_start": float(np.mean(start_score)), "eval/score": float(np.mean(final_score))}
-    if final_dice:
-        result.update({"eval/dice_start": float(np.mean(start_dice)), "eval/dice": float(np.mean(final_dice))})
+        _, start = env.reset(seed=seed, options={"sample": index})
+        _, final, _ = run_greedy(policy, env, options={"sample": index}, seed=seed)
+        values = per_task.setdefault(final["task"], {"dice": [], "dice_start": [], "score": []})
+        values["score"].append(final["score"])
+        if "dice" in final:
+            values["dice"].append(final["dice"])
+            values["dice_start"].append(start["dice"])
+    result = {}
+    for task, values in per_task.items():
+        for key, items in values.items():
+            if items:
+                result[f"eval/{task}/{key}"] = float(np.mean(items))
+    for key in ("dice", "dice_start", "score"):
+        means = [result[f"eval/{task}/{key}"] for task in per_task if f"eval/{task}/{key}" in result]
+        if means:
+            result[f"eval/{key}"] = float(np.mean(means))
+    if "eval/dice" in result:
+        result["eval/gain"] = result["eval/dice"] - result["eval/dice_start"]
     return result
 
 
@@ -106,54 +128,74 @@ class TrainingLog:
         window = max(1, len(returns) // 50)
         smooth = np.convolve(returns, np.ones(window) / window, mode="valid").tolist()
         series = {f"episodic return (moving mean of {window})": smooth}
-        eval_key = "eval/dice" if reward == "segmentation" else "eval/score"
-        eval_steps, eval_values = self.series(eval_key)
         plot_curves(path, steps[window - 1:], series, title=f"GPOA training ({reward} reward)")
+        keys = ["eval/dice", "eval/dice_start"] if reward == "segmentation" else ["eval/score"]
+        eval_steps, _ = self.series(keys[0])
         if eval_steps:
-            plot_curves(path.with_name("eval_curve.png"), eval_steps, {eval_key: eval_values},
-                        title="greedy policy on held-out images")
+            plot_curves(path.with_name("eval_curve.png"), eval_steps, {k: self.series(k)[1] for k in keys},
+                        title="greedy policy on held-out images (mean over tasks)")
 
 
-def train_policy(cfg: Config, device: str = "cpu") -> StageReport:
-    layout = DatasetLayout(cfg.data)
-    store = FeatureStore(cfg, layout, device)
-    reference = load_reference(cfg, layout, store)
-    report = StageReport("train")
-    segmentation = cfg.env.reward == "segmentation"
-    if segmentation:
-        layout.require("train_image", "train_mask")
-        samples = matched_samples(cfg, layout, store, reference, "train", report)
-    else:
-        layout.require("target_image")
-        samples = prompt_file_samples(layout, store, layout.initial_indices, report, with_images=False)
-    if len(samples) < 2:
-        raise UsageError(f"training needs at least 2 usable images in '{layout.root}', found {len(samples)}")
-    train_samples, eval_samples = split_samples(samples, cfg.train.eval_fraction, cfg.seed)
-    segmenter = build_segmenter(cfg, device=device) if segmentation else None
+def episode_sources(cfg: Config, tasks: list, report: StageReport) -> tuple:
+    """(training sources, held-out sources) over all tasks, split per task."""
+    training, held_out = [], []
+    for task in tasks:
+        if cfg.env.reward == "segmentation":
+            samples = task.training_samples(report)
+        else:
+            task.layout.require("reference", "targets")
+            samples = task.prompt_file_samples(task.layout.initial_indices, report, with_images=False)
+        if not samples:
+            continue
+        train_part, eval_part = split_samples(samples, cfg.train.eval_fraction, cfg.seed, task.name)
+        training += train_part
+        held_out += eval_part
+    return training, held_out
 
+
+def _run_dir(cfg: Config) -> Path:
     checkpoints = Path(cfg.train.checkpoints)
     if cfg.train.resume:
         run_dir = checkpoints / cfg.train.run if cfg.train.run else latest_run(checkpoints)
         if not (run_dir / STATE).is_file():
             raise UsageError(f"cannot resume: '{run_dir / STATE}' does not exist; start without --resume")
-    else:
-        run_dir = checkpoints / (cfg.train.run or time.strftime("run-%Y%m%d-%H%M%S"))
-        if (run_dir / LAST).exists() and not cfg.overwrite:
-            raise UsageError(f"run '{run_dir}' exists; pass --resume to continue it, --overwrite to replace it, "
-                             "or choose another --set train.run=NAME")
+        return run_dir
+    run_dir = checkpoints / (cfg.train.run or time.strftime("run-%Y%m%d-%H%M%S"))
+    if (run_dir / LAST).exists() and not cfg.overwrite:
+        raise UsageError(f"run '{run_dir}' exists; pass --resume to continue it, --overwrite to replace it, "
+                         "or choose another --set train.run=NAME")
+    return run_dir
+
+
+def train_policy(cfg: Config, device: str = "cpu", tasks: Optional[list] = None) -> StageReport:
+    """Stage 2 over ``tasks`` (default: the tasks of ``cfg.data``)."""
+    backends = Backends(cfg, device)
+    tasks = tasks if tasks is not None else load_tasks(cfg, backends)
+    if device == "cpu" and cfg.train.cpu_threads > 0:
+        torch.set_num_threads(cfg.train.cpu_threads)
+    report = StageReport("train")
+    segmentation = cfg.env.reward == "segmentation"
+    training, held_out = episode_sources(cfg, tasks, report)
+    if len(training) < 1 or len(training) + len(held_out) < 2:
+        raise UsageError(f"training needs at least 2 usable images over the tasks {[t.name for t in tasks]}, "
+                         f"found {len(training) + len(held_out)}")
+    segmenter = backends.segmenter if segmentation else None
+    run_dir = _run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-
-    print(f"[train] {len(train_samples)} training and {len(eval_samples)} held-out images, "
+    print(f"[train] {len(tasks)} task(s), {len(training)} training and {len(held_out)} held-out images, "
           f"{cfg.env.reward} reward, run {run_dir}")
+
+    capacity = cfg.train.bank_capacity or None
     try:
-        env = PromptEnv(train_samples, reference, cfg, segmenter=segmenter, seed=cfg.seed)
-        eval_env = PromptEnv(eval_samples, reference, cfg, segmenter=segmenter, seed=cfg.seed + 10_000)
+        bank = EpisodeBank(training, cfg, segmenter=segmenter, seed=cfg.seed, capacity=capacity)
+        eval_bank = EpisodeBank(held_out or training[:1], cfg, segmenter=segmenter, seed=cfg.seed)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    envs = [env] + [env.spawn(seed=cfg.seed + k) for k in range(1, max(1, cfg.train.parallel_envs))]
+    vec_env = VecPromptEnv(bank, cfg, max(1, cfg.train.parallel_envs), seed=cfg.seed)
+    eval_env = PromptEnv(eval_bank, cfg, seed=cfg.seed + 10_000)
 
-    agent, best = DQNAgent.for_env(env, cfg.dqn, seed=cfg.seed, device=device), -np.inf
+    agent, best = DQNAgent.for_env(vec_env, cfg.dqn, seed=cfg.seed, device=device), -np.inf
     if cfg.train.resume:
         try:
             state = torch.load(run_dir / STATE, map_location=device, weights_only=True)
@@ -165,32 +207,38 @@ def train_policy(cfg: Config, device: str = "cpu") -> StageReport:
                              "was started with (see its config.yaml) or start a new run") from None
         print(f"[train] resuming {run_dir} at step {agent.global_step}")
     log = TrainingLog(run_dir / LOG, resume=cfg.train.resume)
-    meta = {"config": config_to_dict(cfg), "grid": store.grid.to_dict(), "reward": cfg.env.reward,
-            "segmenter_in_loop": segmenter is not None, "feature_cache_key": store.key}
+    meta = {"config": config_to_dict(cfg), "grid": backends.grid.to_dict(), "reward": cfg.env.reward,
+            "segmenter_in_loop": segmenter is not None, "feature_cache_key": backends.feature_key,
+            "tasks": [task.name for task in tasks]}
     eval_key = "eval/dice" if segmentation else "eval/score"
     recent = {"return": [], "dice": []}
     bar = tqdm(total=cfg.dqn.total_steps, initial=agent.global_step, desc="train", unit="step")
     next_eval = [(agent.global_step // cfg.train.eval_every + 1) * cfg.train.eval_every]
-
     evaluated = [-1]
 
-    def checkpoint(current: DQNAgent, step: int) -> None:
+    def save(name: str, step: int, scores: dict) -> None:
+        save_policy(run_dir / name, agent.network, learner=agent.learner, settings=dataclasses.asdict(cfg.dqn),
+                    node_features=NODE_FEATURES, global_features=GLOBAL_FEATURES,
+                    extra={**meta, "step": step, **scores})
+
+    def checkpoint(step: int) -> None:
         nonlocal best
         if evaluated[0] == step:
             return
         evaluated[0] = step
-        scores = evaluate(current.q_network, eval_env, seed=cfg.seed)
+        scores = evaluate(GreedyPolicy(agent.network, cfg.optimize.stop_margin), eval_env, seed=cfg.seed)
         log.add(step, scores)
         if scores[eval_key] > best:
             best = scores[eval_key]
-            save_policy(run_dir / BEST, current, {**meta, "step": step, **scores})
-        save_policy(run_dir / LAST, current, {**meta, "step": step, **scores})
+            save(BEST, step, scores)
+        save(LAST, step, scores)
         buffer = _io.BytesIO()
-        torch.save({"agent": current.state_dict(), "best": best}, buffer)
+        torch.save({"agent": agent.state_dict(), "best": best}, buffer)
         atomic_write_bytes(run_dir / STATE, buffer.getvalue())
         log.save()
         log.plot(run_dir / "reward_curve.png", cfg.env.reward)
-        bar.write(f"[train] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+        shown = {k: v for k, v in scores.items() if k.count("/") == 1}
+        bar.write(f"[train] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()))
 
     def callback(step: int, logs: dict) -> None:
         log.add(step, logs)
@@ -205,20 +253,14 @@ def train_policy(cfg: Config, device: str = "cpu") -> StageReport:
         bar.update(step - bar.n)
         if step >= next_eval[0]:
             next_eval[0] += cfg.train.eval_every
-            checkpoint(agent, step)
+            checkpoint(step)
 
-    agent = train(envs, cfg.dqn, cfg.dqn.total_steps, cfg.seed, step_fn=step_batch, callback=callback,
-                  agent=agent, device=device)
-    checkpoint(agent, agent.global_step)
+    try:
+        agent = train(vec_env, cfg.dqn, cfg.dqn.total_steps, cfg.seed, callback=callback, agent=agent, device=device)
+    except ValueError as exc:  # a sample that cannot be played (e.g. too many nodes), met when first drawn
+        raise UsageError(str(exc)) from None
+    checkpoint(agent.global_step)
     bar.close()
-    report.done.extend(s.name for s in samples)
+    report.done.extend(f"{s.task}/{s.name}" for s in training + held_out)
     print(f"[train] best {eval_key}={best:.4f}; policy: {run_dir / BEST}")
     return report
-
-
-def resolve_policy(cfg: Config) -> Path:
-    """``optimize.policy``, or the best checkpoint of the most recent run."""
-    if cfg.optimize.policy:
-        return Path(cfg.optimize.policy)
-    return latest_run(Path(cfg.train.checkpoints)) / BEST
-

@@ -1,0 +1,82 @@
+"""What every run shares: the batch report and its exit code, seeding, and resume bookkeeping."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from gpoa.io import atomic_write_text
+
+
+@dataclass
+class StageReport:
+    """Outcome of one stage over a batch of images: exit code 0 when nothing failed, else 1.
+
+    Names are ``<task>/<stem>`` when a stage runs over several tasks.
+    """
+
+    stage: str
+    done: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # (name, reason): kept from an earlier run
+    failed: list = field(default_factory=list)  # (name, message)
+
+    def fail(self, name: str, message: str) -> None:
+        self.failed.append((name, message))
+        print(f"[{self.stage}] FAILED {name}: {message}", file=sys.stderr)
+
+    def merge(self, other: StageReport) -> None:
+        """Add ``other``'s outcomes (another task of the same stage) to this report."""
+        self.done += other.done
+        self.skipped += other.skipped
+        self.failed += other.failed
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def summary(self) -> str:
+        lines = [f"[{self.stage}] {len(self.done)} done, {len(self.skipped)} kept from an earlier run, "
+                 f"{len(self.failed)} failed"]
+        lines += [f"  failed: {name}: {message}" for name, message in self.failed]
+        return "\n".join(lines)
+
+
+def settings_stamp(path: Path, settings: dict) -> Path:
+    """The file recording the settings an output folder was made with.
+
+    Rewritten (so its modification time moves forward) only when ``settings`` differ from what it
+    holds: outputs older than the stamp were made with other settings and are redone on resume.
+    """
+    text = json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n"
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_text(path, text)
+    return path
+
+
+def is_fresh(output: Path, *inputs: Optional[Path]) -> bool:
+    """``output`` exists and is at least as new as every existing input (resume without stale results)."""
+    if not output.is_file():
+        return False
+    made = output.stat().st_mtime
+    return all(p is None or not p.exists() or p.stat().st_mtime <= made for p in inputs)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds legacy global-RNG users too
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def stable_seed(*parts) -> int:
+    """A 32-bit seed derived from ``parts`` (e.g. the run seed and an image stem), stable across runs."""
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little")

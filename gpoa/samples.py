@@ -1,0 +1,52 @@
+"""Episode samples: one target image an agent can edit the prompts of, with the task it belongs to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from gpoa.grid import PatchGrid
+from gpoa.matching import ReferenceFeatures
+from gpoa.prompts import PromptSet
+
+
+@dataclass
+class EpisodeSample:
+    """One target image an episode can edit.
+
+    ``target_features`` (rows, cols, D) are its patch features on ``grid``; ``prompt_set`` the
+    prompts to start from (e.g. stage 1's); ``reference`` the features of its task's reference
+    pair(s), against which the graph's candidates and similarities are computed. ``image`` (H, W, 3)
+    uint8 and ``truth_mask`` (H, W) bool, at the original image size, are needed for a segmenter
+    in the loop and for the segmentation reward / ideal start respectively. ``task`` names the task.
+    """
+
+    name: str
+    grid: PatchGrid
+    target_features: np.ndarray
+    prompt_set: PromptSet
+    reference: ReferenceFeatures
+    image: Optional[np.ndarray] = None
+    truth_mask: Optional[np.ndarray] = None
+    task: str = ""
+
+    def load(self) -> EpisodeSample:
+        return self
+
+
+@dataclass
+class LazySample:
+    """A sample read from disk only when an episode needs it: ``load()`` calls ``loader``.
+
+    Many tasks of many images stay cheap in memory: an :class:`~gpoa.envs.bank.EpisodeBank` keeps
+    only the samples it has loaded recently.
+    """
+
+    name: str
+    task: str
+    loader: Callable[[], EpisodeSample]
+
+    def load(self) -> EpisodeSample:
+        return self.loader()
