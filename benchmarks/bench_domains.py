@@ -13,7 +13,7 @@ targets (at most N). Nothing is written into ROOT: every output goes to ``DIR/<d
 It runs the stages' own code (stage 1, stage 3 with the oracle, stage 4) with the models loaded
 once, and writes ``DIR/domains.csv`` (columns ``domain,prompt_set,images,dice_mean,dice_std,
 iou_mean,hd95_mean``; a row per domain and prompt set — initial, optimized, topk, random_subset,
-oracle, ideal — then the ``MEAN`` rows, means over domains) and ``DIR/domains.md``. Its last line
+lookahead_rule (when the policy sees the lookahead), oracle, ideal — then the ``MEAN`` rows, means over domains) and ``DIR/domains.md``. Its last line
 is machine-readable:
 
 ``domains=<n> mean_gain=<+x.xxx> worst_gain=<+x.xxx> worst_domain=<name> gain_vs_topk=<+x.xxx>
@@ -48,7 +48,7 @@ from gpoa.stages.optimize import optimize_prompts  # noqa: E402
 from gpoa.stages.segmentation import segment_and_evaluate  # noqa: E402
 from gpoa.tasks import Task  # noqa: E402
 
-PROMPT_SETS = ("initial", "optimized", "topk", "random_subset", "oracle", "ideal")
+PROMPT_SETS = ("initial", "optimized", "topk", "random_subset", "lookahead_rule", "oracle", "ideal")
 COLUMNS = ("domain", "prompt_set", "images", "dice_mean", "dice_std", "iou_mean", "hd95_mean")
 DEFAULT_POLICY = ROOT / "checkpoints" / "demo" / "best.pt"
 DEFAULT_CONFIG = ROOT / "configs" / "demo.yaml"

@@ -148,6 +148,13 @@ class EnvConfig:
     # start state of an episode: "initial" (the prompt file), "ideal" (sampled from the mask), "empty"
     start: str = "initial"
     episode_length: int = 24
+    # let the agent see what each toggle would do to the mask (the segmenter decodes every
+    # one-toggle variant of the current prompts each step: gpoa/envs/mask_view.py); off: zeros
+    lookahead: bool = True
+    # with the lookahead: refuse (mask out) every toggle after which the mask's agreement with the
+    # predicted region would drop by more than this (soft Dice); -1 switches the shield off. The
+    # edits that flood the background are refused on any image, in training and at inference
+    shield: float = -1.0
     # subtracted from the reward of every toggle (not of STOP): moves that change nothing cost
     # something, so the agent stops once no toggle is worth it instead of filling the episode
     step_penalty: float = 0.0

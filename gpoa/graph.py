@@ -33,6 +33,21 @@ from gpoa.prompts import PromptSet
 
 POSITIVE, NEGATIVE = 1, 0
 
+#: The node columns that follow the segmenter's current mask, written by the environment (0 without
+#: a segmenter; see gpoa.envs.prompt_env.mask_observation and gpoa.envs.lookahead):
+MASK_COLUMNS = (
+    "inside_mask",  # 1 if the node lies inside the current mask
+    # signed distance of the node's patch to the current mask's edge on the patch grid, in units of
+    # MASK_DISTANCE_SCALE patches, clipped to [-1, 1]: > 0 inside the mask, < 0 outside
+    "mask_edge_distance",
+    # what toggling the node would do to the mask (lookahead; 0 for a node that cannot be toggled now)
+    "lookahead_region_agreement",  # change of the mask's agreement with the predicted region
+    "lookahead_area",  # change of the mask's area, relative to the reference's object area
+    "lookahead_match_rank",  # change of the mean match rank inside the mask
+    "lookahead_top_coverage",  # change of the share of the best-matching patches inside the mask
+    "lookahead_changed",  # share of the mask that would change
+)
+
 #: Columns of :meth:`DualSpaceGraph.node_features`, in order. Distances are to the *active* nodes
 #: of that category other than the node itself; 1.0 when there is none.
 NODE_FEATURES = (
@@ -51,17 +66,14 @@ NODE_FEATURES = (
     "background_similarity",  # cosine to the reference background prototype, [-1, 1]
     "half_match_score",  # match_score / 2, in [-1, 1]
     "match_rank",  # share of the image's patches whose match score is below the node's, [0, 1]
-    "inside_mask",  # 1 if the node lies inside the current mask, 0 without a mask
-    # signed distance of the node's patch to the current mask's edge on the patch grid, in units of
-    # MASK_DISTANCE_SCALE patches, clipped to [-1, 1]: > 0 inside the mask, < 0 outside; 0 without a mask
-    "mask_edge_distance",
     "positive_support",  # share of the positive nodes (active or not) within SUPPORT_RADIUS of the node
     "negative_support",  # share of the negative nodes (active or not) within SUPPORT_RADIUS of the node
     # share of the patches within CONTEXT_RADII[0] / [1] patches that match the reference foreground
     # better than its background (see match_context); 0 unless graph.match_context
     "match_context_near",
     "match_context_far",
-)
+) + MASK_COLUMNS
+
 
 #: Patches per unit of the "mask_edge_distance" column.
 MASK_DISTANCE_SCALE = 8.0
@@ -152,7 +164,7 @@ class DualSpaceGraph:
         for column, members in (("positive_support", self.is_positive), ("negative_support", ~self.is_positive)):
             static[_COLUMN[column]] = near[:, members].sum(axis=1) / max(int(members.sum()), 1)
         self._static_features = np.ascontiguousarray(static.T)  # (N, F)
-        self._no_mask = np.zeros((n, 2), dtype=np.float32)
+        self._no_mask = np.zeros((n, len(MASK_COLUMNS)), dtype=np.float32)
         self._allocate_state()
         self.set_active(self.initially_active)
 
@@ -294,9 +306,9 @@ class DualSpaceGraph:
     def node_features(self, mask_columns: Optional[np.ndarray] = None, out: Optional[np.ndarray] = None) -> np.ndarray:
         """(N, F) float32 node observations, columns as in :data:`NODE_FEATURES`.
 
-        ``mask_columns`` (N, 2) float (or (N,): the first column alone) are the two columns that
-        follow the segmenter's current mask, ``inside_mask`` and ``mask_edge_distance``; ``None``
-        (no mask) fills them with 0. Mean and minimum distances are over the active nodes of the
+        ``mask_columns`` (N, C) float, C ≤ len(:data:`MASK_COLUMNS`) (or (N,): ``inside_mask`` alone),
+        are the first C columns that follow the segmenter's current mask; the rest, and all of them
+        when ``None`` (no mask), are 0. Mean and minimum distances are over the active nodes of the
         respective category other than the node itself, 1.0 when there is none. ``out`` (N, F)
         float32, when given, receives the result (no new array).
         """
@@ -305,14 +317,15 @@ class DualSpaceGraph:
             out = np.empty(shape, dtype=np.float32)
         elif out.shape != shape or out.dtype != np.float32:
             raise ValueError(f"out must be a {shape} float32 array, got {out.shape} {out.dtype}")
-        if mask_columns is None:
-            columns = self._no_mask
-        else:
-            columns = np.asarray(mask_columns, dtype=np.float32)
-            if columns.shape == (self.num_nodes,):
-                columns = np.column_stack([columns, np.zeros_like(columns)])
-            if columns.shape != (self.num_nodes, 2):
-                raise ValueError(f"mask_columns must have shape ({self.num_nodes}, 2), got {columns.shape}")
+        columns = self._no_mask
+        if mask_columns is not None:
+            given = np.asarray(mask_columns, dtype=np.float32)
+            given = given[:, None] if given.ndim == 1 else given
+            if given.ndim != 2 or given.shape[0] != self.num_nodes or given.shape[1] > len(MASK_COLUMNS):
+                raise ValueError(f"mask_columns must have shape ({self.num_nodes}, C) with C <= {len(MASK_COLUMNS)}, "
+                                 f"got {np.shape(mask_columns)}")
+            columns = np.zeros((self.num_nodes, len(MASK_COLUMNS)), dtype=np.float32)
+            columns[:, :given.shape[1]] = given
         write_node_features(self._static_features, self.active, self._sum, self._count, self._min,
                             np.ascontiguousarray(columns), _COLUMN["active"], _DISTANCE_COLUMNS.start,
                             _COLUMN["inside_mask"], out)

@@ -295,15 +295,15 @@ class Placement:
     confident: bool
 
 
-def place_prompts(scores: Union[PatchScores, np.ndarray], grid: PatchGrid, reference_share: float,
-                  settings: PlacementSettings, rng: np.random.Generator) -> Placement:
-    """Positive and negative prompts (patch indices) for one target.
+def predicted_region(scores: Union[PatchScores, np.ndarray], grid: PatchGrid, reference_share: float,
+                     settings: PlacementSettings) -> tuple:
+    """The object region the scores predict, with the confidence check of the module docstring.
 
-    ``scores``: the target's :class:`PatchScores`, or one score map (N,) centred on 0 (positive =
-    object-like; it then ranks, sizes and checks the region alone). ``reference_share``: the
-    reference's foreground share of patches (:func:`reference_foreground_share`). Always at least
-    one positive, on the best-ranked piece; fewer negatives than asked only when the image has
-    fewer patches below the threshold. Deterministic for a given ``rng`` state.
+    ``scores``: :class:`PatchScores`, or one score map (N,) centred on 0. Returns ``(region (N,)
+    bool, candidates (N,) bool, confidence, confident)``: the kept pieces (with
+    ``settings.uncertain_keep_ratio`` when not confident), every patch above the threshold, the
+    best view's :func:`region_correlation` with the candidates and whether it reached
+    ``settings.min_correlation``.
     """
     if not isinstance(scores, PatchScores):
         scores = PatchScores(margin=np.asarray(scores, dtype=np.float64).reshape(-1))
@@ -315,6 +315,20 @@ def place_prompts(scores: Union[PatchScores, np.ndarray], grid: PatchGrid, refer
     if not confident and settings.uncertain_keep_ratio != settings.keep_ratio:
         candidates, piece = predict_region(ranking, grid, reference_share, settings, size_scores=margin,
                                            keep_ratio=settings.uncertain_keep_ratio)
+    return piece, candidates, float(confidence), bool(confident)
+
+
+def place_prompts(scores: Union[PatchScores, np.ndarray], grid: PatchGrid, reference_share: float,
+                  settings: PlacementSettings, rng: np.random.Generator) -> Placement:
+    """Positive and negative prompts (patch indices) for one target.
+
+    ``scores``: the target's :class:`PatchScores`, or one score map (N,) centred on 0 (positive =
+    object-like; it then ranks, sizes and checks the region alone). ``reference_share``: the
+    reference's foreground share of patches (:func:`reference_foreground_share`). Always at least
+    one positive, on the best-ranked piece; fewer negatives than asked only when the image has
+    fewer patches below the threshold. Deterministic for a given ``rng`` state.
+    """
+    piece, candidates, confidence, confident = predicted_region(scores, grid, reference_share, settings)
     region = piece > 0
 
     positive = _place_positives(grid, piece, settings.n_positive, settings.interior_depth, rng)

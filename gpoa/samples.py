@@ -9,6 +9,7 @@ import numpy as np
 
 from gpoa.grid import PatchGrid
 from gpoa.matching import ReferenceFeatures
+from gpoa.placement import PatchClassifier
 from gpoa.prompts import PromptSet
 
 
@@ -20,7 +21,9 @@ class EpisodeSample:
     prompts to start from (e.g. stage 1's); ``reference`` the features of its task's reference
     pair(s), against which the graph's candidates and similarities are computed. ``image`` (H, W, 3)
     uint8 and ``truth_mask`` (H, W) bool, at the original image size, are needed for a segmenter
-    in the loop and for the segmentation reward / ideal start respectively. ``task`` names the task.
+    in the loop and for the segmentation reward / ideal start respectively. ``task`` names the task;
+    ``classifier`` (optional) is its reference's patch classifier, a second view of the patch
+    scores for the predicted region (:mod:`gpoa.envs.mask_view`).
     """
 
     name: str
@@ -31,6 +34,7 @@ class EpisodeSample:
     image: Optional[np.ndarray] = None
     truth_mask: Optional[np.ndarray] = None
     task: str = ""
+    classifier: Optional[PatchClassifier] = None
 
     def load(self) -> EpisodeSample:
         return self

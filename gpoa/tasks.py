@@ -124,7 +124,7 @@ class Task:
             features = self.store.features(image_path, image)
             prompt_set = self.propose(image_path.name, image_size(image), features)
             return EpisodeSample(image_path.stem, self.grid, features, prompt_set, self.reference, image, truth,
-                                 task=self.name)
+                                 task=self.name, classifier=self.classifier)
         return load
 
     def prompt_file_samples(self, folder: Path, report: StageReport, with_images: bool, with_truth: bool = False,
@@ -166,7 +166,7 @@ class Task:
                     truth = read_mask(mask_path, expected_size=image_size(image))
             features = self.store.features(image_path, image)
             return EpisodeSample(prompt_path.stem, self.grid, features, prompt_set, self.reference,
-                                 image if with_image else None, truth, task=self.name)
+                                 image if with_image else None, truth, task=self.name, classifier=self.classifier)
         return load
 
 

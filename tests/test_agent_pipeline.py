@@ -105,7 +105,7 @@ def test_train_then_optimize_then_segment(trained, capsys):
     assert main_seg.main(["--config", str(DEMO_CONFIG), "--data", str(data)]) == 0
     with open(data / "results" / "summary.csv") as handle:
         names = [row["prompt_set"] for row in csv.DictReader(handle)]
-    assert names == ["initial", "optimized", "random_subset", "topk", "ideal"]
+    assert names == ["initial", "optimized", "lookahead_rule", "random_subset", "topk", "ideal"]
 
 
 def test_stop_margin_gate_and_oracle_yardstick(trained, capsys):
@@ -133,7 +133,7 @@ def test_stop_margin_gate_and_oracle_yardstick(trained, capsys):
     assert main_seg.main(["--config", str(DEMO_CONFIG), "--data", str(data)]) == 0
     with open(data / "results" / "summary.csv") as handle:
         summary = {row["prompt_set"]: row for row in csv.DictReader(handle)}
-    assert list(summary) == ["initial", "optimized", "oracle", "random_subset", "topk", "ideal"]
+    assert list(summary) == ["initial", "optimized", "lookahead_rule", "oracle", "random_subset", "topk", "ideal"]
     assert int(summary["oracle"]["images"]) == 2
     assert float(summary["oracle"]["dice_mean"]) > 0.5
 

@@ -21,7 +21,7 @@ from synthetic import (
 
 from gpoa.envs import GLOBAL_FEATURES, EpisodeBank, PromptEnv, SerialVecEnv, VecPromptEnv
 from gpoa.envs.oracle import run_oracle
-from gpoa.graph import NODE_FEATURES
+from gpoa.graph import MASK_COLUMNS, NODE_FEATURES
 from gpoa.metrics import dice
 from gpoa.samples import EpisodeSample, LazySample
 
@@ -350,7 +350,7 @@ def test_lazy_samples_load_through_their_loader():
 # ----- the vectorised environment ----------------------------------------------------------------
 def test_vec_env_matches_single_steps_and_decodes_once_per_sample():
     samples = [scene("a", 0), scene("b", 1)]
-    cfg = make_cfg(reward="segmentation", max_nodes=40)
+    cfg = make_cfg(reward="segmentation", max_nodes=40, lookahead=False)  # the lookahead decodes more
     batched_segmenter, single_segmenter = DiscSegmenter(), DiscSegmenter()
     vec = VecPromptEnv(EpisodeBank(samples, cfg, segmenter=batched_segmenter), cfg, num_envs=5, seed=0)
     single = [PromptEnv(samples, cfg, segmenter=single_segmenter, seed=0) for _ in range(5)]

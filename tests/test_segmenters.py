@@ -344,3 +344,57 @@ def test_sam_unknown_batching_mode(tiny_sam):
     cfg.sam_batching = "sometimes"
     with pytest.raises(UsageError, match="sam_batching"):
         SamSegmenter(cfg)
+
+
+def test_decode_cells_matches_the_full_masks_and_its_rank_one_updates_are_exact():
+    from gpoa.segmenters import decode_cells, mask_cells
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, size=(150, 230, 3), dtype=np.uint8)
+    image[40:110, 60:160] = (200, 60, 40)
+    segmenter = ClassicalSegmenter(SegmenterConfig(n_segments=120))
+    embedding = segmenter.embed(image)
+    points = np.column_stack([rng.uniform(0, 230, 14), rng.uniform(0, 150, 14)])
+    points[:4] = [(70, 50), (150, 100), (100, 80), (130, 60)]  # on the object
+    labels = np.array([1, 1, 1, 1] + [0] * 10)
+    base_rows = np.arange(9)
+
+    def prompts(rows):
+        return PointPrompts(points[rows], labels[rows])
+
+    flipped = labels.copy()
+    flipped[5] = 1
+    variants = ([prompts(np.delete(base_rows, i)) for i in range(9)]  # one seed fewer
+                + [prompts(np.r_[base_rows, j]) for j in range(9, 14)]  # one seed more
+                + [PointPrompts(points[base_rows], flipped[base_rows])]  # one seed's label flipped
+                + [prompts(np.r_[base_rows[2:], 12])]  # several seeds differ: solved from scratch
+                + [prompts(base_rows), prompts(np.array([5, 6]))])  # unchanged; no positive at all
+    fast = segmenter.decode_cells(embedding, variants, (10, 12), base=prompts(base_rows))
+    slow = segmenter.decode_cells(embedding, variants, (10, 12))
+    masks, _ = segmenter.decode(embedding, variants)
+    np.testing.assert_allclose(fast, slow, atol=1e-6)
+    np.testing.assert_allclose(slow, mask_cells(masks, (10, 12)), atol=1e-6)
+    assert not fast[-1].any() and fast[:-1].any(axis=(1, 2)).all()
+
+    class Plain:  # a segmenter without its own decode_cells: masks averaged per cell
+        decode = staticmethod(segmenter.decode)
+
+    np.testing.assert_allclose(decode_cells(Plain(), embedding, variants, (10, 12)), slow, atol=1e-6)
+
+
+@pytest.mark.parametrize("height, width, shape", [(140, 140, (10, 10)), (37, 53, (10, 12)), (9, 7, (10, 12))])
+def test_mask_cells_are_the_share_of_each_cell_inside_the_mask(height, width, shape):
+    from gpoa.segmenters import mask_cells
+
+    rng = np.random.default_rng(0)
+    mask = rng.random((height, width)) < 0.4
+    rows, cols = shape
+    expected = np.zeros(shape)
+    row_of = np.arange(height) * rows // height
+    col_of = np.arange(width) * cols // width
+    for r in range(rows):
+        for c in range(cols):
+            block = mask[np.ix_(row_of == r, col_of == c)]
+            expected[r, c] = block.mean() if block.size else 0.0
+    np.testing.assert_allclose(mask_cells(mask, shape), expected, atol=1e-6)
+    np.testing.assert_allclose(mask_cells(mask[None], shape)[0], expected, atol=1e-6)

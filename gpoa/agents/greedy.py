@@ -80,6 +80,22 @@ class GreedyPolicy:
         return int(np.argmax(scores))
 
 
+class LookaheadRule:
+    """A hand-made, label-free baseline on the same observations: toggle the node whose lookahead
+    says the mask would agree best with the predicted region (observation column
+    ``lookahead_region_agreement``, :mod:`gpoa.envs.mask_view`), while that agreement would rise;
+    then STOP. It shows what a learned policy adds to simply following that one signal."""
+
+    def __init__(self, node_features, column: str = "lookahead_region_agreement"):
+        self.column = list(node_features).index(column)
+
+    def __call__(self, obs: dict, action_mask: np.ndarray) -> int:
+        action_mask = np.asarray(action_mask, dtype=bool)
+        gains = np.where(action_mask[:-1] & (obs["valid"] > 0), obs["nodes"][:, self.column], -np.inf)
+        best = int(np.argmax(gains))
+        return best if gains[best] > 0 else len(action_mask) - 1
+
+
 def run_greedy(policy, env, options: Optional[dict] = None, seed: Optional[int] = None) -> tuple:
     """One deterministic episode with action masks → (actions list, final info, total reward).
 

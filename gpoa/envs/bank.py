@@ -9,6 +9,7 @@ evicted sample is rebuilt from its source when an episode draws it again.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,12 +18,15 @@ from typing import Any, Optional
 import numpy as np
 
 from gpoa.config import Config
+from gpoa.envs.mask_view import RegionView, region_view
 from gpoa.graph import DualSpaceGraph, build_graph
+from gpoa.matching import l2_normalise, reference_similarity
 from gpoa.metrics import dice_batch
+from gpoa.placement import PlacementSettings
 from gpoa.prompts import PointPrompts, PromptSet, sample_ideal_prompts
 from gpoa.runtime import stable_seed
 from gpoa.samples import EpisodeSample
-from gpoa.segmenters import Segmenter
+from gpoa.segmenters import Segmenter, decode_cells
 
 REWARDS = ("segmentation", "graph")
 STARTS = ("initial", "ideal", "empty")
@@ -36,15 +40,20 @@ class SampleRecord:
     graph: DualSpaceGraph  # template in the start state; each environment steps its own clone
     node_xy: np.ndarray  # (N, 2) (x, y) original-image pixels of the nodes' patch centres
     node_pixels: tuple  # (row (N,), col (N,)) original-image pixel under each node's patch centre
+    view: RegionView  # the predicted region and the other per-image constants of the mask view
     embedding: Any = None
     start_mask: Optional[np.ndarray] = None  # (H, W) bool, the decoded start prompts
     start_dice: Optional[float] = None
+    start_observation: Optional[tuple] = None  # the environment's mask view of the start state
 
     def prompts(self, graph: DualSpaceGraph) -> PointPrompts:
         """The active nodes of ``graph`` (a clone of this record's) as point prompts: positives,
         then negatives, in node order, as :meth:`PromptSet.point_prompts` gives them."""
-        return PointPrompts.from_xy(self.node_xy[graph.active & graph.is_positive],
-                                    self.node_xy[graph.active & ~graph.is_positive])
+        return self.prompts_of(graph.active, graph.is_positive)
+
+    def prompts_of(self, active: np.ndarray, is_positive: np.ndarray) -> PointPrompts:
+        """Point prompts of the nodes selected by ``active`` (N,) bool."""
+        return PointPrompts.from_xy(self.node_xy[active & is_positive], self.node_xy[active & ~is_positive])
 
 
 def check_config(cfg: Config) -> None:
@@ -104,7 +113,10 @@ def build_record(sample: EpisodeSample, cfg: Config, seed: int) -> SampleRecord:
                                                   cfg.segmentation.ideal_positive,
                                                   cfg.segmentation.ideal_negative, rng)
         prompt_set = with_ideal(prompt_set, positive, negative)
-    graph = build_graph(sample.grid, sample.target_features, prompt_set, sample.reference, cfg.graph)
+    flat = l2_normalise(np.asarray(sample.target_features).reshape(sample.grid.num_patches, -1))
+    _, nearest_foreground, nearest_background = reference_similarity(sample.reference, flat)
+    graph = build_graph(sample.grid, sample.target_features, prompt_set, sample.reference, cfg.graph,
+                        nearest_similarity=(nearest_foreground, nearest_background))
     if graph.num_nodes > cfg.env.max_nodes:
         raise ValueError(f"sample '{sample.name}' has a graph of {graph.num_nodes} nodes but env.max_nodes is "
                          f"{cfg.env.max_nodes}; raise env.max_nodes (or lower graph.extra_positive/extra_negative "
@@ -114,8 +126,10 @@ def build_record(sample: EpisodeSample, cfg: Config, seed: int) -> SampleRecord:
     elif cfg.env.start == "empty":
         graph.set_active(np.zeros(graph.num_nodes, dtype=bool))
     original_size = sample.prompt_set.original_size
+    view = region_view(sample, graph, nearest_foreground - nearest_background,
+                       PlacementSettings(**dataclasses.asdict(cfg.placement)))
     return SampleRecord(sample, graph, sample.grid.index_to_original_xy(graph.indices, original_size),
-                        sample.grid.patch_centre_pixels(graph.indices, original_size))
+                        sample.grid.patch_centre_pixels(graph.indices, original_size), view)
 
 
 class EpisodeBank:
@@ -177,6 +191,18 @@ class EpisodeBank:
                              f"expected {expected} (one mask per prompt set at the image size)")
         dice = None if sample.truth_mask is None else dice_batch(masks, sample.truth_mask)
         return masks, dice
+
+    def decode_cells(self, record: SampleRecord, prompts: Sequence[PointPrompts],
+                     base: Optional[PointPrompts] = None) -> np.ndarray:
+        """Per-patch shares (B, rows * cols) float32 of the masks of ``prompts`` on ``record``'s image
+        (:func:`gpoa.segmenters.decode_cells`; ``base`` lets a segmenter solve one-prompt variants of
+        it by rank-one updates)."""
+        sample = record.sample
+        if record.embedding is None:
+            record.embedding = self.segmenter.embed(sample.image)
+        cells = decode_cells(self.segmenter, record.embedding, prompts, (sample.grid.rows, sample.grid.cols),
+                             base=base)
+        return np.asarray(cells, dtype=np.float32).reshape(len(prompts), -1)
 
     def start_mask(self, record: SampleRecord) -> tuple:
         """(mask, Dice or None) of the record's start prompts, decoded once."""

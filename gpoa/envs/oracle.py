@@ -1,6 +1,7 @@
 """The greedy oracle: the best a one-toggle-at-a-time editor can do when it may read the truth mask.
 
-From the same start state, over the same candidates and under the same action mask as a policy,
+From the same start state, over the same candidates and under the same action bounds as a policy
+(but not its shield, ``env.shield``),
 each step decodes every valid toggle and takes the one that raises Dice most; it stops when none
 raises it (or when the episode is truncated). It is a yardstick for evaluation tables (how much
 of the reachable gain a policy takes), never a method: it reads the truth mask.
@@ -25,7 +26,7 @@ def run_oracle(env: PromptEnv, options: Optional[dict] = None, seed: Optional[in
         raise ValueError("the oracle needs a segmenter in the loop and the sample's truth mask")
     graph, record, actions = env.graph, env.record, []
     while True:
-        toggles = np.flatnonzero(env.action_masks()[:graph.num_nodes])
+        toggles = np.flatnonzero(env.action_masks(shielded=False)[:graph.num_nodes])
         prompts = []
         for node in toggles:  # each candidate set: toggle, read the prompts, toggle back (O(N) each)
             graph.toggle(node)
@@ -45,7 +46,7 @@ def run_oracle(env: PromptEnv, options: Optional[dict] = None, seed: Optional[in
             return actions, info
         action, mask, dice_after = best
         actions.append(action)
-        env.apply(action)
+        env.apply(action, shielded=False)
         env.observe_mask(mask, dice_after)
         _, _, _, truncated, info = env.finish(action, dice_before)
         if truncated:

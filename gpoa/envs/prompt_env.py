@@ -23,20 +23,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Optional, Union
 
-import cv2
 import gymnasium
 import numpy as np
 from gymnasium import spaces
 from gymnasium.utils import seeding
-from scipy import ndimage
 
 from gpoa.config import Config
 from gpoa.envs.bank import EpisodeBank, SampleRecord
-from gpoa.graph import MASK_DISTANCE_SCALE, NODE_FEATURES, DualSpaceGraph
+from gpoa.envs.mask_view import LOOKAHEAD_SCALE, cell_statistics, current_columns, lookahead_columns
+from gpoa.graph import MASK_COLUMNS, NODE_FEATURES, DualSpaceGraph
 from gpoa.kernels import write_action_mask
 from gpoa.prompts import PromptSet
 from gpoa.samples import EpisodeSample
-from gpoa.segmenters import Segmenter
+from gpoa.segmenters import Segmenter, mask_cells
+
+#: The globals that follow the mask (in GLOBAL_FEATURES from "mask_area_fraction" on, without
+#: "reference_area_fraction"); 0 without a segmenter.
+MASK_GLOBALS = ("mask_area_fraction", "mask_reference_ratio", "mask_match_rank", "top_match_coverage",
+                "region_agreement", "region_confidence")
 
 #: Entries of the observation's "globals" vector, in order.
 GLOBAL_FEATURES = (
@@ -50,33 +54,9 @@ GLOBAL_FEATURES = (
     "mask_reference_ratio",  # log2(mask area / reference area) / 4, clipped to [-1, 1]
     "mask_match_rank",  # mean match rank of the patches inside the mask (0 when it is empty)
     "top_match_coverage",  # share of the best-matching patches (the reference's area of them) inside the mask
+    "region_agreement",  # soft Dice of the mask with the predicted region (gpoa.envs.mask_view)
+    "region_confidence",  # how step-like the match scores are on the predicted region, [0, 1]
 )
-
-
-def mask_observation(mask: np.ndarray, graph: DualSpaceGraph, node_pixels: tuple, reference_share: float) -> tuple:
-    """The mask-dependent parts of an observation: node columns (N, 2) float32 (``inside_mask``,
-    ``mask_edge_distance`` of :data:`gpoa.graph.NODE_FEATURES`; ``inside_mask`` reads the pixel under
-    the node's patch centre, ``node_pixels`` = (rows (N,), cols (N,)); the rest works on the patch
-    grid, a patch being inside when at least half of it is) and the last four globals of :data:`GLOBAL_FEATURES` (4,) float32."""
-    grid = graph.grid
-    inside_patch = cv2.resize(mask.view(np.uint8), (grid.cols, grid.rows), interpolation=cv2.INTER_AREA) > 0
-    if inside_patch.all():
-        edge = np.ones(grid.num_patches, dtype=np.float64)
-    elif not inside_patch.any():
-        edge = -np.ones(grid.num_patches, dtype=np.float64)
-    else:
-        edge = np.where(inside_patch, ndimage.distance_transform_edt(inside_patch),
-                        -ndimage.distance_transform_edt(~inside_patch)).reshape(-1) / MASK_DISTANCE_SCALE
-    inside_patch = inside_patch.reshape(-1)
-    columns = np.column_stack([mask[node_pixels], np.clip(edge[graph.indices], -1.0, 1.0)]).astype(np.float32)
-    area = np.count_nonzero(mask) / mask.size
-    rank = graph.patch_rank
-    top = rank >= min(1.0 - reference_share, rank.max())
-    globals_ = np.array([area,
-                         np.clip(np.log2((area + 1e-3) / (reference_share + 1e-3)) / 4.0, -1.0, 1.0),
-                         rank[inside_patch].mean() if inside_patch.any() else 0.0,
-                         inside_patch[top].mean()], dtype=np.float32)
-    return columns, globals_
 
 
 class PromptEnv(gymnasium.Env):
@@ -123,7 +103,7 @@ class PromptEnv(gymnasium.Env):
         self.stop_action = env.max_nodes
         self.action_space = spaces.Discrete(env.max_nodes + 1)
         global_high = np.array([env.max_nodes / max(env.max_positive, 1), env.max_nodes / max(env.max_negative, 1),
-                                1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=np.float32)
+                                1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=np.float32)
         global_low = np.zeros(len(GLOBAL_FEATURES), np.float32)
         global_low[GLOBAL_FEATURES.index("mask_reference_ratio")] = -1.0
         self.observation_space = spaces.Dict({
@@ -138,8 +118,9 @@ class PromptEnv(gymnasium.Env):
         self._done = True
         self._mask: Optional[np.ndarray] = None
         self._dice: Optional[float] = None
-        self._mask_columns: Optional[np.ndarray] = None  # (N, 2), see mask_observation
-        self._mask_globals = np.zeros(4, dtype=np.float32)
+        self._mask_columns: Optional[np.ndarray] = None  # (N, len(MASK_COLUMNS)), see observe_mask
+        self._shielded: Optional[np.ndarray] = None  # (N,) bool, toggles the shield refuses now
+        self._mask_globals = np.zeros(len(MASK_GLOBALS), dtype=np.float32)
         self._score = 0.0
 
     @property
@@ -196,7 +177,13 @@ class PromptEnv(gymnasium.Env):
         self._steps = 0
         self._done = False
         if self.segmenter is not None:
-            self.observe_mask(*self.bank.start_mask(self.record))
+            record = self.record
+            if record.start_observation is None:  # the start state's mask view is the same every episode
+                self.observe_mask(*self.bank.start_mask(record))
+                record.start_observation = (self._mask_columns, self._mask_globals, self._shielded)
+            else:
+                self._mask, self._dice = record.start_mask, record.start_dice
+                self._mask_columns, self._mask_globals, self._shielded = record.start_observation
         self._score = self.graph.graph_score(self._weights)
         return self.observation(), self.info()
 
@@ -208,13 +195,16 @@ class PromptEnv(gymnasium.Env):
             self.observe_mask(masks[0], None if dice is None else float(dice[0]))
         return self.finish(action, dice_before)
 
-    def action_masks(self) -> np.ndarray:
-        """(max_nodes + 1,) bool: which actions are valid now (see the class docstring)."""
+    def action_masks(self, shielded: bool = True) -> np.ndarray:
+        """(max_nodes + 1,) bool: which actions are valid now (see the class docstring); with
+        ``shielded=False`` the toggles the shield refuses count as valid (the oracle's view)."""
         self._require_episode()
         graph = self.graph
         can_remove, can_add = self._allowed_toggles()
         valid = np.zeros(self.max_nodes + 1, dtype=bool)
         write_action_mask(graph.active, graph.category, self._toggled, can_remove, can_add, valid[:graph.num_nodes])
+        if shielded and self._shielded is not None:
+            valid[:graph.num_nodes] &= ~self._shielded
         valid[self.stop_action] = True
         return valid
 
@@ -226,8 +216,9 @@ class PromptEnv(gymnasium.Env):
                 (negatives + 1 <= env.max_negative, positives + 1 <= env.max_positive))
 
     # ----- the phases of a step -----------------------------------------------------------------
-    def check_action(self, action: int) -> None:
-        """Raise ValueError (RuntimeError outside an episode) unless ``action`` is valid now."""
+    def check_action(self, action: int, shielded: bool = True) -> None:
+        """Raise ValueError (RuntimeError outside an episode) unless ``action`` is valid now (a toggle
+        the shield refuses counts as valid with ``shielded=False``)."""
         self._require_episode()
         if self._done:
             raise RuntimeError("the episode has ended (STOP or truncation); call reset()")
@@ -241,6 +232,9 @@ class PromptEnv(gymnasium.Env):
         if self._toggled[action]:
             raise ValueError(f"action {action} toggles node {action} a second time in this episode; each node "
                              "is toggled at most once per episode (undoing a toggle only wastes steps)")
+        if shielded and self._shielded is not None and self._shielded[action]:
+            raise ValueError(f"action {action} is refused by the shield (env.shield): its lookahead says the mask "
+                             "would move away from the predicted region; choose among action_masks()")
         category, active = int(self.graph.category[action]), bool(self.graph.active[action])
         can_remove, can_add = self._allowed_toggles()
         if not (can_remove if active else can_add)[category]:
@@ -249,9 +243,9 @@ class PromptEnv(gymnasium.Env):
             raise ValueError(f"action {action} toggles a {kind} node beyond env.{bound}_{kind}; "
                              "choose among action_masks()")
 
-    def apply(self, action: int) -> bool:
+    def apply(self, action: int, shielded: bool = True) -> bool:
         """Phase 1: check ``action`` and toggle its node. True when the prompts changed (a decode is due)."""
-        self.check_action(action)
+        self.check_action(action, shielded)
         if action == self.stop_action:
             return False
         self.graph.toggle(action)
@@ -259,11 +253,38 @@ class PromptEnv(gymnasium.Env):
         return True
 
     def observe_mask(self, mask: np.ndarray, dice: Optional[float]) -> None:
-        """Phase 2: the segmenter's mask (H, W) bool of the current prompts and its Dice (or None)."""
+        """Phase 2: the segmenter's mask (H, W) bool of the current prompts and its Dice (or None).
+
+        Computes what the agent sees of the mask (:mod:`gpoa.envs.mask_view`), including, with
+        ``env.lookahead``, the effect of toggling each node that can be toggled now.
+        """
         self._mask = mask
         self._dice = dice
-        self._mask_columns, self._mask_globals = mask_observation(mask, self.graph, self.record.node_pixels,
-                                                                  self.record.sample.reference.foreground_share)
+        record, graph = self.record, self.graph
+        view = record.view
+        cells = mask_cells(mask, (graph.grid.rows, graph.grid.cols)).reshape(-1)
+        stats = cell_statistics(cells[None], view)[0]
+        columns = np.zeros((graph.num_nodes, len(MASK_COLUMNS)), dtype=np.float32)
+        columns[:, :2] = current_columns(mask, cells, graph, record.node_pixels)
+        self._shielded = None
+        if self.cfg.env.lookahead:
+            toggles = np.flatnonzero(self.action_masks(shielded=False)[:graph.num_nodes])
+            if len(toggles):
+                variants = []
+                for node in toggles:
+                    active = graph.active.copy()
+                    active[node] = not active[node]
+                    variants.append(record.prompts_of(active, graph.is_positive))
+                cells_after = self.bank.decode_cells(record, variants, base=record.prompts(graph))
+                columns[toggles, 2:] = lookahead_columns(cells, stats, cells_after, view)
+            if self.cfg.env.shield >= 0:
+                agreement = columns[:, MASK_COLUMNS.index("lookahead_region_agreement")] / LOOKAHEAD_SCALE
+                self._shielded = agreement < -self.cfg.env.shield
+        self._mask_columns = columns
+        area = np.count_nonzero(mask) / mask.size
+        share = view.reference_share
+        self._mask_globals = np.array([area, np.clip(np.log2((area + 1e-3) / (share + 1e-3)) / 4.0, -1.0, 1.0),
+                                       stats[2], stats[3], stats[0], view.confidence], dtype=np.float32)
 
     def finish(self, action: int, dice_before: Optional[float]) -> tuple:
         """Phase 3: reward, flags, observation and info once ``action`` is applied and its mask observed."""
@@ -291,7 +312,7 @@ class PromptEnv(gymnasium.Env):
         globals_[:4] = (graph.num_positive / max(env.max_positive, 1), graph.num_negative / max(env.max_negative, 1),
                         self._steps / env.episode_length, float(self.segmenter is not None))
         globals_[4] = self._mask_globals[0]
-        globals_[5] = self.record.sample.reference.foreground_share
+        globals_[5] = self.record.view.reference_share
         globals_[6:] = self._mask_globals[1:]
         return {"nodes": nodes, "valid": valid, "globals": globals_}
 

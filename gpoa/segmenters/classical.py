@@ -13,7 +13,8 @@ the background, which floods the background regions that look like it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Optional
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -46,6 +47,8 @@ class ClassicalEmbedding:
     labels: np.ndarray
     system: sp.csr_matrix
     affinity: sp.csr_matrix
+    # (rows, cols) → (rows * cols, n_regions) CSR share of each grid cell's pixels in each region
+    cell_matrices: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def n_regions(self) -> int:
@@ -173,6 +176,42 @@ class ClassicalSegmenter:
         probability[free_index] = np.clip(factor.solve(rhs), 0.0, 1.0)
         return probability
 
+    # ----- coarse decode of many variants of one prompt set ----------------------------------------
+    def decode_cells(self, embedding: ClassicalEmbedding, prompt_sets: Sequence[PointPrompts], shape: tuple,
+                     base: Optional[PointPrompts] = None) -> np.ndarray:
+        """Share of every cell of a ``shape`` = (rows, cols) grid over the image that each prompt set's
+        mask covers: (B, rows, cols) float32 (cells split the image by integer division of pixel
+        coordinates, so they follow the patch grid's independent x and y scales).
+
+        The masks are :meth:`decode`'s. With ``base``, a prompt set whose seeds differ from base's
+        in one region (one seed more, one fewer, or one seed's label flipped) is solved from base's
+        factorisation by a rank-one update (one triangular solve instead of a factorisation), and
+        no full-size mask is drawn: editing one prompt at a time, an agent can look at the effect
+        of every edit for about the price of one decode.
+        """
+        matrix = self._cell_matrix(embedding, shape)
+        out = np.empty((len(prompt_sets), *shape), dtype=np.float32)
+        solver = None if base is None else _RankOneSolver(self, embedding, base)
+        for b, prompts in enumerate(prompt_sets):
+            probability = (self.region_probability(embedding, prompts) if solver is None
+                           else solver.probability(prompts))
+            out[b] = (matrix @ (probability > 0.5).astype(np.float64)).reshape(shape)
+        return out
+
+    @staticmethod
+    def _cell_matrix(embedding: ClassicalEmbedding, shape: tuple) -> sp.csr_matrix:
+        shape = (int(shape[0]), int(shape[1]))
+        if shape not in embedding.cell_matrices:
+            rows, cols = shape
+            height, width = embedding.image_shape
+            cell = ((np.arange(height) * rows // height)[:, None] * cols
+                    + (np.arange(width) * cols // width)[None, :]).ravel()
+            counts = sp.coo_matrix((np.ones(cell.size), (cell, embedding.labels.ravel())),
+                                   shape=(rows * cols, embedding.n_regions)).tocsr()  # duplicates summed
+            size = np.maximum(np.bincount(cell, minlength=rows * cols), 1).astype(np.float64)
+            embedding.cell_matrices[shape] = sp.diags(1.0 / size) @ counts
+        return embedding.cell_matrices[shape]
+
     @staticmethod
     def _seed_regions(embedding: ClassicalEmbedding, prompts: PointPrompts) -> tuple[np.ndarray, np.ndarray]:
         """Seeded region indices (S,) int64 and their values (S,) float64, 1 = object, 0 = background."""
@@ -190,6 +229,81 @@ class ClassicalSegmenter:
         last_positive = positive[len(region) - 1 - last_reversed]
         value = np.where(votes > 0, 1.0, np.where(votes < 0, 0.0, last_positive.astype(np.float64)))
         return seeds, value
+
+
+class _RankOneSolver:
+    """The random-walker solution of one base prompt set, and of its one-region variants by rank-one
+    updates of the base's factorisation (see :meth:`ClassicalSegmenter.decode_cells`).
+
+    With A the system matrix, F the free regions and x the base solution on F (A_FF x = b_F):
+
+    - seed one more region k (value v): g = A_FF⁻¹ e_k, x' = x + (v − x_k) / g_k · g;
+    - flip seed k's value v → v': x' = x − (v' − v) A_FF⁻¹ A_Fk (A_Fk = −W_Fk);
+    - unseed region k (value v): z = A_FF⁻¹ A_Fk, y = x + v z,
+      x_k = (b_k − A_kF y) / (A_kk − A_kF z), x_F = y − z x_k, where b_k sums k's affinities to the
+      remaining positive seeds.
+
+    Anything else (several regions differ, no positive seed) is solved from scratch.
+    """
+
+    def __init__(self, segmenter: ClassicalSegmenter, embedding: ClassicalEmbedding, base: PointPrompts):
+        self.segmenter, self.embedding = segmenter, embedding
+        seeds, values = segmenter._seed_regions(embedding, base)
+        self.seeds = dict(zip(seeds.tolist(), values.tolist()))
+        n = embedding.n_regions
+        free = np.ones(n, dtype=bool)
+        free[seeds] = False
+        self.free_index = np.flatnonzero(free)
+        self.factor = None
+        if not np.any(values == 1.0) or len(self.free_index) == 0:
+            return
+        self.position = np.full(n, -1, dtype=np.int64)
+        self.position[self.free_index] = np.arange(len(self.free_index))
+        positive = seeds[values == 1.0]
+        rhs = np.asarray(embedding.affinity[self.free_index][:, positive].sum(axis=1)).ravel()
+        system = embedding.system[self.free_index][:, self.free_index].tocsc()
+        self.factor = splu(system, permc_spec="MMD_AT_PLUS_A", options={"SymmetricMode": True})
+        self.solution = self.factor.solve(rhs)  # unclipped: the updates start from it
+
+    def _column(self, region: int) -> np.ndarray:
+        """A_Fk: the system's column of ``region`` on the free regions (dense)."""
+        return self.embedding.system[self.free_index, region].toarray().ravel()
+
+    def probability(self, prompts: PointPrompts) -> np.ndarray:
+        seeds, values = self.segmenter._seed_regions(self.embedding, prompts)
+        variant = dict(zip(seeds.tolist(), values.tolist()))
+        added = [r for r in variant if r not in self.seeds]
+        removed = [r for r in self.seeds if r not in variant]
+        flipped = [r for r in variant if r in self.seeds and variant[r] != self.seeds[r]]
+        if self.factor is None or not np.any(values == 1.0) or len(added) + len(removed) + len(flipped) > 1:
+            return self.segmenter.region_probability(self.embedding, prompts)
+        x = self.solution
+        free_index = self.free_index
+        if added:
+            k = added[0]
+            unit = np.zeros(len(free_index))
+            unit[self.position[k]] = 1.0
+            g = self.factor.solve(unit)
+            x = x + (variant[k] - x[self.position[k]]) / g[self.position[k]] * g
+        elif flipped:
+            k = flipped[0]
+            x = x - (variant[k] - self.seeds[k]) * self.factor.solve(self._column(k))
+        elif removed:
+            k = removed[0]
+            column = self._column(k)
+            z = self.factor.solve(column)
+            y = x + self.seeds[k] * z
+            positive = [r for r, v in variant.items() if v == 1.0]
+            b_k = float(self.embedding.affinity[k, positive].sum())
+            x_k = (b_k - column @ y) / (self.embedding.system[k, k] - column @ z)
+            x = y - z * x_k
+        probability = np.zeros(self.embedding.n_regions)
+        probability[free_index] = np.clip(x, 0.0, 1.0)
+        if removed:
+            probability[removed[0]] = np.clip(x_k, 0.0, 1.0)
+        for region, value in variant.items():
+            probability[region] = value
+        return probability
 
 
 def _consecutive(labels: np.ndarray) -> tuple[np.ndarray, int]:

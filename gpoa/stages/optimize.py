@@ -10,6 +10,8 @@ written beside it for stage 4 to evaluate:
 - ``random_subset_indices/`` — a random subset of the initial prompts (what the original code's
   inference amounts to);
 - ``topk_indices/`` — the initial positives and negatives that match the reference best;
+- ``lookahead_rule_indices/`` (when the policy sees the lookahead) — a hand-made label-free rule on
+  the same observations (:class:`~gpoa.agents.greedy.LookaheadRule`): what learning adds to it;
 - ``oracle_indices/`` (with ``optimize.oracle=true`` and target masks) — the greedy oracle
   (:mod:`gpoa.envs.oracle`) over the same candidates and start state as the policy: how much of
   the reachable gain the policy takes.
@@ -25,7 +27,7 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-from gpoa.agents.greedy import GreedyPolicy, run_greedy
+from gpoa.agents.greedy import GreedyPolicy, LookaheadRule, run_greedy
 from gpoa.agents.policy_file import check_observation, load_policy
 from gpoa.backends import Backends
 from gpoa.config import Config, EnvConfig, GraphConfig, save_config
@@ -39,7 +41,8 @@ from gpoa.runtime import StageReport, is_fresh, stable_seed
 from gpoa.stages.train import resolve_policy
 from gpoa.tasks import Task, load_tasks
 
-OPTIMIZED, RANDOM_SUBSET, TOPK, ORACLE = "optimized_indices", "random_subset_indices", "topk_indices", "oracle_indices"
+OPTIMIZED, RANDOM_SUBSET, TOPK = "optimized_indices", "random_subset_indices", "topk_indices"
+ORACLE, RULE = "oracle_indices", "lookahead_rule_indices"
 
 
 def baselines(initial: PromptSet, optimized: PromptSet, margin: np.ndarray, rng: np.random.Generator) -> dict:
@@ -118,10 +121,11 @@ def optimize_task(task: Task, backends: Backends, run_cfg: Config, greedy: Greed
     out = layout.prompt_folder(OPTIMIZED)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    folders = [OPTIMIZED, RANDOM_SUBSET, TOPK] + ([ORACLE] if oracle else [])
+    rule = in_loop and run_cfg.env.lookahead
+    folders = [OPTIMIZED, RANDOM_SUBSET, TOPK] + ([RULE] if rule else [])
 
     def done_before(stem: str) -> bool:
-        wanted = folders if layout.target_mask(stem) is not None else folders[:3]  # no oracle without a mask
+        wanted = folders + ([ORACLE] if oracle and layout.target_mask(stem) is not None else [])
         outputs = [layout.prompt_folder(f) / f"{stem}.json" for f in wanted]
         if cfg.overwrite or not _up_to_date(task, stem, outputs, policy_path, source):
             return False
@@ -134,8 +138,8 @@ def optimize_task(task: Task, backends: Backends, run_cfg: Config, greedy: Greed
         name = f"{task.name}/{lazy.name}"
         try:
             sample = lazy.load()
-            env = PromptEnv(EpisodeBank([sample], run_cfg, backends.segmenter if in_loop else None, seed=cfg.seed),
-                            run_cfg, seed=cfg.seed)
+            bank = EpisodeBank([sample], run_cfg, backends.segmenter if in_loop else None, seed=cfg.seed)
+            env = PromptEnv(bank, run_cfg, seed=cfg.seed)
             actions, info, _ = run_greedy(greedy, env, options={"sample": 0}, seed=cfg.seed)
         except (InputError, ValueError) as exc:
             report.fail(name, str(exc))
@@ -151,12 +155,21 @@ def optimize_task(task: Task, backends: Backends, run_cfg: Config, greedy: Greed
         rng = np.random.default_rng(stable_seed(cfg.seed, "random_subset", sample.name))
         for folder, prompt_set in baselines(sample.prompt_set, optimized, margin, rng).items():
             write_prompt_file(layout.prompt_folder(folder) / f"{sample.name}.json", prompt_set)
+        if rule:  # the hand-made baseline on the same candidates and observations
+            rule_env = PromptEnv(bank, run_cfg, seed=cfg.seed)
+            rule_actions, _, _ = run_greedy(LookaheadRule(NODE_FEATURES), rule_env, options={"sample": 0},
+                                            seed=cfg.seed)
+            write_labelled(layout, RULE, sample.name, rule_env, rule_actions, "lookahead_rule")
         if oracle and sample.truth_mask is not None:
-            oracle_env = PromptEnv(EpisodeBank([sample], run_cfg, backends.segmenter, seed=cfg.seed), run_cfg,
-                                   seed=cfg.seed)
+            oracle_bank = bank if in_loop else EpisodeBank([sample], run_cfg, backends.segmenter, seed=cfg.seed)
+            oracle_env = PromptEnv(oracle_bank, run_cfg, seed=cfg.seed)
             oracle_actions, _ = run_oracle(oracle_env, options={"sample": 0}, seed=cfg.seed)
-            write_prompt_file(layout.prompt_folder(ORACLE) / f"{sample.name}.json",
-                              oracle_env.prompt_set(source="oracle"))
-            atomic_write_json(layout.prompt_folder(ORACLE) / "traces" / f"{sample.name}.json",
-                              {"actions": action_trace(oracle_actions, oracle_env.graph)})
+            write_labelled(layout, ORACLE, sample.name, oracle_env, oracle_actions, "oracle")
         report.done.append(name)
+
+
+def write_labelled(layout, folder: str, stem: str, env: PromptEnv, actions: list, source: str) -> None:
+    """A baseline episode's prompts and action trace: ``<folder>/<stem>.json`` and ``<folder>/traces/``."""
+    write_prompt_file(layout.prompt_folder(folder) / f"{stem}.json", env.prompt_set(source=source))
+    atomic_write_json(layout.prompt_folder(folder) / "traces" / f"{stem}.json",
+                      {"actions": action_trace(actions, env.graph)})

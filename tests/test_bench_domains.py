@@ -1,0 +1,108 @@
+"""benchmarks/bench_domains.py on tiny domain folders: the table, the headline line, read-only inputs."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DEMO_CONFIG, ROOT
+
+import train_GPOA
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_domains  # noqa: E402
+
+HEADLINE = re.compile(r"^domains=(\d+) mean_gain=([+-]\d\.\d{3}) worst_gain=([+-]\d\.\d{3}) worst_domain=(\S+) "
+                      r"gain_vs_topk=([+-]\d\.\d{3}) initial_mean=(\d\.\d{3}) optimized_mean=(\d\.\d{3}) "
+                      r"oracle_mean=(\d\.\d{3})$")
+
+
+def as_domain(dataset: Path, out: Path) -> Path:
+    """A demo dataset folder rewritten in the domain layout (image/ + mask/), reference first by name."""
+    for folder, prefix in (("reference", "a_"), ("target", "b_")):
+        for image in sorted((dataset / f"{folder}_image").glob("*.png")):
+            (out / "image").mkdir(parents=True, exist_ok=True)
+            (out / "mask").mkdir(parents=True, exist_ok=True)
+            shutil.copy(image, out / "image" / f"{prefix}{image.name}")
+            shutil.copy(dataset / f"{folder}_mask" / image.name, out / "mask" / f"{prefix}{image.name}")
+    return out
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def benchmark_run(demo_master, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    domains = root / "domains"
+    for family in ("membrane", "objects"):
+        as_domain(demo_master / family, domains / family)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert train_GPOA.main(["--config", str(DEMO_CONFIG), "--data", str(domains), "--run", "tiny",
+                                "--set", f"train.checkpoints={root / 'checkpoints'}", "--set", f"workspace={root / 'ws'}",
+                                "--set", "dqn.total_steps=96", "--set", "dqn.learning_starts=32",
+                                "--set", "dqn.batch_size=16", "--set", "train.eval_every=96",
+                                "--set", "train.parallel_envs=4", "--set", "dqn.hidden=32"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    before = snapshot(domains)
+    out = root / "out"
+    code = bench_domains.main([str(domains), "--out", str(out), "--policy", str(root / "checkpoints" / "tiny" / "best.pt"),
+                               "--targets", "2", "--config", str(DEMO_CONFIG)])
+    return domains, out, code, before
+
+
+def test_benchmark_writes_the_table_and_the_headline(benchmark_run, capsys):
+    domains, out, code, _ = benchmark_run
+    assert code == 0
+    with open(out / "domains.csv") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert reader.fieldnames == ["domain", "prompt_set", "images", "dice_mean", "dice_std", "iou_mean", "hd95_mean"]
+    assert [r["domain"] for r in rows][-1] == "MEAN"
+    for domain in ("membrane", "objects", "MEAN"):
+        sets = [r["prompt_set"] for r in rows if r["domain"] == domain]
+        assert sets == ["initial", "optimized", "topk", "random_subset", "lookahead_rule", "oracle", "ideal"]
+    per_domain = [r for r in rows if r["domain"] != "MEAN"]
+    assert all(r["images"] == "2" for r in per_domain)  # --targets 2 (the first sorted pair is the reference)
+    by = {(r["domain"], r["prompt_set"]): float(r["dice_mean"]) for r in rows}
+    for name in ("initial", "oracle"):
+        assert by[("MEAN", name)] == pytest.approx((by[("membrane", name)] + by[("objects", name)]) / 2, abs=1e-4)
+    # the oracle starts where the policy starts and only takes toggles that raise Dice
+    for domain in ("membrane", "objects"):
+        assert by[(domain, "oracle")] >= by[(domain, "initial")] - 1e-4
+    assert (out / "domains.md").read_text().count("| membrane |") == 1
+
+
+def test_headline_line_matches_the_csv(benchmark_run):
+    _, out, _, _ = benchmark_run
+    with open(out / "domains.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    by = {(r["domain"], r["prompt_set"]): float(r["dice_mean"]) for r in rows}
+    match = HEADLINE.match((out / "domains.md").read_text().strip().splitlines()[-1].strip("`"))
+    assert match, "the last line of domains.md is the headline"
+    n, mean_gain, worst_gain, worst_domain = int(match[1]), float(match[2]), float(match[3]), match[4]
+    gains = {d: by[(d, "optimized")] - by[(d, "initial")] for d in ("membrane", "objects")}
+    assert n == 2
+    assert mean_gain == pytest.approx(sum(gains.values()) / 2, abs=1.5e-3)
+    assert worst_domain == min(gains, key=gains.get) and worst_gain == pytest.approx(min(gains.values()), abs=1.5e-3)
+    assert float(match[6]) == pytest.approx(by[("MEAN", "initial")], abs=1.5e-3)
+
+
+def test_benchmark_never_writes_into_its_inputs(benchmark_run):
+    domains, _, _, before = benchmark_run
+    assert snapshot(domains) == before
+
+
+def test_bad_arguments_are_usage_errors(tmp_path, capsys):
+    assert bench_domains.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert bench_domains.main([str(tmp_path), "--out", str(tmp_path / "o"), "--targets", "0"]) == 2
