@@ -21,7 +21,7 @@ from synthetic import (
 
 from gpoa.envs import GLOBAL_FEATURES, EpisodeBank, PromptEnv, SerialVecEnv, VecPromptEnv
 from gpoa.envs.oracle import run_oracle
-from gpoa.graph import MASK_COLUMNS, NODE_FEATURES
+from gpoa.graph import NODE_FEATURES
 from gpoa.metrics import dice
 from gpoa.samples import EpisodeSample, LazySample
 

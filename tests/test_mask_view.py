@@ -7,7 +7,7 @@ import pytest
 from synthetic import GRID, DiscSegmenter, make_cfg, scene
 
 from gpoa.agents.greedy import LookaheadRule, run_greedy
-from gpoa.envs import GLOBAL_FEATURES, EpisodeBank, PromptEnv
+from gpoa.envs import GLOBAL_FEATURES, PromptEnv
 from gpoa.envs.mask_view import LOOKAHEAD_SCALE
 from gpoa.envs.oracle import run_oracle
 from gpoa.graph import MASK_COLUMNS, NODE_FEATURES

@@ -13,8 +13,8 @@ the background, which floods the background regions that look like it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
 from dataclasses import dataclass, field
+from typing import Optional
 
 import cv2
 import numpy as np
