@@ -155,6 +155,9 @@ class EnvConfig:
     # predicted region would drop by more than this (soft Dice); -1 switches the shield off. The
     # edits that flood the background are refused on any image, in training and at inference
     shield: float = -1.0
+    # segmentation reward: a loss of Dice counts this many times (1: a change in Dice as it is; 2:
+    # the policy edits only where it expects gains to clearly outweigh losses)
+    harm_weight: float = 1.0
     # subtracted from the reward of every toggle (not of STOP): moves that change nothing cost
     # something, so the agent stops once no toggle is worth it instead of filling the episode
     step_penalty: float = 0.0
@@ -363,7 +366,7 @@ NON_NEGATIVE_FIELDS = ("matching.max_positive", "matching.max_negative", "segmen
                        "segmentation.ideal_negative", "graph.extra_positive", "graph.extra_negative",
                        "graph.negative_ring", "graph.positive_spacing", "graph.negative_spacing",
                        "env.min_positive", "env.max_positive", "env.min_negative", "env.max_negative",
-                       "env.step_penalty", "dqn.total_steps", "dqn.learning_starts", "train.bank_capacity", "train.cpu_threads",
+                       "env.step_penalty", "env.harm_weight", "dqn.total_steps", "dqn.learning_starts", "train.bank_capacity", "train.cpu_threads",
                        "optimize.stop_margin")
 
 

@@ -54,17 +54,21 @@ NODE_FEATURES = (
     "category",  # 1 positive, 0 negative
     "active",  # 1 if the node is a prompt now
     "initially_active",  # 1 if the node is in the prompt set the graph was built from
-    "feature_distance_positive_mean",
-    "feature_distance_positive_min",
-    "feature_distance_negative_mean",
-    "feature_distance_negative_min",
+    # feature distances relative to the graph's mean feature distance between nodes (halved, at
+    # most 1): what is near in feature space here, whatever the features' scale on this image
+    "relative_feature_distance_positive_mean",
+    "relative_feature_distance_positive_min",
+    "relative_feature_distance_negative_mean",
+    "relative_feature_distance_negative_min",
     "physical_distance_positive_mean",
     "physical_distance_positive_min",
     "physical_distance_negative_mean",
     "physical_distance_negative_min",
-    "foreground_similarity",  # cosine to the reference foreground prototype, [-1, 1]
-    "background_similarity",  # cosine to the reference background prototype, [-1, 1]
-    "half_match_score",  # match_score / 2, in [-1, 1]
+    # share of the other nodes less similar to the reference foreground / background prototype, [0, 1]
+    "foreground_similarity_rank",
+    "background_similarity_rank",
+    # the match score against the image's: (score - median) / interquartile range / 4, in [-1, 1]
+    "match_zscore",
     "match_rank",  # share of the image's patches whose match score is below the node's, [0, 1]
     "positive_support",  # share of the positive nodes (active or not) within SUPPORT_RADIUS of the node
     "negative_support",  # share of the negative nodes (active or not) within SUPPORT_RADIUS of the node
@@ -95,7 +99,8 @@ GRAPH_SCORE_TERMS = ("positive_compactness", "separation", "positive_spread", "n
 
 _FEATURE, _PHYSICAL = 0, 1  # index of a distance space in the statistics arrays
 _COLUMN = {name: column for column, name in enumerate(NODE_FEATURES)}
-_DISTANCE_COLUMNS = slice(_COLUMN["feature_distance_positive_mean"], _COLUMN["physical_distance_negative_min"] + 1)
+_DISTANCE_COLUMNS = slice(_COLUMN["relative_feature_distance_positive_mean"],
+                          _COLUMN["physical_distance_negative_min"] + 1)
 _DEFAULT_WEIGHTS = np.asarray(EnvConfig().graph_weights, dtype=np.float64)
 
 
@@ -114,8 +119,8 @@ class DualSpaceGraph:
       similarity to the nearest reference background patch, in [-2, 2];
     - ``match_context`` (N, 2) float32 — the node's two :func:`match_context` shares, in [0, 1]
       (zeros when ``graph.match_context`` is off);
-    - ``patch_rank`` (rows * cols,) float32 — :func:`match_rank` of every patch of the image (not
-      only the nodes'); zeros when not given.
+    - ``patch_rank`` (rows * cols,) float32 — :func:`match_rank` of the ``patch_margin`` of every
+      patch of the image (not only the nodes'); zeros when it is not given.
 
     State: ``active`` (N,) bool, changed only through :meth:`toggle`, :meth:`set_active` and
     :meth:`copy_state`, which keep the statistics in step.
@@ -124,7 +129,7 @@ class DualSpaceGraph:
     def __init__(self, grid: PatchGrid, indices: np.ndarray, category: np.ndarray, initially_active: np.ndarray,
                  feature_distance: np.ndarray, physical_distance: np.ndarray, foreground_similarity: np.ndarray,
                  background_similarity: np.ndarray, match_score: np.ndarray, match_context: np.ndarray,
-                 patch_rank: Optional[np.ndarray] = None):
+                 patch_margin: Optional[np.ndarray] = None):
         self.grid = grid
         self.indices = np.asarray(indices, dtype=np.int64)
         self.category = np.asarray(category, dtype=np.int8)
@@ -148,16 +153,22 @@ class DualSpaceGraph:
         static = np.zeros((len(NODE_FEATURES), n), dtype=np.float32)  # (F, N), the columns that never change
         static[_COLUMN["category"]] = self.category
         static[_COLUMN["initially_active"]] = self.initially_active
-        static[_COLUMN["foreground_similarity"]] = self.foreground_similarity
-        static[_COLUMN["background_similarity"]] = self.background_similarity
-        static[_COLUMN["half_match_score"]] = self.match_score / 2
-        # every patch's match rank (patch_rank, (rows * cols,)): the nodes' column and the mask globals
-        self.patch_rank = (np.zeros(grid.num_patches, dtype=np.float32) if patch_rank is None
-                           else np.asarray(patch_rank, dtype=np.float32).reshape(-1))
-        if self.patch_rank.shape != (grid.num_patches,):
-            raise ValueError(f"patch_rank must have one value per patch ({grid.num_patches}), "
-                             f"got {self.patch_rank.shape}")
-        static[_COLUMN["match_rank"]] = self.patch_rank[self.indices]
+        static[_COLUMN["foreground_similarity_rank"]] = match_rank(self.foreground_similarity)
+        static[_COLUMN["background_similarity_rank"]] = match_rank(self.background_similarity)
+        # every patch's match score (patch_margin, (rows * cols,); the nodes' own when not given): the
+        # z-score and rank columns, and the mask view's per-patch ranks (patch_rank)
+        margin = self.match_score if patch_margin is None else np.asarray(patch_margin, dtype=np.float64).reshape(-1)
+        if patch_margin is not None and margin.shape != (grid.num_patches,):
+            raise ValueError(f"patch_margin must have one value per patch ({grid.num_patches}), got {margin.shape}")
+        low, median, high = np.percentile(margin, [25, 50, 75])
+        static[_COLUMN["match_zscore"]] = np.clip((self.match_score - median) / max(high - low, 1e-6) / 4, -1, 1)
+        self.patch_rank = match_rank(margin) if patch_margin is not None else np.zeros(grid.num_patches, np.float32)
+        static[_COLUMN["match_rank"]] = (self.patch_rank[self.indices] if patch_margin is not None
+                                         else match_rank(self.match_score))
+        # the relative feature distances: 1 / (2 x the mean feature distance between two nodes)
+        pairs = n * (n - 1)
+        mean_distance = float(self._distance[_FEATURE].sum()) / pairs if pairs else 0.0
+        self._feature_scale = np.float32(0.5 / mean_distance) if mean_distance > 0 else np.float32(1.0)
         static[_COLUMN["match_context_near"]:_COLUMN["match_context_far"] + 1] = self.match_context.T
         near = self.physical_distance <= SUPPORT_RADIUS
         np.fill_diagonal(near, False)
@@ -328,7 +339,7 @@ class DualSpaceGraph:
             columns[:, :given.shape[1]] = given
         write_node_features(self._static_features, self.active, self._sum, self._count, self._min,
                             np.ascontiguousarray(columns), _COLUMN["active"], _DISTANCE_COLUMNS.start,
-                            _COLUMN["inside_mask"], out)
+                            _COLUMN["inside_mask"], self._feature_scale, out)
         return out
 
     def graph_terms(self) -> np.ndarray:
@@ -501,4 +512,4 @@ def build_graph(grid: PatchGrid, target_features: np.ndarray, prompt_set: Prompt
                else np.zeros((len(indices), len(CONTEXT_RADII)), dtype=np.float32))
     return DualSpaceGraph(grid, indices, category, initially_active, feature_distance, physical_distance,
                           foreground_similarity, background_similarity, margin[indices], context,
-                          patch_rank=match_rank(margin))
+                          patch_margin=margin)

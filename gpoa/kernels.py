@@ -80,11 +80,11 @@ def toggle_statistics(distance, category, active, sums, minimum, argmin, counts,
 
 @_jit
 def write_node_features(static, active, sums, counts, minimum, mask_columns, active_column, distance_column,
-                        mask_column, out):
+                        mask_column, feature_scale, out):
     """Fill ``out`` (N, F) float32: the static columns of ``static`` (N, F), then the active flag,
     the eight distance statistics from ``distance_column`` on — [space (feature, physical)]
-    [positives, negatives][mean, min], 1.0 where there is no active node — and ``mask_columns``
-    (N, C) from ``mask_column`` on."""
+    [positives, negatives][mean, min], the feature ones times ``feature_scale``, at most 1.0, and
+    1.0 where there is no active node — and ``mask_columns`` (N, C) from ``mask_column`` on."""
     n, f = static.shape
     for i in range(n):
         for k in range(f):
@@ -92,10 +92,11 @@ def write_node_features(static, active, sums, counts, minimum, mask_columns, act
         out[i, active_column] = 1.0 if active[i] else 0.0
         column = distance_column
         for s in range(2):
+            scale = feature_scale if s == 0 else np.float32(1.0)
             for c in (1, 0):
                 count = counts[c, i]
-                out[i, column] = sums[s, c, i] / count if count > 0 else 1.0
-                out[i, column + 1] = min(minimum[s, c, i], np.float32(1.0))
+                out[i, column] = min(sums[s, c, i] / count * scale, 1.0) if count > 0 else 1.0
+                out[i, column + 1] = min(minimum[s, c, i] * scale, np.float32(1.0))
                 column += 2
         for j in range(mask_columns.shape[1]):
             out[i, mask_column + j] = mask_columns[i, j]

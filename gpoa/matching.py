@@ -14,8 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Optional
 
 import numpy as np
+from scipy import ndimage
 
 from gpoa.config import MatchingConfig
 
@@ -33,13 +35,15 @@ class ReferenceFeatures:
 
     ``features`` (M, D) unit-norm; ``foreground`` / ``background`` (M,) bool patch labels;
     ``foreground_share`` the share of the reference image area inside its mask (the expected object
-    size); ``foreground_prototype`` / ``background_prototype`` (D,) unit-norm class means (computed once).
+    size); ``instances`` how many objects a reference image holds (:func:`count_instances`); ``foreground_prototype`` / ``background_prototype`` (D,) unit-norm class means (computed once).
     """
 
     features: np.ndarray
     foreground: np.ndarray
     background: np.ndarray
     foreground_share: float = 0.0
+    # objects (connected pieces of the mask) per reference image, averaged over the references
+    instances: float = 1.0
 
     @cached_property
     def foreground_prototype(self) -> np.ndarray:
@@ -50,9 +54,20 @@ class ReferenceFeatures:
         return l2_normalise(self.features[self.background].mean(axis=0))
 
 
+def count_instances(mask: np.ndarray, min_share: float = 0.1) -> int:
+    """Objects in a mask (H, W) bool: its 8-connected pieces of at least ``min_share`` of the largest one's
+    area (specks and fragments of an outline do not count); 0 for an empty mask."""
+    labels, count = ndimage.label(np.asarray(mask, dtype=bool), structure=np.ones((3, 3), bool))
+    if count == 0:
+        return 0
+    areas = np.bincount(labels.ravel())[1:]
+    return int(np.count_nonzero(areas >= min_share * areas.max()))
+
+
 def build_reference(feature_grids: Sequence[np.ndarray], mask_fractions: Sequence[np.ndarray],
-                    foreground_fraction: float) -> ReferenceFeatures:
-    """Combine reference images: ``feature_grids`` [(rows, cols, D)], ``mask_fractions`` [(rows, cols)].
+                    foreground_fraction: float, instances: Optional[Sequence[int]] = None) -> ReferenceFeatures:
+    """Combine reference images: ``feature_grids`` [(rows, cols, D)], ``mask_fractions`` [(rows, cols)],
+    ``instances`` [objects per reference image] (default one each).
 
     Raises ``ValueError`` when no patch qualifies as foreground or as background.
     """
@@ -66,7 +81,8 @@ def build_reference(feature_grids: Sequence[np.ndarray], mask_fractions: Sequenc
                          "reference object)")
     if not background.any():
         raise ValueError("no reference patch is pure background; the reference mask covers the whole image")
-    return ReferenceFeatures(features, foreground, background, float(fractions.mean()))
+    count = float(np.mean(instances)) if instances else 1.0
+    return ReferenceFeatures(features, foreground, background, float(fractions.mean()), count)
 
 
 def reference_similarity(reference: ReferenceFeatures, target: np.ndarray) -> tuple:

@@ -22,7 +22,7 @@ from gpoa.errors import InputError, UsageError
 from gpoa.features.store import FeatureStore
 from gpoa.io import check_prompts_fit_image, image_size, read_image, read_mask, read_prompt_file
 from gpoa.layout import TaskLayout, resolve_tasks
-from gpoa.matching import ReferenceFeatures, build_reference, match_prompts
+from gpoa.matching import ReferenceFeatures, build_reference, count_instances, match_prompts
 from gpoa.placement import (
     PatchClassifier,
     PlacementSettings,
@@ -55,7 +55,7 @@ class Task:
         A bad reference pair stops the task (nothing can be matched without it): UsageError.
         """
         self.layout.require("reference")
-        grids, fractions = [], []
+        grids, fractions, instances = [], [], []
         for image_path, mask_path in self.layout.reference:
             try:
                 image = read_image(image_path)
@@ -67,8 +67,9 @@ class Task:
                                  "the object (foreground = nonzero pixels)")
             grids.append(self.store.features(image_path, image))
             fractions.append(self.grid.mask_fraction(mask))
+            instances.append(count_instances(mask))
         try:
-            return build_reference(grids, fractions, self.cfg.matching.foreground_fraction)
+            return build_reference(grids, fractions, self.cfg.matching.foreground_fraction, instances)
         except ValueError as exc:
             raise UsageError(f"reference of task '{self.name}' ('{self.layout.reference[0][1]}'): {exc}") from None
 

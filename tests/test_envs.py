@@ -21,7 +21,7 @@ from synthetic import (
 
 from gpoa.envs import GLOBAL_FEATURES, EpisodeBank, PromptEnv, SerialVecEnv, VecPromptEnv
 from gpoa.envs.oracle import run_oracle
-from gpoa.graph import NODE_FEATURES
+from gpoa.graph import MASK_COLUMNS, NODE_FEATURES
 from gpoa.metrics import dice
 from gpoa.samples import EpisodeSample, LazySample
 
@@ -91,7 +91,7 @@ def test_observation_layout():
     np.testing.assert_array_equal(inside, env.mask[env.record.node_pixels])
     # the other columns are the graph's own node features
     plain = env.graph.node_features()
-    other = [i for i, name in enumerate(NODE_FEATURES) if "mask" not in name]
+    other = [i for i, name in enumerate(NODE_FEATURES) if name not in MASK_COLUMNS]
     np.testing.assert_array_equal(obs["nodes"][:n, other], plain[:, other])
     assert obs["globals"].shape == (len(GLOBAL_FEATURES),) and obs in env.observation_space
     globals_ = dict(zip(GLOBAL_FEATURES, obs["globals"].tolist()))
@@ -99,7 +99,7 @@ def test_observation_layout():
     assert reference_share == pytest.approx(len(OBJECT) / GRID.num_patches)
     expected = {"active_positive_fraction": 6 / 12, "active_negative_fraction": 8 / 16, "step_fraction": 0.0,
                 "segmenter_in_loop": 1.0, "mask_area_fraction": env.mask.mean(),
-                "reference_area_fraction": reference_share}
+                "reference_area_fraction": reference_share, "reference_instances": 1 / 5}
     assert {key: globals_[key] for key in expected} == pytest.approx(expected, rel=1e-6)
     # without a segmenter no mask is observed
     blind = PromptEnv([sample], cfg, seed=0)
@@ -231,6 +231,20 @@ def test_step_penalty_is_charged_on_toggles_only(reward):
     (_, base, *_), (_, cost, *_) = plain.step(node), charged.step(node)
     assert cost == pytest.approx(base - 0.25)
     assert plain.step(plain.stop_action)[1] == charged.step(charged.stop_action)[1] == 0.0
+
+
+def test_harm_weight_scales_losses_of_dice_only():
+    sample = scene()
+    plain, averse = (PromptEnv([sample], make_cfg(reward="segmentation", max_nodes=40, harm_weight=weight),
+                               segmenter=DiscSegmenter(), seed=0) for weight in (1.0, 3.0))
+    for env in (plain, averse):
+        env.reset(seed=0)
+    harmful = node_of(plain, DISTRACTOR, 1)  # switching the distractor off raises Dice
+    loss = node_of(plain, OBJECT[5], 1)  # switching an object positive off lowers it
+    (_, gain, *_), (_, same, *_) = plain.step(harmful), averse.step(harmful)
+    assert gain > 0 and same == pytest.approx(gain)
+    (_, lost, *_), (_, tripled, *_) = plain.step(loss), averse.step(loss)
+    assert lost < 0 and tripled == pytest.approx(3 * lost)
 
 
 def test_step_equals_its_public_phases():

@@ -9,20 +9,24 @@ from synthetic import DISTRACTOR, GRID, OBJECT, OUTLIER, SIZE, random_graph, sce
 from gpoa.config import GraphConfig, MatchingConfig
 from gpoa.graph import CONTEXT_RADII, NODE_FEATURES, build_graph, match_context
 from gpoa.grid import PatchGrid
-from gpoa.matching import build_reference, match_prompts
+from gpoa.matching import build_reference, l2_normalise, match_prompts, reference_similarity
 from gpoa.prompts import PromptSet
 
 
 def brute_force_features(graph) -> np.ndarray:
-    """The eight distance columns of node_features straight from the dense matrices."""
-    columns = np.zeros((graph.num_nodes, len(NODE_FEATURES)))
-    for i in range(graph.num_nodes):
-        for space, distance in (("feature", graph.feature_distance), ("physical", graph.physical_distance)):
+    """The eight distance columns of node_features straight from the dense matrices (the feature
+    ones relative to twice the mean feature distance between two nodes, at most 1)."""
+    n = graph.num_nodes
+    scale = 0.5 / (graph.feature_distance.astype(np.float64).sum() / (n * (n - 1)))
+    columns = np.zeros((n, len(NODE_FEATURES)))
+    for i in range(n):
+        for space, distance, factor in (("relative_feature", graph.feature_distance, scale),
+                                        ("physical", graph.physical_distance, 1.0)):
             for side, category in (("positive", 1), ("negative", 0)):
                 others = graph.active & (graph.category == category)
                 others[i] = False
-                values = distance[i, others].astype(np.float64)
-                mean, minimum = (values.mean(), values.min()) if len(values) else (1.0, 1.0)
+                values = distance[i, others].astype(np.float64) * factor
+                mean, minimum = (min(values.mean(), 1.0), min(values.min(), 1.0)) if len(values) else (1.0, 1.0)
                 columns[i, NODE_FEATURES.index(f"{space}_distance_{side}_mean")] = mean
                 columns[i, NODE_FEATURES.index(f"{space}_distance_{side}_min")] = minimum
     return columns
@@ -86,7 +90,7 @@ def test_set_active_resets_and_empty_sets_report_distance_one():
 
 
 def test_graph_attributes_and_node_features_layout():
-    graph, (_, prompt_set, _, _) = random_graph(1)
+    graph, (target, prompt_set, reference, _) = random_graph(1)
     n = graph.num_nodes
     assert graph.feature_distance.shape == graph.physical_distance.shape == (n, n)
     assert graph.feature_distance.dtype == np.float32
@@ -99,7 +103,17 @@ def test_graph_attributes_and_node_features_layout():
     assert features.shape == (n, len(NODE_FEATURES)) and features.dtype == np.float32
     np.testing.assert_array_equal(features[:, NODE_FEATURES.index("category")], graph.category)
     np.testing.assert_array_equal(features[:, NODE_FEATURES.index("active")], graph.active)
-    np.testing.assert_allclose(features[:, NODE_FEATURES.index("half_match_score")], graph.match_score / 2)
+    # scale-free columns: ranks among the nodes and among the image's patches, a robust z-score
+    fg_rank = features[:, NODE_FEATURES.index("foreground_similarity_rank")]
+    assert np.argmax(fg_rank) == np.argmax(graph.foreground_similarity) and fg_rank.min() == 0 and fg_rank.max() == 1
+    _, fg, bg = reference_similarity(reference, l2_normalise(target.reshape(GRID.num_patches, -1)))
+    margin = (fg - bg).astype(np.float64)
+    brute = np.array([((margin < m).sum() + 0.5 * ((margin == m).sum() - 1)) / (len(margin) - 1) for m in margin])
+    np.testing.assert_allclose(graph.patch_rank, brute, atol=1e-6)
+    np.testing.assert_allclose(features[:, NODE_FEATURES.index("match_rank")], brute[graph.indices], atol=1e-6)
+    low, median, high = np.percentile(margin, [25, 50, 75])
+    np.testing.assert_allclose(features[:, NODE_FEATURES.index("match_zscore")],
+                               np.clip((margin[graph.indices] - median) / (high - low) / 4, -1, 1), atol=1e-5)
     np.testing.assert_array_equal(features[:, NODE_FEATURES.index("inside_mask")], 0.0)
     inside = np.arange(n) % 2 == 0
     np.testing.assert_array_equal(graph.node_features(inside)[:, NODE_FEATURES.index("inside_mask")], inside)

@@ -160,3 +160,19 @@ def test_build_reference_without_background_patch():
 def test_l2_normalise_keeps_zero_rows():
     out = l2_normalise(np.array([[3.0, 4.0], [0.0, 0.0]]))
     np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])
+
+
+def test_count_instances_counts_objects_not_specks():
+    from gpoa.matching import count_instances
+
+    mask = np.zeros((60, 80), dtype=bool)
+    assert count_instances(mask) == 0
+    mask[5:25, 5:25] = True  # 400 px
+    mask[30:45, 40:60] = True  # 300 px
+    mask[50, 70] = True  # a speck
+    mask[55:57, 2:4] = True  # a fragment under 10 % of the largest
+    assert count_instances(mask) == 2
+    mask[24:31, 20:41] = True  # a bridge joins the two objects (8-connected)
+    assert count_instances(mask) == 1
+    reference = build_reference([np.eye(4)[None].repeat(4, 0)], [np.eye(4)], 0.5, instances=[1, 3])
+    assert reference.instances == 2.0

@@ -37,8 +37,8 @@ from gpoa.prompts import PromptSet
 from gpoa.samples import EpisodeSample
 from gpoa.segmenters import Segmenter, mask_cells
 
-#: The globals that follow the mask (in GLOBAL_FEATURES from "mask_area_fraction" on, without
-#: "reference_area_fraction"); 0 without a segmenter.
+#: The globals that follow the mask (in GLOBAL_FEATURES from "mask_area_fraction" on, without the
+#: reference's); 0 without a segmenter.
 MASK_GLOBALS = ("mask_area_fraction", "mask_reference_ratio", "mask_match_rank", "top_match_coverage",
                 "region_agreement", "region_confidence")
 
@@ -50,6 +50,7 @@ GLOBAL_FEATURES = (
     "segmenter_in_loop",  # 1 when a segmenter decodes every step
     "mask_area_fraction",  # share of the image inside the current mask, 0 without a segmenter
     "reference_area_fraction",  # share of the reference image(s) inside the reference mask
+    "reference_instances",  # objects per reference image (connected pieces of its mask), / 5, at most 1
     # the mask against the image's match scores (label-free; 0 without a segmenter):
     "mask_reference_ratio",  # log2(mask area / reference area) / 4, clipped to [-1, 1]
     "mask_match_rank",  # mean match rank of the patches inside the mask (0 when it is empty)
@@ -103,7 +104,7 @@ class PromptEnv(gymnasium.Env):
         self.stop_action = env.max_nodes
         self.action_space = spaces.Discrete(env.max_nodes + 1)
         global_high = np.array([env.max_nodes / max(env.max_positive, 1), env.max_nodes / max(env.max_negative, 1),
-                                1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=np.float32)
+                                1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=np.float32)
         global_low = np.zeros(len(GLOBAL_FEATURES), np.float32)
         global_low[GLOBAL_FEATURES.index("mask_reference_ratio")] = -1.0
         self.observation_space = spaces.Dict({
@@ -294,7 +295,9 @@ class PromptEnv(gymnasium.Env):
         if terminated:
             reward = 0.0
         elif self.cfg.env.reward == "segmentation":
-            reward = self._dice - dice_before - self.cfg.env.step_penalty
+            change = self._dice - dice_before
+            # harm weighs env.harm_weight times a gain of the same size: risky edits are not worth it
+            reward = (change if change >= 0 else self.cfg.env.harm_weight * change) - self.cfg.env.step_penalty
         else:
             reward = self._score - score_before - self.cfg.env.step_penalty
         truncated = not terminated and self._steps >= self.cfg.env.episode_length
@@ -313,7 +316,8 @@ class PromptEnv(gymnasium.Env):
                         self._steps / env.episode_length, float(self.segmenter is not None))
         globals_[4] = self._mask_globals[0]
         globals_[5] = self.record.view.reference_share
-        globals_[6:] = self._mask_globals[1:]
+        globals_[6] = min(self.record.sample.reference.instances / 5.0, 1.0)
+        globals_[7:] = self._mask_globals[1:]
         return {"nodes": nodes, "valid": valid, "globals": globals_}
 
     def info(self) -> dict:

@@ -266,8 +266,15 @@ class _RankOneSolver:
         self.solution = self.factor.solve(rhs)  # unclipped: the updates start from it
 
     def _column(self, region: int) -> np.ndarray:
-        """A_Fk: the system's column of ``region`` on the free regions (dense)."""
-        return self.embedding.system[self.free_index, region].toarray().ravel()
+        """A_Fk: the system's column of ``region`` on the free regions (dense; A is symmetric, so its
+        row, read straight from the CSR arrays)."""
+        system = self.embedding.system
+        start, stop = system.indptr[region], system.indptr[region + 1]
+        neighbours, values = system.indices[start:stop], system.data[start:stop]
+        position = self.position[neighbours]
+        column = np.zeros(len(self.free_index))
+        column[position[position >= 0]] = values[position >= 0]
+        return column
 
     def probability(self, prompts: PointPrompts) -> np.ndarray:
         seeds, values = self.segmenter._seed_regions(self.embedding, prompts)
@@ -293,8 +300,10 @@ class _RankOneSolver:
             column = self._column(k)
             z = self.factor.solve(column)
             y = x + self.seeds[k] * z
-            positive = [r for r, v in variant.items() if v == 1.0]
-            b_k = float(self.embedding.affinity[k, positive].sum())
+            affinity = self.embedding.affinity
+            start, stop = affinity.indptr[k], affinity.indptr[k + 1]
+            to_positive = np.array([variant.get(int(j)) == 1.0 for j in affinity.indices[start:stop]], dtype=bool)
+            b_k = float(affinity.data[start:stop][to_positive].sum())
             x_k = (b_k - column @ y) / (self.embedding.system[k, k] - column @ z)
             x = y - z * x_k
         probability = np.zeros(self.embedding.n_regions)
