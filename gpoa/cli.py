@@ -19,7 +19,7 @@ config:
   Settings come from the defaults, then --config FILE (YAML, e.g. configs/demo.yaml or
   configs/sam_dinov2.yaml), then each --set KEY=VALUE, e.g.
     --set segmenter.backend=sam --set segmenter.model_type=vit_h
-    --set matching.mutual_nearest=true --set dqn.total_steps=5000
+    --set matching.mutual_nearest=true --set train.total_steps=5000
   Every field of gpoa/config.py can be set. The resolved config is saved beside the outputs.
 
 exit codes:

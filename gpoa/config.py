@@ -148,6 +148,9 @@ class EnvConfig:
     # start state of an episode: "initial" (the prompt file), "ideal" (sampled from the mask), "empty"
     start: str = "initial"
     episode_length: int = 24
+    # which toggles are allowed: "toggle" (any node), "activate" (add candidates only) or
+    # "deactivate" (remove prompts only; Point Prompt Defender's defender)
+    edits: str = "toggle"
     # let the agent see what each toggle would do to the mask (the segmenter decodes every
     # one-toggle variant of the current prompts each step: gpoa/envs/mask_view.py); off: zeros
     lookahead: bool = True
@@ -174,6 +177,15 @@ class EnvConfig:
 
 
 @dataclass
+class AgentConfig:
+    """Which learner trains the policy (gpoa/agents/__init__.py: LEARNERS)."""
+
+    # "dqn" (Double DQN), "ppo" (PPO with action masking) or "ppd" (Point Prompt Defender:
+    # attacker and defender, the defender kept)
+    learner: str = "dqn"
+
+
+@dataclass
 class DQNConfig:
     """Double DQN hyperparameters (defaults from the attack-for-defense paper where it gives them)."""
 
@@ -184,15 +196,48 @@ class DQNConfig:
     target_update: int = 100
     epsilon_start: float = 1.0
     epsilon_end: float = 0.1
-    # share of total_steps over which epsilon decays linearly
+    # share of train.total_steps over which epsilon decays linearly
     epsilon_fraction: float = 0.5
     learning_starts: int = 256
     train_frequency: int = 1
     hidden: int = 128
     # layers of the shared per-node encoder φ (1 or 2)
     node_layers: int = 1
-    total_steps: int = 20000
     max_grad_norm: float = 10.0
+
+
+@dataclass
+class PPOConfig:
+    """PPO with invalid-action masking (gpoa/agents/ppo.py); CleanRL's defaults where they fit."""
+
+    learning_rate: float = 3e-4
+    # steps of every environment per rollout (a rollout holds num_steps x train.parallel_envs transitions)
+    num_steps: int = 64
+    num_minibatches: int = 4
+    update_epochs: int = 4
+    gamma: float = 0.8
+    gae_lambda: float = 0.9
+    clip_coef: float = 0.2
+    clip_vloss: bool = True
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    norm_adv: bool = True
+    # stop an update's epochs early once the approximate KL exceeds this (0: never)
+    target_kl: float = 0.0
+    anneal_lr: bool = True
+    hidden: int = 128
+    node_layers: int = 1
+
+
+@dataclass
+class PPDConfig:
+    """Point Prompt Defender (gpoa/agents/adversarial.py); both roles learn with the dqn settings."""
+
+    # the attacker acts for T steps, T drawn uniformly from [low, high] each episode
+    attack_steps: list = field(default_factory=lambda: [1, 4])
+    # the defender's edits: "deactivate" (the paper) or "toggle"
+    defender_edits: str = "deactivate"
 
 
 @dataclass
@@ -201,6 +246,8 @@ class TrainConfig:
 
     # run name: checkpoints/<run>/; empty means a time stamp
     run: str = ""
+    # the training budget of every learner: environment transitions in all
+    total_steps: int = 20000
     checkpoints: str = "checkpoints"
     # share of training images held out for the periodic greedy evaluation
     eval_fraction: float = 0.2
@@ -249,7 +296,10 @@ class Config:
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
     dqn: DQNConfig = field(default_factory=DQNConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    ppd: PPDConfig = field(default_factory=PPDConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
 
@@ -366,7 +416,7 @@ NON_NEGATIVE_FIELDS = ("matching.max_positive", "matching.max_negative", "segmen
                        "segmentation.ideal_negative", "graph.extra_positive", "graph.extra_negative",
                        "graph.negative_ring", "graph.positive_spacing", "graph.negative_spacing",
                        "env.min_positive", "env.max_positive", "env.min_negative", "env.max_negative",
-                       "env.step_penalty", "env.harm_weight", "dqn.total_steps", "dqn.learning_starts", "train.bank_capacity", "train.cpu_threads",
+                       "env.step_penalty", "env.harm_weight", "train.total_steps", "dqn.learning_starts", "train.bank_capacity", "train.cpu_threads",
                        "optimize.stop_margin")
 
 

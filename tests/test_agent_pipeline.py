@@ -20,7 +20,7 @@ from gpoa.agents.policy_file import POLICY_FORMAT, load_policy, save_policy
 from gpoa.envs import GLOBAL_FEATURES
 from gpoa.graph import NODE_FEATURES
 
-FAST = ["dqn.total_steps=160", "dqn.learning_starts=32", "dqn.batch_size=16", "train.eval_every=80",
+FAST = ["train.total_steps=160", "dqn.learning_starts=32", "dqn.batch_size=16", "train.eval_every=80",
         "train.parallel_envs=4", "dqn.hidden=32"]
 
 
@@ -143,7 +143,7 @@ def test_resume_continues_the_run(trained, capsys):
     state = torch.load(checkpoints / "tiny" / "train_state.pt", weights_only=True)
     assert state["agent"]["global_step"] >= 160
     capsys.readouterr()
-    assert train(data, checkpoints, "--resume", "--set", "dqn.total_steps=240") == 0
+    assert train(data, checkpoints, "--resume", "--set", "train.total_steps=240") == 0
     assert "resuming" in capsys.readouterr().out
     again = torch.load(checkpoints / "tiny" / "train_state.pt", weights_only=True)
     assert again["agent"]["global_step"] >= 240

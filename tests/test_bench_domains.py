@@ -48,7 +48,7 @@ def benchmark_run(demo_master, tmp_path_factory):
     try:
         assert train_GPOA.main(["--config", str(DEMO_CONFIG), "--data", str(domains), "--run", "tiny",
                                 "--set", f"train.checkpoints={root / 'checkpoints'}", "--set", f"workspace={root / 'ws'}",
-                                "--set", "dqn.total_steps=96", "--set", "dqn.learning_starts=32",
+                                "--set", "train.total_steps=96", "--set", "dqn.learning_starts=32",
                                 "--set", "dqn.batch_size=16", "--set", "train.eval_every=96",
                                 "--set", "train.parallel_envs=4", "--set", "dqn.hidden=32"]) == 0
     finally:

@@ -67,8 +67,22 @@ def test_action_scores_are_the_scores_of_the_chosen_columns(network):
 
 def test_architecture_rebuilds_the_network(network):
     assert network.architecture == {"node_dim": 6, "global_dim": 3, "hidden": 32,
-                                    "node_layers": network.node_layers}
+                                    "node_layers": network.node_layers, "value_head": False}
     assert isinstance(NodeSetNetwork(**network.architecture), NodeSetNetwork)
+    with pytest.raises(ValueError, match="no value head"):
+        network.scores_and_value(*random_inputs(batch=1, nodes=3))
+
+
+def test_the_value_head_leaves_the_scores_alone():
+    torch.manual_seed(0)
+    critic = NodeSetNetwork(node_dim=6, global_dim=3, hidden=32, value_head=True).eval()
+    plain = NodeSetNetwork(node_dim=6, global_dim=3, hidden=32).eval()
+    plain.load_state_dict({k: v for k, v in critic.state_dict().items() if not k.startswith("value_out")})
+    inputs = random_inputs(batch=4, nodes=7)
+    scores, value = critic.scores_and_value(*inputs)
+    torch.testing.assert_close(scores, critic(*inputs))
+    torch.testing.assert_close(scores, plain(*inputs))
+    assert value.shape == (4,) and NodeSetNetwork(**critic.architecture).value_out is not None
     with pytest.raises(ValueError, match="node_layers"):
         NodeSetNetwork(node_dim=6, global_dim=3, node_layers=3)
 

@@ -32,9 +32,13 @@ class NodeSetNetwork(nn.Module):
 
     φ is the only per-node matrix product (N·F·H multiply-adds); the rest of the per-node work is
     O(N·H), which keeps a greedy step on hundreds of nodes well under a millisecond.
+
+    With ``value_head=True`` a linear head on the context MLP's hidden layer also gives a state
+    value (:meth:`value`; actor-critic learners), which the scores do not depend on.
     """
 
-    def __init__(self, node_dim: int, global_dim: int, hidden: int = 128, node_layers: int = 1):
+    def __init__(self, node_dim: int, global_dim: int, hidden: int = 128, node_layers: int = 1,
+                 value_head: bool = False):
         super().__init__()
         if node_layers not in (1, 2):
             raise ValueError(f"node_layers must be 1 or 2, got {node_layers}")
@@ -45,25 +49,41 @@ class NodeSetNetwork(nn.Module):
         self.global_encoder = nn.Linear(global_dim, hidden)
         self.context_hidden = nn.Linear(3 * hidden, hidden)
         self.context_out = nn.Linear(hidden, hidden + 2)
+        self.value_out = nn.Linear(hidden, 1) if value_head else None
 
     @property
     def architecture(self) -> dict:
         """The constructor arguments: ``NodeSetNetwork(**net.architecture)`` rebuilds the network."""
         return {"node_dim": self.node_dim, "global_dim": self.global_dim, "hidden": self.hidden,
-                "node_layers": self.node_layers}
+                "node_layers": self.node_layers, "value_head": self.value_out is not None}
 
-    def embed(self, nodes: torch.Tensor, valid: torch.Tensor, globals_: torch.Tensor) -> tuple:
-        """nodes (B, N, F), valid (B, N) bool, globals_ (B, G) → h (B, N, H), head (B, H + 2).
-
-        ``h`` is 0 on padded nodes; ``head`` is [q, s, STOP score] of the class docstring.
-        """
+    def trunk(self, nodes: torch.Tensor, valid: torch.Tensor, globals_: torch.Tensor) -> tuple:
+        """nodes (B, N, F), valid (B, N) bool, globals_ (B, G) → h (B, N, H) (0 on padded nodes) and
+        the context MLP's hidden layer (B, H)."""
         flag = valid.unsqueeze(-1).to(nodes.dtype)
         h = torch.relu(self.node_encoder(torch.cat([nodes * flag, flag], dim=-1)))
         if self.node_encoder2 is not None:
             h = torch.relu(self.node_encoder2(h))
         mean = h.sum(dim=1) / flag.sum(dim=1).clamp(min=1.0)
         context = torch.cat([mean, h.amax(dim=1), torch.relu(self.global_encoder(globals_))], dim=-1)
-        return h, self.context_out(torch.relu(self.context_hidden(context)))
+        return h, torch.relu(self.context_hidden(context))
+
+    def embed(self, nodes: torch.Tensor, valid: torch.Tensor, globals_: torch.Tensor) -> tuple:
+        """nodes (B, N, F), valid (B, N) bool, globals_ (B, G) → h (B, N, H), head (B, H + 2).
+
+        ``h`` is 0 on padded nodes; ``head`` is [q, s, STOP score] of the class docstring.
+        """
+        h, hidden = self.trunk(nodes, valid, globals_)
+        return h, self.context_out(hidden)
+
+    def scores_and_value(self, nodes: torch.Tensor, valid: torch.Tensor, globals_: torch.Tensor) -> tuple:
+        """(scores (B, N + 1) as :meth:`forward`, value (B,)) in one pass; needs ``value_head=True``."""
+        if self.value_out is None:
+            raise ValueError("this network has no value head (build it with value_head=True)")
+        h, hidden = self.trunk(nodes, valid, globals_)
+        head = self.context_out(hidden)
+        node_scores = torch.einsum("bnh,bh->bn", h, head[:, :-2]) / math.sqrt(self.hidden) + head[:, -2:-1]
+        return torch.cat([node_scores, head[:, -1:]], dim=1), self.value_out(hidden)[:, 0]
 
     def forward(self, nodes: torch.Tensor, valid: torch.Tensor, globals_: torch.Tensor) -> torch.Tensor:
         """nodes (B, N, F) float, valid (B, N) bool, globals_ (B, G) → scores (B, N + 1), STOP last.

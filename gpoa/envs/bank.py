@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
@@ -44,7 +44,8 @@ class SampleRecord:
     embedding: Any = None
     start_mask: Optional[np.ndarray] = None  # (H, W) bool, the decoded start prompts
     start_dice: Optional[float] = None
-    start_observation: Optional[tuple] = None  # the environment's mask view of the start state
+    # the environments' mask view of the start state, by (edits, lookahead, shield) setting
+    start_observations: dict = field(default_factory=dict)
 
     def prompts(self, graph: DualSpaceGraph) -> PointPrompts:
         """The active nodes of ``graph`` (a clone of this record's) as point prompts: positives,
@@ -63,6 +64,8 @@ def check_config(cfg: Config) -> None:
         raise ValueError(f"env.reward is '{env.reward}'; use one of {', '.join(REWARDS)}")
     if env.start not in STARTS:
         raise ValueError(f"env.start is '{env.start}'; use one of {', '.join(STARTS)}")
+    if env.edits not in ("toggle", "activate", "deactivate"):
+        raise ValueError(f"env.edits is '{env.edits}'; use toggle, activate or deactivate")
     if env.episode_length < 1 or env.max_nodes < 1:
         raise ValueError("env.episode_length and env.max_nodes must be at least 1")
     for kind in ("positive", "negative"):

@@ -39,6 +39,9 @@ from gpoa.segmenters import Segmenter, mask_cells
 
 #: The globals that follow the mask (in GLOBAL_FEATURES from "mask_area_fraction" on, without the
 #: reference's); 0 without a segmenter.
+#: the edits an environment allows (env.edits, PromptEnv.set_edits)
+EDITS = ("toggle", "activate", "deactivate")
+
 MASK_GLOBALS = ("mask_area_fraction", "mask_reference_ratio", "mask_match_rank", "top_match_coverage",
                 "region_agreement", "region_confidence")
 
@@ -121,6 +124,7 @@ class PromptEnv(gymnasium.Env):
         self._dice: Optional[float] = None
         self._mask_columns: Optional[np.ndarray] = None  # (N, len(MASK_COLUMNS)), see observe_mask
         self._shielded: Optional[np.ndarray] = None  # (N,) bool, toggles the shield refuses now
+        self._edits, self._shield_on = cfg.env.edits, True
         self._mask_globals = np.zeros(len(MASK_GLOBALS), dtype=np.float32)
         self._score = 0.0
 
@@ -177,14 +181,15 @@ class PromptEnv(gymnasium.Env):
         self._toggled = np.zeros(self.graph.num_nodes, dtype=bool)
         self._steps = 0
         self._done = False
+        self._edits, self._shield_on = self.cfg.env.edits, True
         if self.segmenter is not None:
-            record = self.record
-            if record.start_observation is None:  # the start state's mask view is the same every episode
+            record, key = self.record, (self._edits, self.cfg.env.lookahead, self.cfg.env.shield)
+            if key not in record.start_observations:  # the start state's mask view is the same every episode
                 self.observe_mask(*self.bank.start_mask(record))
-                record.start_observation = (self._mask_columns, self._mask_globals, self._shielded)
+                record.start_observations[key] = (self._mask_columns, self._mask_globals, self._shielded)
             else:
                 self._mask, self._dice = record.start_mask, record.start_dice
-                self._mask_columns, self._mask_globals, self._shielded = record.start_observation
+                self._mask_columns, self._mask_globals, self._shielded = record.start_observations[key]
         self._score = self.graph.graph_score(self._weights)
         return self.observation(), self.info()
 
@@ -213,8 +218,27 @@ class PromptEnv(gymnasium.Env):
         """(can_remove, can_add), each a pair of bools indexed by category (0 negative, 1 positive)."""
         graph, env = self.graph, self.cfg.env
         positives, negatives = graph.num_positive, graph.num_negative
-        return ((negatives - 1 >= env.min_negative, positives - 1 >= env.min_positive),
-                (negatives + 1 <= env.max_negative, positives + 1 <= env.max_positive))
+        remove = self._edits != "activate"
+        add = self._edits != "deactivate"
+        return ((remove and negatives - 1 >= env.min_negative, remove and positives - 1 >= env.min_positive),
+                (add and negatives + 1 <= env.max_negative, add and positives + 1 <= env.max_positive))
+
+    def set_edits(self, edits: str, shield: bool = True) -> dict:
+        """Switch the edits allowed from now on — ``toggle`` (any node), ``activate`` (inactive nodes
+        only) or ``deactivate`` (active prompts only) — and whether the shield applies; a new phase of
+        the episode begins (every node may be toggled once more, the step count restarts, an episode
+        that ended is open again). Returns the observation. Point Prompt Defender's attacker and
+        defender take turns this way (:mod:`gpoa.agents.adversarial`)."""
+        self._require_episode()
+        if edits not in EDITS:
+            raise ValueError(f"edits must be one of {', '.join(EDITS)}, got '{edits}'")
+        self._edits, self._shield_on = edits, shield
+        self._toggled[:] = False
+        self._steps = 0
+        self._done = False
+        if self.segmenter is not None:
+            self.observe_mask(self._mask, self._dice)
+        return self.observation()
 
     # ----- the phases of a step -----------------------------------------------------------------
     def check_action(self, action: int, shielded: bool = True) -> None:
@@ -278,7 +302,7 @@ class PromptEnv(gymnasium.Env):
                     variants.append(record.prompts_of(active, graph.is_positive))
                 cells_after = self.bank.decode_cells(record, variants, base=record.prompts(graph))
                 columns[toggles, 2:] = lookahead_columns(cells, stats, cells_after, view)
-            if self.cfg.env.shield >= 0:
+            if self.cfg.env.shield >= 0 and self._shield_on:
                 agreement = columns[:, MASK_COLUMNS.index("lookahead_region_agreement")] / LOOKAHEAD_SCALE
                 self._shielded = agreement < -self.cfg.env.shield
         self._mask_columns = columns

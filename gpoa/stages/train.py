@@ -1,4 +1,4 @@
-"""Stage 2: train ONE prompt-editing policy across every task given (Double DQN on the dual-space graph).
+"""Stage 2: train ONE prompt-editing policy across every task given (DQN, PPO or PPD on the dual-space graph).
 
 Two sources of episodes, picked by ``env.reward``:
 
@@ -13,7 +13,8 @@ Episodes are drawn uniformly over the samples of all tasks, from an
 ``train.eval_fraction`` of each task's images is held out; every ``train.eval_every`` steps the
 greedy policy (with the inference gate ``optimize.stop_margin``) runs on them, the result is
 logged per task (``eval/<task>/dice``) and averaged over tasks (``eval/dice``), and the best
-policy is kept. Writes to ``train.checkpoints/<run>/``: ``best.pt`` and ``last.pt`` (policy files,
+policy is kept. The learner is ``agent.learner`` (:data:`gpoa.agents.LEARNERS`), its budget
+``train.total_steps`` transitions. Writes to ``train.checkpoints/<run>/``: ``best.pt`` and ``last.pt`` (policy files,
 :mod:`gpoa.agents.policy_file`), ``train_state.pt`` (optimizer and counters, for ``--resume``),
 ``log.csv`` (step, key, value), ``reward_curve.png`` and ``eval_curve.png``.
 """
@@ -21,7 +22,6 @@ policy is kept. Writes to ``train.checkpoints/<run>/``: ``best.pt`` and ``last.p
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io as _io
 import time
 from pathlib import Path
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gpoa.agents.dqn import DQNAgent, train
+from gpoa.agents import learner_of
 from gpoa.agents.greedy import GreedyPolicy, run_greedy
 from gpoa.agents.policy_file import save_policy
 from gpoa.backends import Backends
@@ -175,6 +175,12 @@ def train_policy(cfg: Config, device: str = "cpu", tasks: Optional[list] = None)
         torch.set_num_threads(cfg.train.cpu_threads)
     report = StageReport("train")
     segmentation = cfg.env.reward == "segmentation"
+    learner = learner_of(cfg)
+    # the learner's training episodes (PPD: from ideal prompts) and how its policy will be applied
+    train_cfg, run_cfg = learner.training_config(cfg), learner.inference_config(cfg)
+    if train_cfg.env.start == "ideal" and not segmentation:
+        raise UsageError(f"agent.learner={learner.name} starts its episodes from prompts sampled from the truth: "
+                         "it needs env.reward=segmentation and training masks")
     training, held_out = episode_sources(cfg, tasks, report)
     if len(training) < 1 or len(training) + len(held_out) < 2:
         raise UsageError(f"training needs at least 2 usable images over the tasks {[t.name for t in tasks]}, "
@@ -183,19 +189,19 @@ def train_policy(cfg: Config, device: str = "cpu", tasks: Optional[list] = None)
     run_dir = _run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    print(f"[train] {len(tasks)} task(s), {len(training)} training and {len(held_out)} held-out images, "
-          f"{cfg.env.reward} reward, run {run_dir}")
+    print(f"[train] {learner.name}: {len(tasks)} task(s), {len(training)} training and {len(held_out)} held-out "
+          f"images, {cfg.env.reward} reward, run {run_dir}")
 
     capacity = cfg.train.bank_capacity or None
     try:
-        bank = EpisodeBank(training, cfg, segmenter=segmenter, seed=cfg.seed, capacity=capacity)
-        eval_bank = EpisodeBank(held_out or training[:1], cfg, segmenter=segmenter, seed=cfg.seed)
+        bank = EpisodeBank(training, train_cfg, segmenter=segmenter, seed=cfg.seed, capacity=capacity)
+        eval_bank = EpisodeBank(held_out or training[:1], run_cfg, segmenter=segmenter, seed=cfg.seed)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    vec_env = VecPromptEnv(bank, cfg, max(1, cfg.train.parallel_envs), seed=cfg.seed)
-    eval_env = PromptEnv(eval_bank, cfg, seed=cfg.seed + 10_000)
+    vec_env = VecPromptEnv(bank, train_cfg, max(1, cfg.train.parallel_envs), seed=cfg.seed)
+    eval_env = PromptEnv(eval_bank, run_cfg, seed=cfg.seed + 10_000)
 
-    agent, best = DQNAgent.for_env(vec_env, cfg.dqn, seed=cfg.seed, device=device), -np.inf
+    agent, best = learner.make_agent(vec_env, cfg, cfg.seed, device), -np.inf
     if cfg.train.resume:
         try:
             state = torch.load(run_dir / STATE, map_location=device, weights_only=True)
@@ -207,17 +213,17 @@ def train_policy(cfg: Config, device: str = "cpu", tasks: Optional[list] = None)
                              "was started with (see its config.yaml) or start a new run") from None
         print(f"[train] resuming {run_dir} at step {agent.global_step}")
     log = TrainingLog(run_dir / LOG, resume=cfg.train.resume)
-    meta = {"config": config_to_dict(cfg), "grid": backends.grid.to_dict(), "reward": cfg.env.reward,
+    meta = {"config": config_to_dict(run_cfg), "grid": backends.grid.to_dict(), "reward": cfg.env.reward,
             "segmenter_in_loop": segmenter is not None, "feature_cache_key": backends.feature_key,
             "tasks": [task.name for task in tasks]}
     eval_key = "eval/dice" if segmentation else "eval/score"
     recent = {"return": [], "dice": []}
-    bar = tqdm(total=cfg.dqn.total_steps, initial=agent.global_step, desc="train", unit="step")
+    bar = tqdm(total=cfg.train.total_steps, initial=agent.global_step, desc=f"train {learner.name}", unit="step")
     next_eval = [(agent.global_step // cfg.train.eval_every + 1) * cfg.train.eval_every]
     evaluated = [-1]
 
     def save(name: str, step: int, scores: dict) -> None:
-        save_policy(run_dir / name, agent.network, learner=agent.learner, settings=dataclasses.asdict(cfg.dqn),
+        save_policy(run_dir / name, agent.network, learner=agent.learner, settings=learner.settings(cfg),
                     node_features=NODE_FEATURES, global_features=GLOBAL_FEATURES,
                     extra={**meta, "step": step, **scores})
 
@@ -256,7 +262,7 @@ def train_policy(cfg: Config, device: str = "cpu", tasks: Optional[list] = None)
             checkpoint(step)
 
     try:
-        agent = train(vec_env, cfg.dqn, cfg.dqn.total_steps, cfg.seed, callback=callback, agent=agent, device=device)
+        agent = learner.train(vec_env, train_cfg, agent, callback)
     except ValueError as exc:  # a sample that cannot be played (e.g. too many nodes), met when first drawn
         raise UsageError(str(exc)) from None
     checkpoint(agent.global_step)

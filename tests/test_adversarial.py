@@ -1,0 +1,106 @@
+"""Point Prompt Defender: roles, the alternation of attacker and defender, and the defender alone."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from synthetic import DISTRACTOR, OBJECT, DiscSegmenter, make_cfg, node_of, scene
+
+from gpoa.agents.adversarial import (
+    ATTACKER,
+    DEFENDER,
+    AttackDefendAgent,
+    inference_config,
+    train,
+    training_config,
+)
+from gpoa.agents.greedy import GreedyPolicy, run_greedy
+from gpoa.config import DQNConfig
+from gpoa.envs import EpisodeBank, PromptEnv, VecPromptEnv
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def ppd_cfg(**dqn):
+    cfg = make_cfg(reward="segmentation", max_nodes=40, episode_length=6, lookahead=False)
+    cfg.dqn = DQNConfig(**{"learning_rate": 1e-3, "batch_size": 32, "learning_starts": 64, "train_frequency": 1,
+                           "hidden": 32, "target_update": 50, **dqn})
+    cfg.ppd.attack_steps = [1, 3]
+    return cfg
+
+
+def test_edit_modes_restrict_the_toggles():
+    env = PromptEnv([scene()], make_cfg(reward="segmentation", max_nodes=40), segmenter=DiscSegmenter(), seed=0)
+    env.reset(seed=0)
+    n = env.graph.num_nodes
+    env.set_edits("activate", shield=False)
+    assert not (env.action_masks()[:n] & env.graph.active).any() and env.action_masks()[:n].any()
+    env.set_edits("deactivate", shield=False)
+    assert not (env.action_masks()[:n] & ~env.graph.active).any() and env.action_masks()[:n].any()
+    with pytest.raises(ValueError, match="edits"):
+        env.set_edits("shuffle")
+
+
+def test_the_defender_can_undo_the_attackers_toggle():
+    env = PromptEnv([scene()], make_cfg(reward="segmentation", max_nodes=40), segmenter=DiscSegmenter(), seed=0)
+    env.reset(seed=0)
+    env.set_edits("activate", shield=False)
+    candidate = int(np.flatnonzero(env.action_masks()[:env.graph.num_nodes])[0])
+    env.step(candidate)
+    assert env.graph.active[candidate] and not env.action_masks()[candidate]
+    env.set_edits("deactivate", shield=False)
+    assert env.action_masks()[candidate]  # toggled once already, but by the other role
+    env.step(candidate)
+    assert not env.graph.active[candidate]
+
+
+def test_attacker_acts_first_then_the_defender_until_stop():
+    cfg = training_config(ppd_cfg())
+    vec = VecPromptEnv(EpisodeBank([scene("a", 0), scene("b", 1)], cfg, segmenter=DiscSegmenter()), cfg, num_envs=2)
+    phases = []
+
+    class Recorder(AttackDefendAgent):
+        def role(self, name):
+            phases.append(name)
+            return super().role(name)
+
+    agent = Recorder.for_env(vec, cfg, seed=0)
+    logs = []
+    train(vec, cfg, total_steps=400, seed=0, agent=agent, callback=lambda step, entry: logs.append(entry))
+    episodes = [entry for entry in logs if "charts/attack_steps" in entry]
+    assert episodes and all(0 <= e["charts/attack_steps"] <= 3 for e in episodes)  # 0: the attacker STOPped at once
+    assert agent.attacker.global_step > 0 and agent.defender.global_step > 0
+    assert agent.attacker.global_step + agent.defender.global_step == agent.global_step
+    # an attacker transition is stored as terminal only when it hands over
+    stored = agent.attacker.buffer.size
+    assert 0 < agent.attacker.buffer.dones[:stored].sum() <= stored
+    assert {ATTACKER, DEFENDER} <= set(phases)
+
+
+def test_defender_learns_to_remove_a_planted_wrong_positive_without_the_truth():
+    cfg = training_config(ppd_cfg())
+    bank = EpisodeBank([scene(str(i), i) for i in range(3)], cfg, segmenter=DiscSegmenter())
+    vec = VecPromptEnv(bank, cfg, num_envs=4)
+    agent = train(vec, cfg, total_steps=3000, seed=0)
+    run_cfg = inference_config(cfg)
+    blind = dataclasses.replace(run_cfg, env=dataclasses.replace(run_cfg.env, reward="graph"))
+    successes = []
+    for seed in range(3):
+        sample = scene(str(seed), seed)
+        sample.truth_mask = None  # inference never reads the truth
+        env = PromptEnv([sample], blind, segmenter=DiscSegmenter(), seed=0)
+        actions, info, _ = run_greedy(GreedyPolicy(agent.network), env, options={"sample": 0})
+        distractor = node_of(env, DISTRACTOR, 1)
+        kept = [node_of(env, patch, 1) for patch in (OBJECT[5], OBJECT[6], OBJECT[9], OBJECT[10])]
+        successes.append(not env.graph.active[distractor] and env.graph.active[kept].sum() >= 3)
+        assert all(env.graph.initially_active[a] for a in actions if a < env.graph.num_nodes)  # removals only
+    assert np.mean(successes) >= 2 / 3
