@@ -111,9 +111,8 @@ def train(vec_env, cfg: Config, total_steps: int, seed: int,
     report = callback or (lambda step, logs: None)
     k_envs = vec_env.num_envs
     roles, budgets = [ATTACKER] * k_envs, [agent.draw_attack_steps() for _ in range(k_envs)]
-    observations = []
-    for k, obs in enumerate(vec_env.reset(seed=seed + agent.global_step)):
-        observations.append(copy_observation(vec_env[k].set_edits("activate", shield=False)))
+    vec_env.reset(seed=seed + agent.global_step)
+    observations = [copy_observation(env.set_edits("activate", shield=False)) for env in vec_env.envs]
     masks = vec_env.action_masks()
     returns = {ATTACKER: np.zeros(k_envs), DEFENDER: np.zeros(k_envs)}
     attack_lengths = np.zeros(k_envs, dtype=np.int64)
