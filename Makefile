@@ -25,7 +25,7 @@ POLICY := checkpoints/demo/best.pt
 # train ONE policy, which is then applied to both demo families (nothing here is per family).
 demo: setup
 	test -f $(DEMO)/membrane/dataset.json || $(PY) -m gpoa.demo_data --out $(DEMO) --seed 0 --train 40
-	$(PY) -m gpoa.task_data --out $(TASKS) --tasks 40 --seed 0
+	$(PY) -m gpoa.task_data --out $(TASKS) --tasks 80 --train 4 --targets 2 --seed 0
 	$(PY) Generate_initial_prompts.py --config $(CONFIG) --data $(DEMO)
 	test -f $(POLICY) || $(PY) train_GPOA.py --config $(CONFIG) --data $(TASKS) --data $(DEMO) --run demo --overwrite
 	$(PY) test_GPOA.py --config $(CONFIG) --data $(DEMO) --policy $(POLICY)

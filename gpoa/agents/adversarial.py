@@ -81,6 +81,10 @@ class AttackDefendAgent:
     def device(self) -> str:
         return self.defender.device
 
+    def companions(self) -> dict:
+        """The networks trained beside the kept one: the attacker (saved as ``attacker.pt``)."""
+        return {ATTACKER: self.attacker.q_network}
+
     def role(self, name: str) -> DQNAgent:
         return self.attacker if name == ATTACKER else self.defender
 

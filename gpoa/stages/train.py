@@ -237,6 +237,11 @@ def train_policy(cfg: Config, device: str = "cpu", tasks: Optional[list] = None)
         if scores[eval_key] > best:
             best = scores[eval_key]
             save(BEST, step, scores)
+            for role, network in getattr(agent, "companions", dict)().items():  # PPD: the best defender's attacker
+                save_policy(run_dir / f"{role}.pt", network, learner=f"{agent.learner}-{role}",
+                            settings=learner.settings(cfg), node_features=NODE_FEATURES,
+                            global_features=GLOBAL_FEATURES,
+                            extra={**meta, "config": config_to_dict(train_cfg), "step": step})
         save(LAST, step, scores)
         buffer = _io.BytesIO()
         torch.save({"agent": agent.state_dict(), "best": best}, buffer)

@@ -1,0 +1,155 @@
+#!/usr/bin/env python
+"""Point Prompt Defender's ablation, our numbers: ideal → attacked → defended, and initial → defended.
+
+    python benchmarks/bench_ppd.py ROOT [ROOT ...] --run checkpoints/<ppd run> --out DIR [--targets N]
+                                   [--config FILE] [--set KEY=VALUE ...]
+
+ROOT as in ``bench_domains.py`` (a folder of domains, one domain, or dataset folders; the first
+sorted pair of a domain is the reference, at most N targets). The run folder holds the defender
+(``best.pt``) and its attacker (``attacker.pt``) that ``train_GPOA.py --set agent.learner=ppd``
+wrote. Per target, on the same graph the training episodes use:
+
+- **ideal**: prompts sampled from the truth mask (the training episodes' start);
+- **attacked**: the attacker, greedy, activates candidates for up to ``ppd.attack_steps[1]`` steps;
+- **defended**: the defender, greedy, deactivates prompts of the attacked set until it STOPs;
+- **initial** → **defended**: the defender applied to stage 1's prompts (inference as in test_GPOA.py).
+
+Writes ``DIR/ppd_ablation.csv`` (domain, images, mean Dice of each column) and
+``DIR/ppd_ablation.md`` with the paper's PASCAL VOC numbers beside ours (the paper: SAM + DINOv2;
+here: the config's backends). The last line: ``ideal=… attacked=… defended=… initial=…
+initial_defended=…`` (means over domains).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+for path in (ROOT, ROOT / "benchmarks"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import bench_domains  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from gpoa.agents.adversarial import inference_config, training_config  # noqa: E402
+from gpoa.agents.greedy import GreedyPolicy, run_greedy  # noqa: E402
+from gpoa.agents.policy_file import check_observation, load_policy  # noqa: E402
+from gpoa.backends import Backends  # noqa: E402
+from gpoa.config import EnvConfig, GraphConfig, load_config, resolve_device  # noqa: E402
+from gpoa.envs import GLOBAL_FEATURES, EpisodeBank, PromptEnv  # noqa: E402
+from gpoa.errors import UsageError  # noqa: E402
+from gpoa.evaluation import to_csv  # noqa: E402
+from gpoa.graph import NODE_FEATURES  # noqa: E402
+from gpoa.io import atomic_write_text  # noqa: E402
+from gpoa.runtime import StageReport, seed_everything  # noqa: E402
+from gpoa.stages.initial_prompts import generate_initial_prompts  # noqa: E402
+
+COLUMNS = ("domain", "images", "ideal", "attacked", "defended", "initial", "initial_defended")
+#: Point Prompt Defender, PASCAL VOC, mDSC (%), SAM + DINOv2: ideal → attacked → defended, initial → defended
+PAPER = {"ideal": 78.5, "attacked": 34.2, "defended": 83.5, "initial": 41.3, "initial_defended": 73.0}
+
+
+def greedy_steps(policy: GreedyPolicy, env: PromptEnv, limit: int) -> None:
+    """Greedy actions in ``env`` (whose episode is open) until STOP, truncation or ``limit`` toggles."""
+    obs = env.observation()
+    for _ in range(limit):
+        action = policy(obs, env.action_masks())
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            return
+
+
+def ablation_row(sample, train_cfg, run_cfg, attacker: GreedyPolicy, defender: GreedyPolicy, segmenter,
+                 attack_steps: int) -> dict:
+    """The five Dice values of one target (module docstring)."""
+    env = PromptEnv(EpisodeBank([sample], train_cfg, segmenter), train_cfg)
+    _, info = env.reset(options={"sample": 0})
+    row = {"ideal": info["dice"]}
+    env.set_edits("activate", shield=False)
+    greedy_steps(attacker, env, attack_steps)
+    row["attacked"] = env.dice
+    env.set_edits(run_cfg.env.edits, shield=True)
+    greedy_steps(defender, env, run_cfg.env.episode_length)
+    row["defended"] = env.dice
+    initial = PromptEnv(EpisodeBank([sample], run_cfg, segmenter), run_cfg)
+    _, start = initial.reset(options={"sample": 0})
+    _, final, _ = run_greedy(defender, initial, options={"sample": 0})
+    row.update({"initial": start["dice"], "initial_defended": final["dice"]})
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_ppd.py", description=__doc__.strip().splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("roots", nargs="+", metavar="ROOT")
+    parser.add_argument("--run", required=True, metavar="DIR", help="PPD training run (best.pt + attacker.pt)")
+    parser.add_argument("--out", required=True, metavar="DIR")
+    parser.add_argument("--targets", type=int, default=10, metavar="N")
+    parser.add_argument("--config", default=str(bench_domains.DEFAULT_CONFIG), metavar="FILE")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    out, run = Path(args.out), Path(args.run)
+    try:
+        defender_file, attacker_file = load_policy(run / "best.pt"), load_policy(run / "attacker.pt")
+        for policy, path in ((defender_file, run / "best.pt"), (attacker_file, run / "attacker.pt")):
+            check_observation(policy, path, NODE_FEATURES, GLOBAL_FEATURES)
+        if defender_file.learner != "ppd":
+            raise UsageError(f"'{run / 'best.pt'}' was trained by '{defender_file.learner}', not by ppd")
+        cfg = load_config(args.config, args.overrides + [f"workspace={out}"])
+        trained = defender_file.extra["config"]
+        cfg = dataclasses.replace(cfg, graph=GraphConfig(**trained["graph"]), env=EnvConfig(**trained["env"]))
+        cfg.ppd.attack_steps = list(trained["ppd"]["attack_steps"])
+        cfg.ppd.defender_edits = trained["ppd"]["defender_edits"]
+        device = resolve_device(cfg.device if args.device == "auto" else args.device)
+        seed_everything(cfg.seed)
+        backends = Backends(cfg, device)
+        tasks = bench_domains.benchmark_tasks(args.roots, out, args.targets, cfg, backends)
+        report = generate_initial_prompts(cfg, device, tasks)
+    except UsageError as exc:
+        print(f"bench_ppd.py: error: {exc}", file=sys.stderr)
+        return 2
+    train_cfg, run_cfg = training_config(cfg), inference_config(cfg)
+    attacker, defender = GreedyPolicy(attacker_file.network), GreedyPolicy(defender_file.network)
+    rows = []
+    for task in tasks:
+        values = []
+        sources = task.prompt_file_samples(task.layout.initial_indices, report, with_images=True, with_truth=True)
+        for lazy in tqdm(sources, desc=f"ppd ablation [{task.name}]", unit="image"):
+            sample = lazy.load()
+            if sample.truth_mask is None:
+                continue
+            values.append(ablation_row(sample, train_cfg, run_cfg, attacker, defender, backends.segmenter,
+                                       cfg.ppd.attack_steps[1]))
+        if values:
+            rows.append({"domain": task.name, "images": len(values),
+                         **{k: float(np.mean([v[k] for v in values])) for k in COLUMNS[2:]}})
+    if not rows:
+        print("bench_ppd.py: error: no target with a mask to measure", file=sys.stderr)
+        return 2
+    rows.append({"domain": "MEAN", "images": sum(r["images"] for r in rows),
+                 **{k: float(np.mean([r[k] for r in rows])) for k in COLUMNS[2:]}})
+    lines = ["# Point Prompt Defender ablation (Dice %)\n",
+             "| domain | images | ideal | attacked | defended | initial | initial → defended |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['domain']} | {r['images']} | " + " | ".join(f"{100 * r[k]:.1f}" for k in COLUMNS[2:]) + " |"
+              for r in rows]
+    lines.append("| paper (PASCAL VOC, SAM + DINOv2, mDSC) | | " + " | ".join(f"{PAPER[k]:.1f}" for k in COLUMNS[2:])
+                 + " |")
+    mean = rows[-1]
+    headline = " ".join(f"{k}={mean[k]:.3f}" for k in COLUMNS[2:])
+    atomic_write_text(out / "ppd_ablation.csv", to_csv(rows, COLUMNS))
+    atomic_write_text(out / "ppd_ablation.md", "\n".join(lines) + f"\n\n`{headline}`\n")
+    print("\n".join(lines))
+    print(headline)
+    return report.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
