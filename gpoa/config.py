@@ -77,7 +77,8 @@ class MatchingConfig:
 
 @dataclass
 class PlacementConfig:
-    """matching.method=placement: the fields of gpoa.placement.PlacementSettings (see its docstring)."""
+    """matching.method=placement: how prompts are placed (gpoa/placement.py; check_settings there
+    documents every field)."""
 
     # patch ranking: "margin" (nearest-neighbour fg - bg similarity), "logistic" or "fusion"
     ranking: str = "margin"
@@ -438,10 +439,10 @@ def validate(cfg: Config) -> None:
     if cfg.matching.method not in MATCHING_METHODS:
         raise UsageError(f"config key 'matching.method' must be one of {', '.join(MATCHING_METHODS)}, "
                          f"got '{cfg.matching.method}'")
-    from gpoa.placement import PlacementSettings
+    from gpoa.placement import check_settings
 
     try:
-        PlacementSettings(**dataclasses.asdict(cfg.placement))
+        check_settings(cfg.placement)
     except ValueError as exc:
         raise UsageError(f"config section 'placement': {exc}") from None
     weights = cfg.env.graph_weights

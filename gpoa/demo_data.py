@@ -456,31 +456,32 @@ def stems(family: str, split: str, count: int) -> list:
     return [f"{prefix}_{index:0{digits}d}" for index in range(count)]
 
 
-def _prepare_folder(layout: DatasetLayout, info: dict) -> None:
-    """Refuse folders that hold something other than a demo dataset, or outputs (features, prompts,
-    results) made from a different demo dataset; remove images left over from a larger earlier run."""
+def prepare_folder(layout: DatasetLayout, info: dict, name: str, what: str = "demo dataset") -> None:
+    """Refuse folders that hold something other than a generated ``what``, or outputs (features,
+    prompts, results) made from a different one; remove images left over from a larger earlier run
+    (only the generator's own: stem ``reference`` or ``<name>_...``)."""
     root = layout.root
     record = root / "dataset.json"
-    split_folders = [name for _, image_folder, mask_folder in SPLITS for name in (image_folder, mask_folder)]
+    split_folders = [folder for _, image_folder, mask_folder in SPLITS for folder in (image_folder, mask_folder)]
     if not record.is_file():
-        if any(layout.images(root / name) for name in split_folders):
-            raise UsageError(f"'{root}' already holds images but no dataset.json, so it is not a demo dataset; "
+        if any(layout.images(root / folder) for folder in split_folders):
+            raise UsageError(f"'{root}' already holds images but no dataset.json, so it is not a {what}; "
                              f"choose another --out or remove the folder")
         return
     try:
         previous = json.loads(record.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
         raise UsageError(f"'{record}' is unreadable ({exc}); remove '{root}' and generate it again") from None
-    derived = [name for name in DatasetLayout.FOLDERS
-               if name not in split_folders and (root / name).is_dir() and any((root / name).iterdir())]
+    derived = [folder for folder in DatasetLayout.FOLDERS
+               if folder not in split_folders and (root / folder).is_dir() and any((root / folder).iterdir())]
     if derived and previous != info:
-        raise UsageError(f"'{root}' holds outputs ({', '.join(f'{name}/' for name in derived)}) made from a "
-                         f"different demo dataset ({record}); remove '{root}' or choose another --out")
+        raise UsageError(f"'{root}' holds outputs ({', '.join(f'{folder}/' for folder in derived)}) made from a "
+                         f"different {what} ({record}); remove '{root}' or choose another --out")
     for split, image_folder, mask_folder in SPLITS:
-        keep = set(stems(info["family"], split, info["counts"][split]))
-        for name in (image_folder, mask_folder):
-            for path in layout.images(root / name):
-                if path.stem not in keep and (path.stem == "reference" or path.stem.startswith(info["family"] + "_")):
+        keep = set(stems(name, split, info["counts"][split]))
+        for folder in (image_folder, mask_folder):
+            for path in layout.images(root / folder):
+                if path.stem not in keep and (path.stem == "reference" or path.stem.startswith(name + "_")):
                     path.unlink()
 
 
@@ -503,7 +504,7 @@ def write_demo_dataset(out: Union[str, Path], seed: int, n_train: int = 20, n_ta
         layout = DatasetLayout(Path(out) / family)
         info = {"family": family, "description": DESCRIPTIONS[family], "seed": int(seed), "counts": counts,
                 "generator": "gpoa.demo_data", "version": DEMO_DATA_VERSION}
-        _prepare_folder(layout, info)
+        prepare_folder(layout, info, info["family"])
         atomic_write_json(layout.root / "dataset.json", info)
         fractions, sizes = [], []
         for split, image_folder, mask_folder in SPLITS:
@@ -523,7 +524,8 @@ def write_demo_dataset(out: Union[str, Path], seed: int, n_train: int = 20, n_ta
 
 
 # ----- command line -------------------------------------------------------------------------------
-def _count(minimum: int) -> Callable[[str], int]:
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -549,9 +551,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpoa.demo_data",
                                      description="Write synthetic one-shot datasets, one folder per family.")
     parser.add_argument("--out", type=Path, required=True, help="parent folder; each family goes to OUT/<family>/")
-    parser.add_argument("--seed", type=_count(0), default=0, help="random seed; same seed, same files (default 0)")
-    parser.add_argument("--train", type=_count(0), default=20, help="training pairs per family (default 20)")
-    parser.add_argument("--targets", type=_count(1), default=30, help="target pairs per family (default 30)")
+    parser.add_argument("--seed", type=whole_number(0), default=0, help="random seed; same seed, same files (default 0)")
+    parser.add_argument("--train", type=whole_number(0), default=20, help="training pairs per family (default 20)")
+    parser.add_argument("--targets", type=whole_number(1), default=30, help="target pairs per family (default 30)")
     parser.add_argument("--families", type=_families, default=list(FAMILIES),
                         help=f"comma-separated families (default {','.join(FAMILIES)})")
     args = parser.parse_args(argv)

@@ -51,6 +51,7 @@ import numpy as np
 from scipy import ndimage, optimize
 from scipy.stats import rankdata
 
+from gpoa.config import PlacementConfig
 from gpoa.grid import PatchGrid
 from gpoa.matching import ReferenceFeatures, l2_normalise, reference_similarity
 from gpoa.prompts import farthest_point_order
@@ -59,9 +60,10 @@ from gpoa.prompts import farthest_point_order
 RANKINGS = ("margin", "logistic", "fusion")
 
 
-@dataclass(frozen=True)
-class PlacementSettings:
-    """How prompts are placed. The defaults are chosen for reasons that hold on any image (module docstring).
+def check_settings(settings: PlacementConfig) -> None:
+    """Raise ValueError for placement settings (:class:`gpoa.config.PlacementConfig`) that cannot work.
+
+    The fields, whose defaults are chosen for reasons that hold on any image (module docstring):
 
     ``ranking``: which score orders the patches into the region: ``"margin"``, ``"logistic"`` or
     ``"fusion"`` (mean of the two views' ranks; needs both). Region size and confidence do not
@@ -86,35 +88,20 @@ class PlacementSettings:
     view's variance; -1 switches the check off).
     ``regularisation``: L2 weight of the logistic regression (:func:`fit_patch_classifier`).
     """
-
-    ranking: str = "margin"
-    n_positive: int = 8
-    n_negative: int = 8
-    min_share: float = 1.0
-    max_share: float = 2.0
-    keep_ratio: float = 0.25
-    interior_depth: int = 2
-    ring_inner: float = 1.0
-    ring_outer: float = 2.5
-    min_correlation: float = 0.5
-    uncertain_keep_ratio: float = 0.0
-    regularisation: float = 1e-2
-
-    def __post_init__(self):
-        if self.ranking not in RANKINGS:
-            raise ValueError(f"placement ranking must be one of {RANKINGS}, got {self.ranking!r}")
-        if self.n_positive < 1 or self.n_negative < 0:
-            raise ValueError("placement needs n_positive >= 1 and n_negative >= 0")
-        if not 0 < self.min_share <= self.max_share:
-            raise ValueError("placement needs 0 < min_share <= max_share")
-        if not (0 <= self.keep_ratio <= 1 and 0 <= self.uncertain_keep_ratio <= 1):
-            raise ValueError("placement keep ratios must be in [0, 1]")
-        if self.interior_depth < 1:
-            raise ValueError("placement interior_depth must be at least 1")
-        if not 0 <= self.ring_inner < self.ring_outer:
-            raise ValueError("placement needs 0 <= ring_inner < ring_outer")
-        if self.regularisation <= 0:
-            raise ValueError("placement regularisation must be positive")
+    if settings.ranking not in RANKINGS:
+        raise ValueError(f"placement ranking must be one of {RANKINGS}, got {settings.ranking!r}")
+    if settings.n_positive < 1 or settings.n_negative < 0:
+        raise ValueError("placement needs n_positive >= 1 and n_negative >= 0")
+    if not 0 < settings.min_share <= settings.max_share:
+        raise ValueError("placement needs 0 < min_share <= max_share")
+    if not (0 <= settings.keep_ratio <= 1 and 0 <= settings.uncertain_keep_ratio <= 1):
+        raise ValueError("placement keep ratios must be in [0, 1]")
+    if settings.interior_depth < 1:
+        raise ValueError("placement interior_depth must be at least 1")
+    if not 0 <= settings.ring_inner < settings.ring_outer:
+        raise ValueError("placement needs 0 <= ring_inner < ring_outer")
+    if settings.regularisation <= 0:
+        raise ValueError("placement regularisation must be positive")
 
 
 # ----- scores ------------------------------------------------------------------------------------
@@ -189,7 +176,7 @@ class PatchScores:
                 for v in (self.margin, self.logistic) if v is not None]
 
     def ranking(self, how: str) -> np.ndarray:
-        """The (N,) float64 score that orders the patches (see :attr:`PlacementSettings.ranking`)."""
+        """The (N,) float64 score that orders the patches (see :attr:`PlacementConfig.ranking`)."""
         if how == "margin":
             return np.asarray(self.margin, dtype=np.float64).reshape(-1)
         if self.logistic is None:
@@ -229,7 +216,7 @@ def region_correlation(scores: np.ndarray, region: np.ndarray) -> float:
 
 
 # ----- region ------------------------------------------------------------------------------------
-def region_size(size_scores: np.ndarray, reference_share: float, settings: PlacementSettings) -> int:
+def region_size(size_scores: np.ndarray, reference_share: float, settings: PlacementConfig) -> int:
     """Number of patches in the predicted region: those with ``size_scores`` (N,) > 0, held within
     [min_share, max_share] x ``reference_share`` x N, and at least 1."""
     n = len(size_scores)
@@ -238,7 +225,7 @@ def region_size(size_scores: np.ndarray, reference_share: float, settings: Place
     return int(np.clip(np.count_nonzero(np.asarray(size_scores) > 0), low, high))
 
 
-def predict_region(ranking: np.ndarray, grid: PatchGrid, reference_share: float, settings: PlacementSettings,
+def predict_region(ranking: np.ndarray, grid: PatchGrid, reference_share: float, settings: PlacementConfig,
                    size_scores: Optional[np.ndarray] = None,
                    keep_ratio: Optional[float] = None) -> tuple[np.ndarray, np.ndarray]:
     """Predicted object patches from a ranking score (N,) (higher = more object-like).
@@ -296,7 +283,7 @@ class Placement:
 
 
 def predicted_region(scores: Union[PatchScores, np.ndarray], grid: PatchGrid, reference_share: float,
-                     settings: PlacementSettings) -> tuple:
+                     settings: PlacementConfig) -> tuple:
     """The object region the scores predict, with the confidence check of the module docstring.
 
     ``scores``: :class:`PatchScores`, or one score map (N,) centred on 0. Returns ``(region (N,)
@@ -319,7 +306,7 @@ def predicted_region(scores: Union[PatchScores, np.ndarray], grid: PatchGrid, re
 
 
 def place_prompts(scores: Union[PatchScores, np.ndarray], grid: PatchGrid, reference_share: float,
-                  settings: PlacementSettings, rng: np.random.Generator) -> Placement:
+                  settings: PlacementConfig, rng: np.random.Generator) -> Placement:
     """Positive and negative prompts (patch indices) for one target.
 
     ``scores``: the target's :class:`PatchScores`, or one score map (N,) centred on 0 (positive =

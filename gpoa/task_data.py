@@ -71,6 +71,7 @@ from gpoa.demo_data import (
     find_free_spot,
     finish,
     length_inside,
+    prepare_folder,
     random_arc,
     random_curve,
     random_wobble,
@@ -79,6 +80,7 @@ from gpoa.demo_data import (
     stems,
     stripes,
     textured_fill,
+    whole_number,
 )
 from gpoa.errors import UsageError
 from gpoa.io import atomic_write_bytes, atomic_write_json, write_mask
@@ -874,34 +876,6 @@ def _task_complete(root: Path, info: dict) -> bool:
             and all(path.is_file() for path in _expected_files(root, info["name"], info["counts"])))
 
 
-def _prepare_task_folder(layout: DatasetLayout, info: dict) -> None:
-    """As demo_data does: refuse folders that hold something other than a generated task, or outputs
-    (features, prompts, results) made from a different task; remove images this generator wrote for
-    other settings that the new ones do not overwrite."""
-    root = layout.root
-    record = root / "dataset.json"
-    split_folders = [name for _, image_folder, mask_folder in SPLITS for name in (image_folder, mask_folder)]
-    if not record.is_file():
-        if any(layout.images(root / name) for name in split_folders):
-            raise UsageError(f"'{root}' already holds images but no dataset.json, so it is not a generated task; "
-                             f"choose another --out or remove the folder")
-        return
-    previous = _read_json(record)
-    if previous is None:
-        raise UsageError(f"'{record}' is unreadable; remove '{root}' and generate it again")
-    derived = [name for name in DatasetLayout.FOLDERS
-               if name not in split_folders and (root / name).is_dir() and any((root / name).iterdir())]
-    if derived and previous != info:
-        raise UsageError(f"'{root}' holds outputs ({', '.join(f'{name}/' for name in derived)}) made from a "
-                         f"different task ({record}); remove '{root}' or choose another --out")
-    for split, image_folder, mask_folder in SPLITS:
-        keep = set(stems(info["name"], split, info["counts"][split]))
-        for name in (image_folder, mask_folder):
-            for path in layout.images(root / name):
-                if path.stem not in keep and (path.stem == "reference" or path.stem.startswith(info["name"] + "_")):
-                    path.unlink()
-
-
 def write_task_corpus(out: Union[str, Path], n_tasks: int, seed: int, n_train: int = 8, n_targets: int = 4,
                       report: Optional[Callable[[str], None]] = None) -> list:
     """Write ``n_tasks`` task folders ``out/task_000``, ... and ``out/corpus.json``; return the folders.
@@ -937,7 +911,7 @@ def write_task_corpus(out: Union[str, Path], n_tasks: int, seed: int, n_train: i
             continue
         task_started = time.perf_counter()
         layout = DatasetLayout(folder)
-        _prepare_task_folder(layout, info)
+        prepare_folder(layout, info, info["name"], "generated task")
         atomic_write_json(folder / "dataset.json", info)
         fractions = []
         for split, image_folder, mask_folder in SPLITS:
@@ -1002,27 +976,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _whole_number(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _Parser(prog="python -m gpoa.task_data",
                      description="Write a corpus of domain-randomised one-shot segmentation tasks, one folder each.")
     parser.add_argument("--out", type=Path, required=True, help="corpus folder; task i goes to OUT/task_<i>/")
-    parser.add_argument("--tasks", type=_whole_number(1), required=True, help="number of tasks")
-    parser.add_argument("--seed", type=_whole_number(0), default=0, help="random seed; same seed, same files (default 0)")
-    parser.add_argument("--train", type=_whole_number(0), default=8, help="training pairs per task (default 8)")
-    parser.add_argument("--targets", type=_whole_number(1), default=4, help="target pairs per task (default 4)")
+    parser.add_argument("--tasks", type=whole_number(1), required=True, help="number of tasks")
+    parser.add_argument("--seed", type=whole_number(0), default=0, help="random seed; same seed, same files (default 0)")
+    parser.add_argument("--train", type=whole_number(0), default=8, help="training pairs per task (default 8)")
+    parser.add_argument("--targets", type=whole_number(1), default=4, help="target pairs per task (default 4)")
     args = parser.parse_args(argv)
     try:
         write_task_corpus(args.out, args.tasks, args.seed, args.train, args.targets, report=print)

@@ -8,7 +8,6 @@ serves every domain. Samples carry their task's name and reference.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -25,7 +24,6 @@ from gpoa.layout import TaskLayout, resolve_tasks
 from gpoa.matching import ReferenceFeatures, build_reference, count_instances, match_prompts
 from gpoa.placement import (
     PatchClassifier,
-    PlacementSettings,
     fit_patch_classifier,
     place_prompts,
     reference_foreground_share,
@@ -92,7 +90,7 @@ class Task:
         scores = score_patches(self.reference, features, self.classifier)
         rng = np.random.default_rng(stable_seed(self.cfg.seed, "placement", self.name, image_name))
         placement = place_prompts(scores, self.grid, reference_foreground_share(self.reference),
-                                  PlacementSettings(**dataclasses.asdict(self.cfg.placement)), rng)
+                                  self.cfg.placement, rng)
         return PromptSet(image_name, size, self.grid, placement.positive_indices, placement.negative_indices,
                          source="placement", extra={"placement_confidence": round(placement.confidence, 4),
                                                     "placement_confident": placement.confident})

@@ -7,11 +7,12 @@ import time
 import numpy as np
 import pytest
 
+from gpoa.config import PlacementConfig
 from gpoa.grid import PatchGrid
 from gpoa.matching import build_reference
 from gpoa.placement import (
     PatchScores,
-    PlacementSettings,
+    check_settings,
     fit_patch_classifier,
     margin_scores,
     place_prompts,
@@ -23,7 +24,7 @@ from gpoa.placement import (
 
 GRID = PatchGrid.square(560, 14)  # 40 x 40
 WIDE = PatchGrid.for_working_size((560, 420), 14)  # 30 rows x 40 cols
-SETTINGS = PlacementSettings()
+SETTINGS = PlacementConfig()
 
 
 def disc(grid: PatchGrid, row: float, col: float, radius: float) -> np.ndarray:
@@ -123,7 +124,7 @@ def test_every_instance_gets_positives_and_strays_are_dropped():
 
 def test_keep_ratio_one_keeps_only_the_heaviest_piece():
     a, b = disc(GRID, 10, 10, 5), disc(GRID, 28, 28, 4)
-    settings = PlacementSettings(keep_ratio=1.0)
+    settings = PlacementConfig(keep_ratio=1.0)
     placement = place(planted(GRID, [(a, 0.5), (b, 0.45)]), share=(a | b).mean(), settings=settings)
     assert np.array_equal(placement.region, a)
     assert a[placement.positive_indices].all()
@@ -186,7 +187,7 @@ def test_unsure_placement_spreads_over_every_candidate_piece():
     assert np.array_equal(placement.region, a | b | c)
     assert all(m[placement.positive_indices].any() for m in (a, b, c))
     # with the check off the light pieces (mass < keep_ratio x the heaviest's) are dropped
-    sure = place(scores, share=share, settings=PlacementSettings(min_correlation=-1.0))
+    sure = place(scores, share=share, settings=PlacementConfig(min_correlation=-1.0))
     assert sure.confident and np.array_equal(sure.region, a)
 
 
@@ -209,13 +210,13 @@ def test_region_correlation():
 
 def test_settings_are_checked():
     with pytest.raises(ValueError):
-        PlacementSettings(ranking="best")
+        check_settings(PlacementConfig(ranking="best"))
     with pytest.raises(ValueError):
-        PlacementSettings(n_positive=0)
+        check_settings(PlacementConfig(n_positive=0))
     with pytest.raises(ValueError):
-        PlacementSettings(min_share=2.0, max_share=1.0)
+        check_settings(PlacementConfig(min_share=2.0, max_share=1.0))
     with pytest.raises(ValueError):
-        PlacementSettings(ring_inner=3.0, ring_outer=2.0)
+        check_settings(PlacementConfig(ring_inner=3.0, ring_outer=2.0))
     with pytest.raises(ValueError, match="logistic view"):
         PatchScores(margin=np.zeros(4)).ranking("fusion")
     with pytest.raises(ValueError, match="patches"):
@@ -280,7 +281,7 @@ def test_scores_and_placement_on_planted_target_features():
     np.testing.assert_allclose(scores.margin, margin_scores(reference, target))
     share = reference_foreground_share(reference)
     for ranking in ("margin", "logistic", "fusion"):
-        settings = PlacementSettings(ranking=ranking)
+        settings = PlacementConfig(ranking=ranking)
         placement = place_prompts(scores, GRID, share, settings, np.random.default_rng(0))
         pos, neg = placement.positive_indices, placement.negative_indices
         assert (a | b)[pos].all() and a[pos].any() and b[pos].any(), ranking

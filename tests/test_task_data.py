@@ -313,7 +313,7 @@ def test_foreign_folders_and_outputs_of_other_tasks_are_refused(tmp_path):
     write_task_corpus(tmp_path / "used", 1, seed=0, n_train=0, n_targets=1)
     (tmp_path / "used" / "task_000" / "results").mkdir()
     (tmp_path / "used" / "task_000" / "results" / "scores.csv").write_text("x")
-    with pytest.raises(UsageError, match="different task"):
+    with pytest.raises(UsageError, match="different generated task"):
         write_task_corpus(tmp_path / "used", 1, seed=1, n_train=0, n_targets=1)
     write_task_corpus(tmp_path / "used", 1, seed=0, n_train=0, n_targets=1)  # the same task: fine
 

@@ -9,7 +9,6 @@ evicted sample is rebuilt from its source when an episode draws it again.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,6 @@ from gpoa.envs.mask_view import RegionView, region_view
 from gpoa.graph import DualSpaceGraph, build_graph
 from gpoa.matching import l2_normalise, reference_similarity
 from gpoa.metrics import dice_batch
-from gpoa.placement import PlacementSettings
 from gpoa.prompts import PointPrompts, PromptSet, sample_ideal_prompts
 from gpoa.runtime import stable_seed
 from gpoa.samples import EpisodeSample
@@ -130,7 +128,7 @@ def build_record(sample: EpisodeSample, cfg: Config, seed: int) -> SampleRecord:
         graph.set_active(np.zeros(graph.num_nodes, dtype=bool))
     original_size = sample.prompt_set.original_size
     view = region_view(sample, graph, nearest_foreground - nearest_background,
-                       PlacementSettings(**dataclasses.asdict(cfg.placement)))
+                       cfg.placement)
     return SampleRecord(sample, graph, sample.grid.index_to_original_xy(graph.indices, original_size),
                         sample.grid.patch_centre_pixels(graph.indices, original_size), view)
 

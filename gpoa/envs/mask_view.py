@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from gpoa.config import PlacementConfig
 from gpoa.graph import MASK_COLUMNS, MASK_DISTANCE_SCALE, DualSpaceGraph
-from gpoa.placement import PatchScores, PlacementSettings, predicted_region, reference_foreground_share
+from gpoa.placement import PatchScores, predicted_region, reference_foreground_share
 from gpoa.samples import EpisodeSample
 
 #: lookahead changes of agreement, match rank and coverage are multiplied by this before clipping to [-1, 1]
@@ -50,7 +51,7 @@ class RegionView:
 
 
 def region_view(sample: EpisodeSample, graph: DualSpaceGraph, margin: np.ndarray,
-                settings: PlacementSettings) -> RegionView:
+                settings: PlacementConfig) -> RegionView:
     """The :class:`RegionView` of a sample whose patches have nearest-neighbour ``margin`` (P,); the
     logistic view joins when the sample carries its task's classifier."""
     logistic = None if sample.classifier is None else sample.classifier.score(sample.target_features)

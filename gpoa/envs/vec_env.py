@@ -21,14 +21,15 @@ from gpoa.envs.bank import EpisodeBank
 from gpoa.envs.prompt_env import PromptEnv
 
 
-class VecPromptEnv:
-    """``num_envs`` :class:`PromptEnv` over one bank, environment k seeded with ``seed + k``."""
+class SerialVecEnv:
+    """K Gymnasium environments with ``action_masks()`` behind the vectorised interface the learners
+    use, stepped one after the other (no batching): lets the learners train on other environments.
+    :class:`VecPromptEnv` is the batched one over prompt environments."""
 
-    def __init__(self, bank: EpisodeBank, cfg: Config, num_envs: int, seed: int = 0):
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be at least 1, got {num_envs}")
-        self.bank, self.seed = bank, seed
-        self.envs = [PromptEnv(bank, cfg, seed=seed + k) for k in range(num_envs)]
+    def __init__(self, envs: Sequence):
+        if len(envs) == 0:
+            raise ValueError("a vectorised environment needs at least one environment")
+        self.envs = list(envs)
         self.observation_space = self.envs[0].observation_space
         self.action_space = self.envs[0].action_space
 
@@ -39,7 +40,7 @@ class VecPromptEnv:
     def __len__(self) -> int:
         return len(self.envs)
 
-    def __getitem__(self, k: int) -> PromptEnv:
+    def __getitem__(self, k: int):
         return self.envs[k]
 
     def reset(self, seed: Optional[int] = None) -> list:
@@ -51,8 +52,25 @@ class VecPromptEnv:
         return self.envs[k].reset(options=options)[0]
 
     def action_masks(self) -> np.ndarray:
-        """(K, max_nodes + 1) bool: the valid actions of every environment."""
+        """(K, A) bool: the valid actions of every environment."""
         return np.stack([env.action_masks() for env in self.envs])
+
+    def step(self, actions: Sequence[int]) -> list:
+        """Step every environment → one (obs, reward, terminated, truncated, info) per environment."""
+        if len(actions) != len(self.envs):
+            raise ValueError(f"{len(self.envs)} environments but {len(actions)} actions")
+        return [env.step(int(action)) for env, action in zip(self.envs, actions)]
+
+
+class VecPromptEnv(SerialVecEnv):
+    """``num_envs`` :class:`PromptEnv` over one bank, environment k seeded with ``seed + k``, whose
+    steps decode each sample's prompt sets in one call."""
+
+    def __init__(self, bank: EpisodeBank, cfg: Config, num_envs: int, seed: int = 0):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+        super().__init__([PromptEnv(bank, cfg, seed=seed + k) for k in range(num_envs)])
+        self.bank, self.seed = bank, seed
 
     def step(self, actions: Sequence[int]) -> list:
         """Step every environment → one (obs, reward, terminated, truncated, info) per environment.
@@ -75,39 +93,3 @@ class VecPromptEnv:
             for j, env in enumerate(group):
                 env.observe_mask(masks[j], None if dice is None else float(dice[j]))
         return [env.finish(action, before) for env, action, before in zip(self.envs, actions, dice_before)]
-
-
-class SerialVecEnv:
-    """The :class:`VecPromptEnv` interface over any Gymnasium environments with ``action_masks()``,
-    stepped one after the other (no batching): lets the learners train on other environments."""
-
-    def __init__(self, envs: Sequence):
-        if len(envs) == 0:
-            raise ValueError("SerialVecEnv needs at least one environment")
-        self.envs = list(envs)
-        self.observation_space = self.envs[0].observation_space
-        self.action_space = self.envs[0].action_space
-
-    @property
-    def num_envs(self) -> int:
-        return len(self.envs)
-
-    def __len__(self) -> int:
-        return len(self.envs)
-
-    def __getitem__(self, k: int):
-        return self.envs[k]
-
-    def reset(self, seed: Optional[int] = None) -> list:
-        return [env.reset(seed=None if seed is None else seed + k)[0] for k, env in enumerate(self.envs)]
-
-    def reset_one(self, k: int, options: Optional[dict] = None) -> dict:
-        return self.envs[k].reset(options=options)[0]
-
-    def action_masks(self) -> np.ndarray:
-        return np.stack([env.action_masks() for env in self.envs])
-
-    def step(self, actions: Sequence[int]) -> list:
-        if len(actions) != len(self.envs):
-            raise ValueError(f"{len(self.envs)} environments but {len(actions)} actions")
-        return [env.step(int(action)) for env, action in zip(self.envs, actions)]
