@@ -11,7 +11,8 @@ folders. Protocol per domain: sort the stems; the first pair is the reference, t
 targets (at most N). Nothing is written into ROOT: every output goes to ``DIR/<domain>/``.
 
 It runs the stages' own code (stage 1, stage 3 with the oracle, stage 4) with the models loaded
-once, and writes ``DIR/domains.csv`` (columns ``domain,prompt_set,images,dice_mean,dice_std,
+once (``--shard i/N`` or torchrun splits every domain's targets over processes; the one that
+finishes last writes the tables, identical to one process's), and writes ``DIR/domains.csv`` (columns ``domain,prompt_set,images,dice_mean,dice_std,
 iou_mean,hd95_mean``; a row per domain and prompt set — initial, optimized, topk, random_subset,
 lookahead_rule (when the policy sees the lookahead), oracle, ideal — then the ``MEAN`` rows, means over domains) and ``DIR/domains.md``. Its last line
 is machine-readable:
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -42,7 +44,7 @@ from gpoa.errors import UsageError  # noqa: E402
 from gpoa.evaluation import MEAN_TASK, mean_over_tasks, to_csv  # noqa: E402
 from gpoa.io import atomic_write_text  # noqa: E402
 from gpoa.layout import resolve_tasks  # noqa: E402
-from gpoa.runtime import StageReport, seed_everything  # noqa: E402
+from gpoa.runtime import RunContext, StageReport, seed_everything  # noqa: E402
 from gpoa.stages.initial_prompts import generate_initial_prompts  # noqa: E402
 from gpoa.stages.optimize import optimize_prompts  # noqa: E402
 from gpoa.stages.segmentation import segment_and_evaluate  # noqa: E402
@@ -133,13 +135,15 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config field (repeatable)")
     parser.add_argument("--device", default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--shard", default="", metavar="I/N",
+                        help="handle the I-th of N shares of every domain's targets (torchrun: RANK / WORLD_SIZE)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:
         if args.targets < 1:
             raise UsageError(f"--targets must be at least 1, got {args.targets}")
         cfg = load_config(args.config, args.overrides + [f"workspace={out}", f"optimize.policy={args.policy}",
-                                                         "optimize.oracle=true"])
+                                                         "optimize.oracle=true", f"shard={args.shard}"])
         device = resolve_device(cfg.device if args.device == "auto" else args.device)
         seed_everything(cfg.seed)
         backends = Backends(cfg, device)
@@ -148,9 +152,15 @@ def main(argv=None) -> int:
         report = StageReport("bench")
         report.merge(generate_initial_prompts(cfg, device, tasks))
         report.merge(optimize_prompts(cfg, device, tasks))
-        stage4, summary = segment_and_evaluate(cfg, device, tasks)
-        report.merge(stage4)
-        rows = domain_rows(summary)
+        report.merge(segment_and_evaluate(cfg, device, tasks)[0])
+        # every task's merged summary (complete once every shard has finished its part)
+        summaries = [task.layout.results / "summary.json" for task in tasks]
+        if not all(path.is_file() for path in summaries):
+            context = RunContext.from_settings(cfg.shard)
+            print(f"[bench] shard {context.rank}/{context.world} done; domains.csv is written by the shard that "
+                  "finishes last")
+            return report.exit_code
+        rows = domain_rows([row for path in summaries for row in json.loads(path.read_text())])
         h = headline(rows)
     except UsageError as exc:
         print(f"bench_domains.py: error: {exc}", file=sys.stderr)

@@ -47,7 +47,7 @@ from gpoa.errors import UsageError  # noqa: E402
 from gpoa.evaluation import to_csv  # noqa: E402
 from gpoa.graph import NODE_FEATURES  # noqa: E402
 from gpoa.io import atomic_write_text  # noqa: E402
-from gpoa.runtime import StageReport, seed_everything  # noqa: E402
+from gpoa.runtime import seed_everything  # noqa: E402
 from gpoa.stages.initial_prompts import generate_initial_prompts  # noqa: E402
 
 COLUMNS = ("domain", "images", "ideal", "attacked", "defended", "initial", "initial_defended")

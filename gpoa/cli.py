@@ -39,6 +39,9 @@ def stage_parser(prog: str, description: str) -> argparse.ArgumentParser:
                         help="override one config field (repeatable), e.g. --set features.backend=dinov2")
     parser.add_argument("--device", metavar="NAME", help="auto (cuda → mps → cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--seed", type=int, help="random seed (default: the config's 'seed')")
+    parser.add_argument("--shard", metavar="I/N",
+                        help="handle the I-th of N shares of the images (0-based; a Slurm array or several "
+                             "processes by hand); under torchrun the share comes from RANK / WORLD_SIZE")
     parser.add_argument("--overwrite", action="store_true",
                         help="recompute outputs that exist instead of resuming an earlier run")
     return parser
@@ -52,6 +55,8 @@ def config_from_args(args: argparse.Namespace, extra_overrides: Sequence[str] = 
         overrides.append(f"seed={args.seed}")
     if args.overwrite:
         overrides.append("overwrite=true")
+    if args.shard:
+        overrides.append(f"shard={args.shard}")
     cfg = load_config(args.config, overrides + list(extra_overrides))
     if args.data:
         cfg.data = list(args.data)  # paths as given: never split at commas

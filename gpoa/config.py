@@ -290,6 +290,9 @@ class Config:
     seed: int = 0
     # recompute outputs that already exist instead of resuming
     overwrite: bool = False
+    # "i/N": this process handles the i-th of N shares of the images (Slurm arrays, by hand);
+    # empty: torchrun's RANK / WORLD_SIZE, or all of them
+    shard: str = ""
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     matching: MatchingConfig = field(default_factory=MatchingConfig)

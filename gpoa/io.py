@@ -4,13 +4,16 @@ atomic writes and safe loading of torch files. Which files make up a task: :mod:
 Images: PNG, JPEG, TIFF or BMP, any size; gray, RGB, RGBA (alpha dropped), palette, 16-bit
 (scaled by 1/257) or float (clipped to [0, 1] when within it, else min-max scaled); all become
 uint8 RGB. Masks: any of those modes; foreground is every nonzero pixel (palette: nonzero index;
-RGB: any nonzero channel). Prefer PNG masks: JPEG artefacts turn background pixels nonzero.
+RGB: any nonzero channel), except in JPEG masks: compression noise turns background pixels nonzero
+and rings around edges, so a JPEG mask's foreground is every pixel above half its range (> 127 for
+8-bit; colour: the largest channel). Prefer PNG masks.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Optional, Union
@@ -23,6 +26,8 @@ from gpoa.grid import PatchGrid
 from gpoa.prompts import PromptSet
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+JPEG_EXTENSIONS = (".jpg", ".jpeg")
+JPEG_MASK_NOTE = "note: JPEG masks are thresholded at half their range (compression noise)"
 PathLike = Union[str, Path]
 
 
@@ -159,19 +164,41 @@ def read_image(path: PathLike) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+_jpeg_note_shown = False
+
+
+def _note_jpeg_threshold() -> None:
+    """Say once per process that JPEG masks are thresholded (on stderr, so that outputs stay clean)."""
+    global _jpeg_note_shown
+    if not _jpeg_note_shown:
+        _jpeg_note_shown = True
+        print(JPEG_MASK_NOTE, file=sys.stderr)
+
+
+def _jpeg_foreground(array: np.ndarray) -> np.ndarray:
+    """Values above half the dtype's range (> 127 for uint8): JPEG noise and ringing stay background."""
+    half = np.iinfo(array.dtype).max / 2.0 if array.dtype.kind in "iu" else 0.5
+    return array > half
+
+
 def read_mask(path: PathLike, expected_size: Optional[tuple] = None) -> np.ndarray:
-    """Read a mask as bool (H, W); foreground is every nonzero pixel.
+    """Read a mask as bool (H, W); foreground is every nonzero pixel, in JPEG masks every pixel above
+    half the range (see the module docstring).
 
     ``expected_size`` (width, height) is the size of the paired image; a mismatch is an error.
     """
     path = Path(path)
     array, mode = _open(path)
     array = np.asarray(array)
+    jpeg = path.suffix.lower() in JPEG_EXTENSIONS
+    foreground = _jpeg_foreground if jpeg else (lambda values: values != 0)
+    if jpeg:
+        _note_jpeg_threshold()
     if array.ndim == 3:
         array = array[:, :, :1] if array.shape[2] == 2 else array[:, :, :3]
-        mask = np.any(array != 0, axis=2)
+        mask = np.any(foreground(array), axis=2)
     elif array.ndim == 2:
-        mask = array != 0
+        mask = foreground(array)
     else:
         raise InputError(path, f"has an unsupported shape {array.shape}", "save the mask as a gray PNG")
     if expected_size is not None and (mask.shape[1], mask.shape[0]) != tuple(expected_size):

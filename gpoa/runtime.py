@@ -1,17 +1,21 @@
-"""What every run shares: the batch report and its exit code, seeding, and resume bookkeeping."""
+"""What every run shares: the batch report and its exit code, seeding, resume bookkeeping, and the
+run context (which share of the work this process does when several split it)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from gpoa.errors import UsageError
 from gpoa.io import atomic_write_text
 
 
@@ -80,3 +84,53 @@ def stable_seed(*parts) -> int:
     """A 32-bit seed derived from ``parts`` (e.g. the run seed and an image stem), stable across runs."""
     digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:4], "little")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Which share of the images this process handles: ``rank`` of ``world`` processes.
+
+    Processes are started by ``torchrun --nproc-per-node N`` (``RANK`` / ``WORLD_SIZE`` in the
+    environment) or by hand / a Slurm array with ``--shard i/N``. The split is deterministic and
+    needs no communication: each task's targets, sorted, are dealt round-robin
+    (:meth:`mine`); every process writes only its own per-image outputs, and tables are merged
+    from per-process parts by the process that completes the set (:func:`gpoa.evaluation`).
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_settings(cls, shard: str = "", environ: Optional[dict] = None) -> RunContext:
+        """``shard`` "i/N" (config key ``shard``, ``--shard``), else torchrun's RANK / WORLD_SIZE, else 0 of 1."""
+        environ = os.environ if environ is None else environ
+        if shard:
+            try:
+                rank, world = (int(part) for part in shard.split("/"))
+            except ValueError:
+                raise UsageError(f"--shard expects i/N with whole numbers, e.g. 0/4, got '{shard}'") from None
+        else:
+            rank, world = int(environ.get("RANK", 0)), int(environ.get("WORLD_SIZE", 1))
+        if world < 1 or not 0 <= rank < world:
+            raise UsageError(f"shard {rank}/{world} is out of range: the shard index must be in 0..{world - 1}")
+        return cls(rank, world)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def mine(self, items: Sequence) -> list:
+        """This process's share of ``items`` (in the given order): every ``world``-th from ``rank``."""
+        return list(items)[self.rank::self.world]
+
+    def part_name(self, name: str) -> str:
+        """``metrics.csv`` → ``metrics.part-1-of-4.csv``: this process's part of a table."""
+        stem, dot, suffix = name.partition(".")
+        return f"{stem}.part-{self.rank}-of-{self.world}{dot}{suffix}"
+
+    def part_names(self, name: str) -> list:
+        return [RunContext(rank, self.world).part_name(name) for rank in range(self.world)]
+
+
+#: The context of a run that is not split: this process does everything.
+ONE_PROCESS = RunContext()

@@ -106,3 +106,18 @@ def test_bad_arguments_are_usage_errors(tmp_path, capsys):
     assert bench_domains.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert bench_domains.main([str(tmp_path), "--out", str(tmp_path / "o"), "--targets", "0"]) == 2
+
+
+def test_two_shards_write_the_tables_one_process_writes(benchmark_run, capsys):
+    domains, out, code, _ = benchmark_run
+    sharded = out.parent / "sharded"
+    args = [str(domains), "--out", str(sharded), "--policy", str(out.parent / "checkpoints" / "tiny" / "best.pt"),
+            "--targets", "2", "--config", str(DEMO_CONFIG)]
+    assert bench_domains.main(args + ["--shard", "0/2"]) == code
+    assert not (sharded / "domains.csv").exists()  # the first shard alone cannot write the tables
+    capsys.readouterr()
+    assert bench_domains.main(args + ["--shard", "1/2"]) == code
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert HEADLINE.match(last)
+    for name in ("domains.csv", "domains.md"):
+        assert (sharded / name).read_text() == (out / name).read_text(), name

@@ -344,6 +344,59 @@ def test_missing_and_corrupt_masks_are_input_errors(tmp_path):
     assert str(path) in str(info.value)
 
 
+
+def ringing_jpeg_mask(path: Path, mode: str) -> np.ndarray:
+    """A 48x64 square mask saved as a low-quality JPEG; returns the exact mask. The file has
+    compression noise: nonzero background pixels (ringing) around the object's edges."""
+    exact = np.zeros((48, 64), bool)
+    exact[12:36, 16:48] = True
+    values = np.where(exact, 255, 0).astype(np.uint8)
+    if mode == "RGB":
+        values = np.stack([values, values // 2, np.zeros_like(values)], axis=-1)  # a red-brown object
+    Image.fromarray(values, mode).save(path, quality=30)
+    stored = np.asarray(Image.open(path))
+    stored = stored.max(axis=2) if stored.ndim == 3 else stored
+    assert np.count_nonzero(stored[~exact]) > 0, "the JPEG should carry noise outside the object"
+    return exact
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_jpeg_mask_is_thresholded_at_half_its_range(tmp_path, mode):
+    path = tmp_path / "m.jpg"
+    exact = ringing_jpeg_mask(path, mode)
+    before = path.read_bytes()
+    mask = read_mask(path)
+    assert path.read_bytes() == before
+    assert mask.dtype == bool and mask.shape == exact.shape
+    assert not (mask & ~exact).any()  # the object does not grow into the ringing
+    assert mask.sum() >= 0.95 * exact.sum()
+
+
+def test_jpeg_mask_note_is_printed_once_per_process(tmp_path, capsys, monkeypatch):
+    import gpoa.io
+
+    monkeypatch.setattr(gpoa.io, "_jpeg_note_shown", False)
+    path = tmp_path / "m.jpeg"
+    ringing_jpeg_mask(path, "L")
+    read_mask(path)
+    read_mask(path)
+    err = capsys.readouterr().err
+    assert err.count("JPEG masks are thresholded at half their range") == 1
+    write_mask(tmp_path / "m.png", expected_mask())
+    read_mask(tmp_path / "m.png")
+    assert capsys.readouterr().err == ""
+
+
+def test_png_mask_keeps_every_nonzero_pixel(tmp_path):
+    values = np.where(expected_mask(), 255, 0).astype(np.uint8)
+    values[0, 0] = 3  # a faint label in a lossless mask is still foreground
+    path = tmp_path / "m.png"
+    Image.fromarray(values, "L").save(path)
+    expected = expected_mask()
+    expected[0, 0] = True
+    np.testing.assert_array_equal(read_mask_unchanged(path), expected)
+
+
 # ----- prompt files -----------------------------------------------------------------------------------
 
 GRID = PatchGrid.for_working_size((560, 420), 14)  # 30 rows x 40 cols

@@ -39,6 +39,7 @@ import numpy as np
 
 from gpoa.agents.dqn import LOG_EVERY, DQNAgent, copy_observation, info_logs, linear_schedule
 from gpoa.config import Config
+from gpoa.distributed import agree_min
 
 ATTACKER, DEFENDER = "attacker", "defender"
 
@@ -64,8 +65,15 @@ class AttackDefendAgent:
         self.cfg = cfg
         self.attacker = DQNAgent(node_dim, global_dim, max_nodes, cfg.dqn, seed=seed, device=device)
         self.defender = DQNAgent(node_dim, global_dim, max_nodes, cfg.dqn, seed=seed + 1, device=device)
-        self.rng = np.random.default_rng(seed + 2)
+        self.seed, self.rng = seed, np.random.default_rng(seed + 2)
         self.global_step = 0
+
+    def data_parallel(self, rank: int) -> None:
+        """Train with several processes (:mod:`gpoa.distributed`): both roles data-parallel, attack
+        lengths drawn per rank."""
+        self.attacker.data_parallel(rank)
+        self.defender.data_parallel(rank)
+        self.rng = np.random.default_rng([self.seed + 2, rank])
 
     @classmethod
     def for_env(cls, env, cfg: Config, seed: int = 0, device: str = "cpu") -> AttackDefendAgent:
@@ -172,10 +180,12 @@ def train(vec_env, cfg: Config, total_steps: int, seed: int,
         masks = next_masks
         for name in (ATTACKER, DEFENDER):
             learner = agent.role(name)
-            if learner.global_step < dqn.learning_starts or len(learner.buffer) < dqn.batch_size:
-                continue
-            while counts[name] >= dqn.train_frequency:
-                counts[name] -= dqn.train_frequency
+            ready = learner.global_step >= dqn.learning_starts and len(learner.buffer) >= dqn.batch_size
+            # how many updates are due depends on this rank's episodes: with several processes the
+            # ranks agree on the fewest (the rest stay due), so that every rank runs the same updates
+            due = agree_min(counts[name] // dqn.train_frequency if ready else 0)
+            counts[name] -= due * dqn.train_frequency
+            for _ in range(due):
                 losses = learner.update()
                 if learner.gradient_steps % LOG_EVERY == 0:
                     sps = agent.global_step / max(time.perf_counter() - start_time, 1e-9)

@@ -43,6 +43,7 @@ from gpoa.agents.network import (
     stack_observations,
 )
 from gpoa.config import DQNConfig
+from gpoa.distributed import data_parallel
 
 #: Gradient steps between two ``losses/*`` reports to the callback.
 LOG_EVERY = 100
@@ -119,9 +120,16 @@ class DQNAgent:
         self.target_network.load_state_dict(self.q_network.state_dict())
         self.optimizer = optim.Adam(self.q_network.parameters(), lr=cfg.learning_rate)
         self.buffer = ReplayBuffer(cfg.buffer_size, max_nodes, node_dim, global_dim)
-        self.rng = np.random.default_rng(seed)
+        self.seed, self.rng = seed, np.random.default_rng(seed)
+        self.trainer = self.q_network  # what updates run through: the network, or its DDP wrapper
         self.global_step = 0
         self.gradient_steps = 0
+
+    def data_parallel(self, rank: int) -> None:
+        """Train with several processes (:mod:`gpoa.distributed`): gradients averaged over the
+        ranks, exploration and replay draws of this rank's own."""
+        self.trainer = data_parallel(self.q_network)
+        self.rng = np.random.default_rng([self.seed, rank])
 
     @property
     def network(self) -> NodeSetNetwork:
@@ -168,7 +176,7 @@ class DQNAgent:
             next_actions = masked_argmax(self.q_network(*next_inputs), next_masks)
             next_q = self.target_network.action_scores(*next_inputs, next_actions)
             target = rewards + cfg.gamma * (1.0 - dones) * next_q
-        q = self.q_network.action_scores(*inputs, actions)
+        q = self.trainer(*inputs, actions=actions)
         loss = F.smooth_l1_loss(q, target)
         self.optimizer.zero_grad()
         loss.backward()

@@ -10,6 +10,7 @@ reads the scores as Q-values.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 import torch
@@ -85,11 +86,19 @@ class NodeSetNetwork(nn.Module):
         node_scores = torch.einsum("bnh,bh->bn", h, head[:, :-2]) / math.sqrt(self.hidden) + head[:, -2:-1]
         return torch.cat([node_scores, head[:, -1:]], dim=1), self.value_out(hidden)[:, 0]
 
-    def forward(self, nodes: torch.Tensor, valid: torch.Tensor, globals_: torch.Tensor) -> torch.Tensor:
+    def forward(self, nodes: torch.Tensor, valid: torch.Tensor, globals_: torch.Tensor,
+                actions: Optional[torch.Tensor] = None, with_value: bool = False):
         """nodes (B, N, F) float, valid (B, N) bool, globals_ (B, G) → scores (B, N + 1), STOP last.
 
         Padded nodes get the score s, finite but meaningless: mask them (:func:`masked_argmax`).
+        With ``actions`` → :meth:`action_scores`; with ``with_value`` → :meth:`scores_and_value`
+        (so that a learner's whole training pass goes through ``forward``, as
+        DistributedDataParallel needs).
         """
+        if actions is not None:
+            return self.action_scores(nodes, valid, globals_, actions)
+        if with_value:
+            return self.scores_and_value(nodes, valid, globals_)
         h, head = self.embed(nodes, valid, globals_)
         node_scores = torch.einsum("bnh,bh->bn", h, head[:, :-2]) / math.sqrt(self.hidden) + head[:, -2:-1]
         return torch.cat([node_scores, head[:, -1:]], dim=1)

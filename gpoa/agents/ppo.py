@@ -39,6 +39,8 @@ from gpoa.agents.network import (
     observation_tensors,
 )
 from gpoa.config import PPOConfig
+from gpoa.distributed import agree_min, data_parallel
+from gpoa.runtime import stable_seed
 
 #: the logit of an invalid action
 MASKED_LOGIT = -1e8
@@ -98,9 +100,17 @@ class PPOAgent:
         self.network = NodeSetNetwork(node_dim, global_dim, cfg.hidden, cfg.node_layers, value_head=True).to(device)
         self.optimizer = optim.Adam(self.network.parameters(), lr=cfg.learning_rate, eps=1e-5)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
-        self.rng = np.random.default_rng(seed)
+        self.seed, self.rng = seed, np.random.default_rng(seed)
+        self.trainer = self.network  # what updates run through: the network, or its DDP wrapper
         self.global_step = 0
         self.updates = 0
+
+    def data_parallel(self, rank: int) -> None:
+        """Train with several processes (:mod:`gpoa.distributed`): gradients averaged over the
+        ranks, action sampling and minibatch order of this rank's own."""
+        self.trainer = data_parallel(self.network)
+        self.generator.manual_seed(stable_seed(self.seed, "rank", rank))
+        self.rng = np.random.default_rng([self.seed, rank])
 
     @classmethod
     def for_env(cls, env, cfg: PPOConfig, seed: int = 0, device: str = "cpu") -> PPOAgent:
@@ -150,7 +160,7 @@ class PPOAgent:
             for start in range(0, batch, minibatch):
                 rows = order[start:start + minibatch]
                 inputs, width = self._inputs(nodes[rows], valid[rows], globals_[rows])
-                scores, new_values = self.network.scores_and_value(*inputs)
+                scores, new_values = self.trainer(*inputs, with_value=True)
                 # the stored masks, applied again in every epoch
                 distribution = masked_distribution(scores, torch.as_tensor(network_masks(masks[rows], width),
                                                                            device=self.device))
@@ -180,7 +190,8 @@ class PPOAgent:
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.network.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
-            if cfg.target_kl > 0 and approx_kl > cfg.target_kl:
+            # early stop on KL: every rank stops when one does (they must run the same updates)
+            if cfg.target_kl > 0 and agree_min(int(approx_kl <= cfg.target_kl)) == 0:
                 break
         variance = np.var(returns)
         explained = float("nan") if variance == 0 else float(1 - np.var(returns - old_values) / variance)

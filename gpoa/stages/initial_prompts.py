@@ -16,7 +16,7 @@ from gpoa.backends import Backends
 from gpoa.config import Config, save_config
 from gpoa.errors import InputError
 from gpoa.io import image_size, read_image, write_png, write_prompt_file
-from gpoa.runtime import StageReport, is_fresh, settings_stamp
+from gpoa.runtime import ONE_PROCESS, RunContext, StageReport, is_fresh, settings_stamp
 from gpoa.tasks import Task, load_tasks
 from gpoa.viz import draw_points
 
@@ -27,13 +27,15 @@ def generate_initial_prompts(cfg: Config, device: str = "cpu", tasks: Optional[l
     """Stage 1 over ``tasks`` (default: the tasks of ``cfg.data``)."""
     tasks = tasks if tasks is not None else load_tasks(cfg, Backends(cfg, device))
     report = StageReport("initial prompts")
+    context = RunContext.from_settings(cfg.shard)
     for task in tasks:
-        initial_prompts_of(task, report)
+        initial_prompts_of(task, report, context)
     return report
 
 
-def initial_prompts_of(task: Task, report: StageReport) -> None:
-    """Stage 1 for one task; outcomes go to ``report`` as ``<task>/<stem>``."""
+def initial_prompts_of(task: Task, report: StageReport, context: RunContext = ONE_PROCESS) -> None:
+    """Stage 1 for one task (this process's share of its targets); outcomes go to ``report`` as
+    ``<task>/<stem>``."""
     cfg, layout = task.cfg, task.layout
     layout.require("reference", "targets")
     task.reference  # noqa: B018 - a bad reference stops the task before any target is read
@@ -43,8 +45,9 @@ def initial_prompts_of(task: Task, report: StageReport) -> None:
     references = [{"file": str(p), "bytes": p.stat().st_size, "modified": p.stat().st_mtime}
                   for pair in layout.reference for p in pair]
     stamp = settings_stamp(out / "settings.txt", {"matching": dataclasses.asdict(cfg.matching),
+                                                    "placement": dataclasses.asdict(cfg.placement), "seed": cfg.seed,
                                                     "features": task.store.key, "reference": references})
-    for image_path in tqdm(layout.targets, desc=f"initial prompts [{task.name}]", unit="image"):
+    for image_path in tqdm(context.mine(layout.targets), desc=f"initial prompts [{task.name}]", unit="image"):
         stem = image_path.stem
         name = f"{task.name}/{stem}"
         prompt_path = out / f"{stem}.json"

@@ -37,7 +37,7 @@ from gpoa.errors import InputError, UsageError
 from gpoa.graph import NODE_FEATURES
 from gpoa.io import atomic_write_json, write_prompt_file
 from gpoa.prompts import PromptSet
-from gpoa.runtime import StageReport, is_fresh, stable_seed
+from gpoa.runtime import ONE_PROCESS, RunContext, StageReport, is_fresh, stable_seed
 from gpoa.stages.train import resolve_policy
 from gpoa.tasks import Task, load_tasks
 
@@ -107,14 +107,15 @@ def optimize_prompts(cfg: Config, device: str = "cpu", tasks: Optional[list] = N
     greedy = GreedyPolicy(policy.network, stop_margin=cfg.optimize.stop_margin)
     source = f"gpoa-{policy.learner}:{policy_path}"
     report = StageReport("optimize")
+    context = RunContext.from_settings(cfg.shard)
     for task in tasks:
-        optimize_task(task, backends, run_cfg, greedy, in_loop, policy_path, source, report)
+        optimize_task(task, backends, run_cfg, greedy, in_loop, policy_path, source, report, context)
     return report
 
 
 def optimize_task(task: Task, backends: Backends, run_cfg: Config, greedy: GreedyPolicy, in_loop: bool,
-                  policy_path: Path, source: str, report: StageReport) -> None:
-    """Stage 3 for one task (see :func:`optimize_prompts`)."""
+                  policy_path: Path, source: str, report: StageReport, context: RunContext = ONE_PROCESS) -> None:
+    """Stage 3 for one task, this process's share of its targets (see :func:`optimize_prompts`)."""
     cfg, layout = task.cfg, task.layout
     layout.require("reference", "targets")
     oracle = cfg.optimize.oracle and layout.has_truth
@@ -124,7 +125,11 @@ def optimize_task(task: Task, backends: Backends, run_cfg: Config, greedy: Greed
     rule = in_loop and run_cfg.env.lookahead
     folders = [OPTIMIZED, RANDOM_SUBSET, TOPK] + ([RULE] if rule else [])
 
+    share = {p.stem for p in context.mine(layout.targets)}
+
     def done_before(stem: str) -> bool:
+        if stem not in share:  # another process's image
+            return True
         wanted = folders + ([ORACLE] if oracle and layout.target_mask(stem) is not None else [])
         outputs = [layout.prompt_folder(f) / f"{stem}.json" for f in wanted]
         if cfg.overwrite or not _up_to_date(task, stem, outputs, policy_path, source):

@@ -17,6 +17,7 @@ file is reused.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -36,6 +37,7 @@ from gpoa.evaluation import (
     to_csv,
 )
 from gpoa.io import (
+    atomic_write_json,
     atomic_write_text,
     check_prompts_fit_image,
     image_size,
@@ -47,7 +49,7 @@ from gpoa.io import (
 )
 from gpoa.layout import TaskLayout
 from gpoa.prompts import PromptSet, sample_ideal_prompts
-from gpoa.runtime import StageReport, is_fresh, settings_stamp, stable_seed
+from gpoa.runtime import ONE_PROCESS, RunContext, StageReport, is_fresh, settings_stamp, stable_seed
 from gpoa.tasks import Task, load_tasks
 from gpoa.viz import overlay_mask
 
@@ -83,6 +85,18 @@ def discover_prompt_folders(layout: TaskLayout, extra: list) -> list:
     return [(name, folder) for folder, name in found.items()]
 
 
+def merge_parts(parts: list, stems: list) -> list:
+    """The rows of every shard's part, in the order one process would have made them (targets in
+    order, then prompt sets in table order)."""
+    rows, order = [], []
+    for part in parts:
+        data = json.loads(part.read_text())
+        rows += data["rows"]
+        order = order or data["order"]
+    position = {stem: i for i, stem in enumerate(stems)}
+    return sorted(rows, key=lambda row: (position[row["image"]], order.index(row["prompt_set"])))
+
+
 def segment_and_evaluate(cfg: Config, device: str = "cpu", tasks: Optional[list] = None) -> tuple:
     """Stage 4 over ``tasks`` (default: the tasks of ``cfg.data``) → (StageReport, summary rows).
 
@@ -91,6 +105,7 @@ def segment_and_evaluate(cfg: Config, device: str = "cpu", tasks: Optional[list]
     backends = Backends(cfg, device)
     tasks = tasks if tasks is not None else load_tasks(cfg, backends)
     report, summary = StageReport("segmentation"), []
+    context = RunContext.from_settings(cfg.shard)
     several = len(tasks) > 1
     for task in tasks:
         # with several tasks, --prompts DIR reads DIR/<task>/; the set keeps DIR's name in every task
@@ -98,8 +113,8 @@ def segment_and_evaluate(cfg: Config, device: str = "cpu", tasks: Optional[list]
                  else cfg.segmentation.prompts)
         out = Path(cfg.segmentation.out) / task.name if several and cfg.segmentation.out else (
             Path(cfg.segmentation.out) if cfg.segmentation.out else task.layout.results)
-        summary += segment_task(task, backends, extra, out, report)
-    if several and summary:
+        summary += segment_task(task, backends, extra, out, report, context)
+    if several and summary and len({s["task"] for s in summary}) == len(tasks):
         order = list(dict.fromkeys(s["prompt_set"] for s in summary))
         means = mean_over_tasks(summary, order)
         print(f"\nMean over {len(tasks)} tasks (Dice and IoU in %):\n\n{markdown_table(means)}")
@@ -107,8 +122,14 @@ def segment_and_evaluate(cfg: Config, device: str = "cpu", tasks: Optional[list]
     return report, summary
 
 
-def segment_task(task: Task, backends: Backends, extra_prompts: list, out: Path, report: StageReport) -> list:
-    """Stage 4 for one task, written to ``out``; returns its summary rows."""
+def segment_task(task: Task, backends: Backends, extra_prompts: list, out: Path, report: StageReport,
+                 context: RunContext = ONE_PROCESS) -> list:
+    """Stage 4 for one task, written to ``out``; returns its summary rows.
+
+    With several processes (``context``) each segments its share of the targets and writes its
+    rows to ``metrics.part-<rank>-of-<world>.json``; the process that completes the set of parts
+    merges them into exactly the tables one process writes, and returns the summary (the others
+    return [])."""
     cfg, layout, grid = task.cfg, task.layout, task.grid
     layout.require("targets")
     folders = discover_prompt_folders(layout, extra_prompts)
@@ -125,7 +146,7 @@ def segment_task(task: Task, backends: Backends, extra_prompts: list, out: Path,
     segmenter = backends.segmenter  # loaded (or its checkpoint refused) before any image is read
 
     rows = []
-    for image_path in tqdm(layout.targets, desc=f"segmentation [{task.name}]", unit="image"):
+    for image_path in tqdm(context.mine(layout.targets), desc=f"segmentation [{task.name}]", unit="image"):
         stem = image_path.stem
         label = f"{task.name}/{stem}"
         try:
@@ -184,9 +205,18 @@ def segment_task(task: Task, backends: Backends, extra_prompts: list, out: Path,
         if truth is not None:
             rows += [image_row(task.name, name, stem, masks[name], truth) for name in order if name in masks]
 
+    if context.world > 1:
+        atomic_write_json(out / context.part_name("metrics.json"), {"order": order, "rows": rows})
+        parts = [out / name for name in context.part_names("metrics.json")]
+        if not all(part.is_file() for part in parts):
+            print(f"\n[{task.name}] rows of shard {context.rank}/{context.world} written to {parts[context.rank]}; "
+                  "the tables are merged when every shard's part is there")
+            return []
+        rows = merge_parts(parts, [p.stem for p in layout.targets])
     summary = summarise(rows, order)
     atomic_write_text(out / "metrics.csv", to_csv(rows, ROW_COLUMNS))
     atomic_write_text(out / "summary.csv", to_csv(summary, SUMMARY_COLUMNS))
+    atomic_write_json(out / "summary.json", summary)  # full precision, for tables built on top
     table = markdown_table(summary)
     atomic_write_text(out / "summary.md", f"# Segmentation results: {task.name} ({layout.source})\n\n{table}")
     if summary:

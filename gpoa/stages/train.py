@@ -22,6 +22,7 @@ policy is kept. The learner is ``agent.learner`` (:data:`gpoa.agents.LEARNERS`),
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io as _io
 import time
 from pathlib import Path
@@ -36,11 +37,12 @@ from gpoa.agents.greedy import GreedyPolicy, run_greedy
 from gpoa.agents.policy_file import save_policy
 from gpoa.backends import Backends
 from gpoa.config import Config, config_to_dict, save_config
+from gpoa.distributed import barrier, process_group, rank_device
 from gpoa.envs import GLOBAL_FEATURES, EpisodeBank, PromptEnv, VecPromptEnv
 from gpoa.errors import UsageError
 from gpoa.graph import NODE_FEATURES
 from gpoa.io import atomic_write_bytes
-from gpoa.runtime import StageReport, stable_seed
+from gpoa.runtime import RunContext, StageReport, stable_seed
 from gpoa.tasks import load_tasks
 from gpoa.viz import plot_curves
 
@@ -168,7 +170,14 @@ def _run_dir(cfg: Config) -> Path:
 
 
 def train_policy(cfg: Config, device: str = "cpu", tasks: Optional[list] = None) -> StageReport:
-    """Stage 2 over ``tasks`` (default: the tasks of ``cfg.data``)."""
+    """Stage 2 over ``tasks`` (default: the tasks of ``cfg.data``). Under ``torchrun`` every process
+    trains the same policy on its own episodes (:mod:`gpoa.distributed`)."""
+    device = rank_device(device)
+    with process_group(device) as context:
+        return _train(cfg, device, tasks, context)
+
+
+def _train(cfg: Config, device: str, tasks: Optional[list], context: RunContext) -> StageReport:
     backends = Backends(cfg, device)
     tasks = tasks if tasks is not None else load_tasks(cfg, backends)
     if device == "cpu" and cfg.train.cpu_threads > 0:
@@ -178,6 +187,11 @@ def train_policy(cfg: Config, device: str = "cpu", tasks: Optional[list] = None)
     learner = learner_of(cfg)
     # the learner's training episodes (PPD: from ideal prompts) and how its policy will be applied
     train_cfg, run_cfg = learner.training_config(cfg), learner.inference_config(cfg)
+    # with several processes each collects its share of the budget, from episodes of its own
+    world, main = context.world, context.is_main
+    train_cfg = dataclasses.replace(train_cfg, train=dataclasses.replace(
+        train_cfg.train, total_steps=-(-cfg.train.total_steps // world)))
+    env_seed = cfg.seed if main else stable_seed(cfg.seed, "rank", context.rank)
     if train_cfg.env.start == "ideal" and not segmentation:
         raise UsageError(f"agent.learner={learner.name} starts its episodes from prompts sampled from the truth: "
                          "it needs env.reward=segmentation and training masks")
@@ -186,40 +200,50 @@ def train_policy(cfg: Config, device: str = "cpu", tasks: Optional[list] = None)
         raise UsageError(f"training needs at least 2 usable images over the tasks {[t.name for t in tasks]}, "
                          f"found {len(training) + len(held_out)}")
     segmenter = backends.segmenter if segmentation else None
-    run_dir = _run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    print(f"[train] {learner.name}: {len(tasks)} task(s), {len(training)} training and {len(held_out)} held-out "
-          f"images, {cfg.env.reward} reward, run {run_dir}")
+    run_dir = _run_dir(cfg)  # every rank checks (the same files), so a refusal stops them all
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        print(f"[train] {learner.name}: {len(tasks)} task(s), {len(training)} training and {len(held_out)} "
+              f"held-out images, {cfg.env.reward} reward, run {run_dir}"
+              + (f", {world} processes" if world > 1 else ""))
 
     capacity = cfg.train.bank_capacity or None
     try:
-        bank = EpisodeBank(training, train_cfg, segmenter=segmenter, seed=cfg.seed, capacity=capacity)
+        bank = EpisodeBank(training, train_cfg, segmenter=segmenter, seed=env_seed, capacity=capacity)
         eval_bank = EpisodeBank(held_out or training[:1], run_cfg, segmenter=segmenter, seed=cfg.seed)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    vec_env = VecPromptEnv(bank, train_cfg, max(1, cfg.train.parallel_envs), seed=cfg.seed)
+    vec_env = VecPromptEnv(bank, train_cfg, max(1, cfg.train.parallel_envs), seed=env_seed)
     eval_env = PromptEnv(eval_bank, run_cfg, seed=cfg.seed + 10_000)
 
+    # the same seed on every rank: identical initial networks
     agent, best = learner.make_agent(vec_env, cfg, cfg.seed, device), -np.inf
     if cfg.train.resume:
         try:
             state = torch.load(run_dir / STATE, map_location=device, weights_only=True)
+            if int(state.get("world", 1)) != world:
+                raise ValueError(f"the run was trained by {int(state.get('world', 1))} process(es), not {world}")
             agent.load_state_dict(state["agent"])
             best = float(state["best"])
         except Exception as exc:  # unreadable file or a network of another shape: same advice
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UsageError(f"cannot resume from '{run_dir / STATE}' ({reason}); resume with the settings the run "
                              "was started with (see its config.yaml) or start a new run") from None
-        print(f"[train] resuming {run_dir} at step {agent.global_step}")
-    log = TrainingLog(run_dir / LOG, resume=cfg.train.resume)
+        if main:
+            print(f"[train] resuming {run_dir} at step {agent.global_step * world}")
+    if world > 1:
+        agent.data_parallel(context.rank)
+    log = TrainingLog(run_dir / LOG, resume=cfg.train.resume) if main else None
     meta = {"config": config_to_dict(run_cfg), "grid": backends.grid.to_dict(), "reward": cfg.env.reward,
             "segmenter_in_loop": segmenter is not None, "feature_cache_key": backends.feature_key,
             "tasks": [task.name for task in tasks]}
     eval_key = "eval/dice" if segmentation else "eval/score"
     recent = {"return": [], "dice": []}
-    bar = tqdm(total=cfg.train.total_steps, initial=agent.global_step, desc=f"train {learner.name}", unit="step")
-    next_eval = [(agent.global_step // cfg.train.eval_every + 1) * cfg.train.eval_every]
+    # steps (logs, evaluation, the bar) count transitions over all ranks
+    bar = tqdm(total=cfg.train.total_steps, initial=agent.global_step * world, desc=f"train {learner.name}",
+               unit="step", disable=not main)
+    next_eval = [(agent.global_step * world // cfg.train.eval_every + 1) * cfg.train.eval_every]
     evaluated = [-1]
 
     def save(name: str, step: int, scores: dict) -> None:
@@ -229,7 +253,7 @@ def train_policy(cfg: Config, device: str = "cpu", tasks: Optional[list] = None)
 
     def checkpoint(step: int) -> None:
         nonlocal best
-        if evaluated[0] == step:
+        if evaluated[0] == step or not main:  # rank 0 evaluates and writes
             return
         evaluated[0] = step
         scores = evaluate(GreedyPolicy(agent.network, cfg.optimize.stop_margin), eval_env, seed=cfg.seed)
@@ -244,7 +268,7 @@ def train_policy(cfg: Config, device: str = "cpu", tasks: Optional[list] = None)
                             extra={**meta, "config": config_to_dict(train_cfg), "step": step})
         save(LAST, step, scores)
         buffer = _io.BytesIO()
-        torch.save({"agent": agent.state_dict(), "best": best}, buffer)
+        torch.save({"agent": agent.state_dict(), "best": best, "world": world}, buffer)
         atomic_write_bytes(run_dir / STATE, buffer.getvalue())
         log.save()
         log.plot(run_dir / "reward_curve.png", cfg.env.reward)
@@ -252,6 +276,9 @@ def train_policy(cfg: Config, device: str = "cpu", tasks: Optional[list] = None)
         bar.write(f"[train] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()))
 
     def callback(step: int, logs: dict) -> None:
+        if not main:
+            return
+        step *= world
         log.add(step, logs)
         if "charts/episodic_return" in logs:
             recent["return"] = (recent["return"] + [logs["charts/episodic_return"]])[-50:]
@@ -270,8 +297,10 @@ def train_policy(cfg: Config, device: str = "cpu", tasks: Optional[list] = None)
         agent = learner.train(vec_env, train_cfg, agent, callback)
     except ValueError as exc:  # a sample that cannot be played (e.g. too many nodes), met when first drawn
         raise UsageError(str(exc)) from None
-    checkpoint(agent.global_step)
+    checkpoint(agent.global_step * world)
     bar.close()
+    barrier()  # the other ranks wait until rank 0 has written the last checkpoint
     report.done.extend(f"{s.task}/{s.name}" for s in training + held_out)
-    print(f"[train] best {eval_key}={best:.4f}; policy: {run_dir / BEST}")
+    if main:
+        print(f"[train] best {eval_key}={best:.4f}; policy: {run_dir / BEST}")
     return report
