@@ -7,12 +7,8 @@
 ROOT as in ``bench_domains.py`` (a folder of domains, one domain, or dataset folders; the first
 sorted pair of a domain is the reference, at most N targets). The run folder holds the defender
 (``best.pt``) and its attacker (``attacker.pt``) that ``train_GPOA.py --set agent.learner=ppd``
-wrote. Per target, on the same graph the training episodes use:
-
-- **ideal**: prompts sampled from the truth mask (the training episodes' start);
-- **attacked**: the attacker, greedy, activates candidates for up to ``ppd.attack_steps[1]`` steps;
-- **defended**: the defender, greedy, deactivates prompts of the attacked set until it STOPs;
-- **initial** → **defended**: the defender applied to stage 1's prompts (inference as in test_GPOA.py).
+wrote. Per target, :func:`gpoa.ablation.ablation_row` measures ideal → attacked (the attacker
+acting up to ``ppd.attack_steps[1]`` steps) → defended, and initial → defended.
 
 Writes ``DIR/ppd_ablation.csv`` (domain, images, mean Dice of each column) and
 ``DIR/ppd_ablation.md`` with the paper's PASCAL VOC numbers beside ours (the paper: SAM + DINOv2;
@@ -37,12 +33,13 @@ for path in (ROOT, ROOT / "benchmarks"):
 import bench_domains  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from gpoa.ablation import ABLATION_COLUMNS, ablation_row  # noqa: E402
 from gpoa.agents.adversarial import inference_config, training_config  # noqa: E402
-from gpoa.agents.greedy import GreedyPolicy, run_greedy  # noqa: E402
+from gpoa.agents.greedy import GreedyPolicy  # noqa: E402
 from gpoa.agents.policy_file import check_observation, load_policy  # noqa: E402
 from gpoa.backends import Backends  # noqa: E402
 from gpoa.config import EnvConfig, GraphConfig, load_config, resolve_device  # noqa: E402
-from gpoa.envs import GLOBAL_FEATURES, EpisodeBank, PromptEnv  # noqa: E402
+from gpoa.envs import GLOBAL_FEATURES  # noqa: E402
 from gpoa.errors import UsageError  # noqa: E402
 from gpoa.evaluation import to_csv  # noqa: E402
 from gpoa.graph import NODE_FEATURES  # noqa: E402
@@ -50,38 +47,9 @@ from gpoa.io import atomic_write_text  # noqa: E402
 from gpoa.runtime import seed_everything  # noqa: E402
 from gpoa.stages.initial_prompts import generate_initial_prompts  # noqa: E402
 
-COLUMNS = ("domain", "images", "ideal", "attacked", "defended", "initial", "initial_defended")
+COLUMNS = ("domain", "images", *ABLATION_COLUMNS)
 #: Point Prompt Defender, PASCAL VOC, mDSC (%), SAM + DINOv2: ideal → attacked → defended, initial → defended
 PAPER = {"ideal": 78.5, "attacked": 34.2, "defended": 83.5, "initial": 41.3, "initial_defended": 73.0}
-
-
-def greedy_steps(policy: GreedyPolicy, env: PromptEnv, limit: int) -> None:
-    """Greedy actions in ``env`` (whose episode is open) until STOP, truncation or ``limit`` toggles."""
-    obs = env.observation()
-    for _ in range(limit):
-        action = policy(obs, env.action_masks())
-        obs, _, terminated, truncated, _ = env.step(action)
-        if terminated or truncated:
-            return
-
-
-def ablation_row(sample, train_cfg, run_cfg, attacker: GreedyPolicy, defender: GreedyPolicy, segmenter,
-                 attack_steps: int) -> dict:
-    """The five Dice values of one target (module docstring)."""
-    env = PromptEnv(EpisodeBank([sample], train_cfg, segmenter), train_cfg)
-    _, info = env.reset(options={"sample": 0})
-    row = {"ideal": info["dice"]}
-    env.set_edits("activate", shield=False)
-    greedy_steps(attacker, env, attack_steps)
-    row["attacked"] = env.dice
-    env.set_edits(run_cfg.env.edits, shield=True)
-    greedy_steps(defender, env, run_cfg.env.episode_length)
-    row["defended"] = env.dice
-    initial = PromptEnv(EpisodeBank([sample], run_cfg, segmenter), run_cfg)
-    _, start = initial.reset(options={"sample": 0})
-    _, final, _ = run_greedy(defender, initial, options={"sample": 0})
-    row.update({"initial": start["dice"], "initial_defended": final["dice"]})
-    return row
 
 
 def main(argv=None) -> int:

@@ -89,6 +89,7 @@ class TaskLayout:
     target_masks: dict = field(default_factory=dict)
     train: list = field(default_factory=list)
     problems: dict = field(default_factory=dict)  # part → message, raised by require()
+    shared_cache: Optional[Path] = None  # a feature cache shared by many tasks (default: root/cache)
 
     def __post_init__(self):
         self._targets_by_stem = {p.stem: p for p in self.targets}
@@ -111,7 +112,7 @@ class TaskLayout:
 
     @property
     def cache(self) -> Path:
-        return self.root / "cache"
+        return self.shared_cache or self.root / "cache"
 
     # ----- inputs ----------------------------------------------------------------------------
     def target(self, stem: str) -> Optional[Path]:

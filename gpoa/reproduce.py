@@ -1,0 +1,576 @@
+"""The papers' tables with one command: ``python reproduce.py TABLE [TABLE ...] --root DATA --out DIR``.
+
+Tables (``TABLES``):
+
+- ``ppd-main`` — Point Prompt Defender's main table: mDSC and mIoU (means over images) on PASCAL
+  VOC, ISIC 2018 and Kvasir-SEG, rows initial (FM: the matching's prompts), FM + DQN, FM + PPO,
+  FM + PPD, top-k (the initial positives with the best match scores, as many as DQN keeps) and
+  ideal (prompts sampled from the truth);
+- ``ppd-ablation`` — ideal → attacked (the trained attacker) → defended, and initial → defended;
+- ``ppd-runtime`` — seconds for loading the models, and per image for prompt engineering
+  (stage 1 + the defender) and for segmentation;
+- ``fss`` — one-shot mIoU (class-wise: intersection and union summed per class over its
+  episodes, then averaged over classes; PASCAL-5i and COCO-20i: the mean over the four folds) and
+  FB-IoU on FSS-1000, PASCAL-5i and COCO-20i, same rows.
+
+Data: ``--root`` holds the converters' outputs (``python -m gpoa.datasets NAME --src RAW --out
+DATA/NAME``); each benchmark is found by its ``dataset.json`` and evaluated on its
+``episodes.json`` (``--episodes N``: only the first N episodes of each fold, said in the table).
+A root that holds plain domain folders instead (``<domain>/image`` + ``<domain>/mask``, such as
+real-dev) stands in for the benchmarks: every domain is a data set of its own under the one-shot
+protocol of ``bench_domains.py`` (first sorted pair the reference, at most ``--targets`` queries),
+and for ``fss`` the domains are the classes of one benchmark.
+
+Policies: a row that needs one trains it first, once, into ``OUT/policies/<learner>/`` and reuses
+it afterwards: on FSS-1000's training classes when the root has FSS-1000 (as Point Prompt
+Defender does), else on ``--train`` (e.g. the generated corpus ``data/tasks``).
+
+Episodes that share a support image form one task (its reference), so the reference is encoded
+once; every task's features go to one cache keyed by image content, so an image used in many
+episodes is encoded once. The stages' own code does the work (stage 1, stage 3 per learner, stage
+4); the metrics read stage 4's masks with the benchmark's ignore masks
+(:class:`gpoa.protocols.SegmentationCounts`).
+
+Several processes: ``torchrun --nproc-per-node N reproduce.py ...`` or ``--shard i/N`` split the
+episode groups (a deterministic round-robin over the sorted groups). Each process writes its
+counts to ``OUT/tables/<table>/<data set>.part-<i>-of-<N>.json``; the one that completes the set
+merges them into exactly the tables one process writes (counts are integers, so the merge is exact).
+Outputs: ``OUT/<table>.csv`` (row, column, ours, published) and ``OUT/<table>.md`` in the paper's
+layout, published numbers (``configs/paper_numbers.yaml``, each with its source) beside ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from gpoa.ablation import ABLATION_COLUMNS, ablation_row
+from gpoa.agents.adversarial import inference_config, training_config
+from gpoa.agents.greedy import GreedyPolicy
+from gpoa.agents.policy_file import load_policy
+from gpoa.backends import Backends
+from gpoa.config import Config, EnvConfig, GraphConfig
+from gpoa.errors import UsageError
+from gpoa.io import atomic_write_json, atomic_write_text, read_image, read_mask, read_prompt_file
+from gpoa.layout import TaskLayout, is_domain, list_images
+from gpoa.protocols import Episode, SegmentationCounts, natural_key, one_shot_episodes, read_episodes
+from gpoa.runtime import RunContext, StageReport
+from gpoa.stages.initial_prompts import generate_initial_prompts
+from gpoa.stages.optimize import optimize_prompts
+from gpoa.stages.segmentation import segment_and_evaluate
+from gpoa.stages.train import BEST, STATE, train_policy
+from gpoa.tasks import Task
+
+TABLES = ("ppd-main", "ppd-ablation", "ppd-runtime", "fss")
+LEARNERS = ("dqn", "ppo", "ppd")
+#: the benchmarks each table reads, and their column titles
+TABLE_BENCHMARKS = {"ppd-main": ("pascal5i", "isic2018", "kvasir"), "ppd-ablation": ("pascal5i", "isic2018", "kvasir"),
+                    "ppd-runtime": ("pascal5i", "isic2018", "kvasir"), "fss": ("fss1000", "pascal5i", "coco20i")}
+TITLES = {"pascal5i": "PASCAL VOC", "isic2018": "ISIC 2018", "kvasir": "Kvasir-SEG", "fss1000": "FSS-1000",
+          "coco20i": "COCO-20i", "cvc": "CVC-ClinicDB"}
+FSS_TITLES = {**TITLES, "pascal5i": "PASCAL-5i"}
+#: prompt sets (stage 4's names) → the table's row names
+ROWS = {"initial": "initial (FM)", "dqn": "FM + DQN", "ppo": "FM + PPO", "ppd": "FM + PPD", "dqn_topk": "top-k",
+        "ideal": "ideal"}
+PAPER_NUMBERS = Path(__file__).resolve().parents[1] / "configs" / "paper_numbers.yaml"
+
+
+@dataclass
+class DataSet:
+    """One column group of a table: a benchmark (or a stand-in domain) and its episodes."""
+
+    name: str
+    title: str
+    folder: Path
+    episodes: list
+    note: str = ""
+
+
+# ----- finding the data -------------------------------------------------------------------------
+def converted_benchmarks(root: Path) -> dict:
+    """benchmark name → folder, for every converter output (``dataset.json``) at or under ``root``."""
+    found = {}
+    for record in [root / "dataset.json"] + sorted(root.glob("*/dataset.json")):
+        if record.is_file():
+            try:
+                name = json.loads(record.read_text()).get("benchmark")
+            except (OSError, ValueError):
+                continue
+            if name:
+                found.setdefault(name, record.parent)
+    return found
+
+
+def capped(episodes: list, per_fold: Optional[int]) -> list:
+    """The first ``per_fold`` episodes of every fold (all of them with None), order kept."""
+    if per_fold is None:
+        return episodes
+    seen, kept = {}, []
+    for episode in episodes:
+        seen[episode.fold] = seen.get(episode.fold, 0) + 1
+        if seen[episode.fold] <= per_fold:
+            kept.append(episode)
+    return kept
+
+
+def find_datasets(root: Path, table: str, per_fold: Optional[int], targets: int, seed: int) -> list:
+    """The data sets of ``table`` under ``root`` (module docstring)."""
+    if not root.is_dir():
+        raise UsageError(f"--root '{root}' is not a folder; convert the benchmarks into it with "
+                         "python -m gpoa.datasets NAME --src RAW --out ROOT/NAME")
+    converted = converted_benchmarks(root)
+    wanted = TABLE_BENCHMARKS[table]
+    if any(name in converted for name in wanted):
+        datasets = []
+        for name in wanted:
+            if name not in converted:
+                print(f"[reproduce] {table}: no converted '{name}' under {root}; its columns are left out "
+                      f"(python -m gpoa.datasets {name} --src RAW --out {root / name})", file=sys.stderr)
+                continue
+            episodes = read_episodes(converted[name] / "episodes.json")
+            note = f"first {per_fold} episodes per fold" if per_fold is not None else ""
+            title = (FSS_TITLES if table == "fss" else TITLES).get(name, name)
+            datasets.append(DataSet(name, title, converted[name], capped(episodes, per_fold), note))
+        return datasets
+    domains = sorted(p for p in root.iterdir() if p.is_dir() and is_domain(p))
+    if not domains:
+        raise UsageError(f"'{root}' holds none of {', '.join(wanted)} (converter outputs with dataset.json) and no "
+                         "domain folders (<domain>/image + <domain>/mask)")
+    stand_in = []
+    for domain in domains:
+        stems = sorted((p.stem for p in list_images(domain / "image")), key=natural_key)
+        if len(stems) < 2:
+            raise UsageError(f"domain '{domain}' needs a reference and at least one query image")
+        stand_in.append((domain.name, one_shot_episodes(domain.name, stems[:1], stems[1:1 + targets], seed=seed)))
+    note = f"stand-in: the domains of {root.name}, first sorted pair the reference, at most {targets} queries"
+    if table == "fss":  # the domains are the classes of one benchmark
+        return [DataSet(root.name, root.name, root, [e for _, episodes in stand_in for e in episodes], note)]
+    return [DataSet(name, name, root, episodes, note) for name, episodes in stand_in]
+
+
+def training_sources(root: Path, train: Sequence[str]) -> list:
+    """What the policies train on: FSS-1000's training classes when ``root`` has them, else ``train``."""
+    fss = converted_benchmarks(root).get("fss1000") if root.is_dir() else None
+    if fss is not None and not train:
+        record = json.loads((fss / "dataset.json").read_text())
+        classes = record.get("splits", {}).get("train", [])
+        folders = [str(fss / name) for name in classes if is_domain(fss / name)]
+        if folders:
+            return folders
+    if not train:
+        raise UsageError("the policies need training data: convert FSS-1000 into --root (its training classes are "
+                         "used, as Point Prompt Defender does) or pass --train DIR (e.g. data/tasks)")
+    return list(train)
+
+
+# ----- policies ---------------------------------------------------------------------------------
+def ensure_policies(cfg: Config, device: str, learners: Sequence[str], sources: list, out: Path) -> dict:
+    """learner → its policy file, trained once into ``out/policies/<learner>/`` (resumed if interrupted)."""
+    policies = {}
+    for learner in learners:
+        run = out / "policies" / learner
+        if not (run / BEST).is_file() or (run / STATE).is_file() and not _finished(run, cfg):
+            resume = (run / STATE).is_file()
+            train_cfg = dataclasses.replace(
+                cfg, data=list(sources), overwrite=not resume, shard="",
+                agent=dataclasses.replace(cfg.agent, learner=learner),
+                train=dataclasses.replace(cfg.train, checkpoints=str(out / "policies"), run=learner, resume=resume))
+            print(f"[reproduce] training the {learner} policy on {len(sources)} source(s) into {run}")
+            report = train_policy(train_cfg, device)
+            if report.exit_code and not (run / BEST).is_file():
+                raise UsageError(f"training the {learner} policy failed; see the messages above")
+        policies[learner] = run / BEST
+    return policies
+
+
+def _finished(run: Path, cfg: Config) -> bool:
+    """True when the run's last checkpoint reached its budget."""
+    try:
+        return int(load_policy(run / "last.pt").extra.get("step", 0)) >= cfg.train.total_steps
+    except UsageError:
+        return False
+
+
+# ----- episodes → tasks ---------------------------------------------------------------------------
+@dataclass
+class Group:
+    """The episodes that share a support: one task (reference = the support) with their queries."""
+
+    domain: str
+    support: tuple
+    queries: list
+    episodes: list
+
+
+def episode_groups(episodes: Sequence[Episode]) -> list:
+    """Episodes grouped by (domain, support), groups sorted (the order every process agrees on)."""
+    groups = {}
+    for episode in episodes:
+        key = (episode.domain, episode.support)
+        group = groups.setdefault(key, Group(episode.domain, episode.support, [], []))
+        if episode.query not in group.queries:
+            group.queries.append(episode.query)
+        group.episodes.append(episode)
+    return [groups[key] for key in sorted(groups)]
+
+
+class DomainIndex:
+    """Stem → file of every domain's image/, mask/ and ignore/ folder, listed once."""
+
+    def __init__(self, folder: Path):
+        self.folder, self._index = folder, {}
+
+    def files(self, domain: str, kind: str) -> dict:
+        key = (domain, kind)
+        if key not in self._index:
+            self._index[key] = {p.stem: p for p in list_images(self.folder / domain / kind)}
+        return self._index[key]
+
+    def pair(self, domain: str, stem: str) -> tuple:
+        image, mask = self.files(domain, "image").get(stem), self.files(domain, "mask").get(stem)
+        if image is None or mask is None:
+            raise UsageError(f"episode image '{stem}' of '{self.folder / domain}' has no image or mask; convert the "
+                             "benchmark again (python -m gpoa.datasets)")
+        return image, mask
+
+    def ignore(self, domain: str, stem: str) -> Optional[Path]:
+        return self.files(domain, "ignore").get(stem)
+
+
+def group_task(group: Group, index: DomainIndex, work: Path, cache: Path, backends: Backends, cfg: Config) -> Task:
+    references = [index.pair(group.domain, stem) for stem in group.support]
+    pairs = {stem: index.pair(group.domain, stem) for stem in group.queries}
+    targets = sorted((image for image, _ in pairs.values()), key=lambda p: p.stem)
+    name = f"{group.domain}/{'+'.join(group.support)}"
+    layout = TaskLayout(name=name, kind="domain", source=index.folder / group.domain,
+                        root=work / group.domain / "+".join(group.support), reference=references, targets=targets,
+                        target_masks={stem: mask for stem, (_, mask) in pairs.items()}, shared_cache=cache)
+    return Task(layout, backends, cfg)
+
+
+@contextlib.contextmanager
+def quiet():
+    """The stages' per-task tables and progress bars, kept off the terminal (their reports are kept)."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def _move(source: Path, target: Path) -> None:
+    """Rename folder ``source`` to ``target``, replacing what was there."""
+    if target.exists():
+        shutil.rmtree(target)
+    source.rename(target)
+
+
+def optimize_with(learner: str, policy: Path, tasks: list, cfg: Config, device: str, report: StageReport) -> None:
+    """Stage 3 with ``policy`` on every task that lacks ``<learner>_indices``; the optimised sets are
+    kept as ``<learner>_indices`` (and DQN's top-k baseline as ``dqn_topk_indices``)."""
+    todo = [t for t in tasks if not all((t.layout.prompt_folder(f"{learner}_indices") / f"{p.stem}.json").is_file()
+                                        for p in t.layout.targets)]
+    if not todo:
+        return
+    run_cfg = dataclasses.replace(cfg, overwrite=True,
+                                  optimize=dataclasses.replace(cfg.optimize, policy=str(policy), oracle=False))
+    with quiet():
+        report.merge(optimize_prompts(run_cfg, device, todo))
+    for task in todo:
+        layout = task.layout
+        if layout.optimized_indices.is_dir():
+            if learner == "dqn" and layout.prompt_folder("topk_indices").is_dir():
+                _move(layout.prompt_folder("topk_indices"), layout.prompt_folder("dqn_topk_indices"))
+            _move(layout.optimized_indices, layout.prompt_folder(f"{learner}_indices"))
+        for folder in ("topk_indices", "random_subset_indices", "lookahead_rule_indices"):  # not table rows
+            shutil.rmtree(layout.prompt_folder(folder), ignore_errors=True)
+
+
+def evaluate_groups(groups: list, dataset: DataSet, policies: dict, cfg: Config, device: str, backends: Backends,
+                    out: Path, report: StageReport) -> dict:
+    """Stages 1, 3 (each learner) and 4 on ``groups``; → counts per (prompt set, fold)."""
+    index = DomainIndex(dataset.folder)
+    work, cache = out / "work" / dataset.folder.name, out / "work" / "cache"
+    tasks = [group_task(g, index, work, cache, backends, cfg) for g in groups]
+    counts = {}
+    if not tasks:
+        return counts
+    with quiet():
+        report.merge(generate_initial_prompts(cfg, device, tasks))
+    for learner, policy in policies.items():
+        optimize_with(learner, policy, tasks, cfg, device, report)
+    with quiet():
+        report.merge(segment_and_evaluate(cfg, device, tasks)[0])
+    for task, group in zip(tasks, groups):
+        masks_root = task.layout.results / "masks"
+        for episode in group.episodes:
+            image, mask = index.pair(group.domain, episode.query)
+            truth = read_mask(mask)
+            ignore_path = index.ignore(group.domain, episode.query)
+            ignore = read_mask(ignore_path, expected_size=(truth.shape[1], truth.shape[0])) if ignore_path else None
+            for name in ROWS:
+                prediction_path = masks_root / name / f"{episode.query}.png"
+                if prediction_path.is_file():
+                    key = f"{name}|{episode.fold}"
+                    counts.setdefault(key, SegmentationCounts()).add(episode.domain, read_mask(prediction_path),
+                                                                     truth, ignore)
+    return counts
+
+
+# ----- the tables ----------------------------------------------------------------------------------
+def load_paper_numbers(table: str) -> tuple:
+    """(rows {row: {column: value}}, source) of ``table`` in ``configs/paper_numbers.yaml``."""
+    if not PAPER_NUMBERS.is_file():
+        return {}, "not recorded"
+    entry = (yaml.safe_load(PAPER_NUMBERS.read_text()) or {}).get(table, {})
+    return entry.get("rows") or {}, str(entry.get("source", "not recorded")).strip()
+
+
+def cell(value: Optional[float]) -> str:
+    return "—" if value is None or not np.isfinite(value) else f"{100 * value:.1f}"
+
+
+def fold_means(counts: dict, prompt_set: str) -> dict:
+    """mIoU, FB-IoU, mDSC and image mIoU of ``prompt_set``: per fold, then averaged over folds."""
+    folds = [SegmentationCounts.from_dict(v) for k, v in sorted(counts.items()) if k.split("|")[0] == prompt_set]
+    if not folds:
+        return {}
+    pooled = SegmentationCounts.merged(folds)
+    return {"miou": float(np.mean([c.miou() for c in folds])), "fb_iou": float(np.mean([c.fb_iou() for c in folds])),
+            "mdsc": pooled.mdsc(), "image_miou": pooled.mean_image_iou(), "episodes": len(pooled.images)}
+
+
+def score_table(table: str, results: dict, datasets: list) -> tuple:
+    """(CSV rows, Markdown) of ``ppd-main`` or ``fss`` from merged counts per data set."""
+    metrics = (("mdsc", "mDSC"), ("image_miou", "mIoU")) if table == "ppd-main" else (("miou", "mIoU"),
+                                                                                       ("fb_iou", "FB-IoU"))
+    published, source = load_paper_numbers(table)
+    columns = [(d, key, f"{d.title} {label}") for d in datasets for key, label in metrics]
+    csv_rows, lines = [], ["| method | " + " | ".join(c[2] for c in columns) + " |",
+                           "| --- |" + " ---: |" * len(columns)]
+    for prompt_set, row in ROWS.items():
+        values = []
+        for dataset, key, label in columns:
+            ours = fold_means(results[dataset.name], prompt_set).get(key)
+            paper = published.get(row, {}).get(label)
+            csv_rows.append({"row": row, "column": label, "ours": "" if ours is None else f"{100 * ours:.2f}",
+                             "published": "" if paper is None else paper})
+            values.append(cell(ours) + (f" ({paper})" if paper is not None else ""))
+        if any(v != "—" for v in values):
+            lines.append(f"| {row} | " + " | ".join(values) + " |")
+    return csv_rows, "\n".join(lines), source
+
+
+def write_table(out: Path, table: str, csv_rows: list, markdown: str, header: str, source: str, notes: list) -> None:
+    csv_text = "row,column,ours,published\n" + "".join(
+        f"{r['row']},{r['column']},{r['ours']},{r['published']}\n" for r in csv_rows)
+    atomic_write_text(out / f"{table}.csv", csv_text)
+    note_lines = "".join(f"- {n}\n" for n in notes if n)
+    text = f"# {header}\n\n{markdown}\n\nPublished numbers: {source.rstrip('.')}.\n" + (f"\n{note_lines}" if note_lines else "")
+    atomic_write_text(out / f"{table}.md", text)
+    print(f"\n{text}")
+
+
+# ----- the runner ----------------------------------------------------------------------------------
+@dataclass
+class Request:
+    tables: list
+    root: Path
+    out: Path
+    train: list
+    learners: list
+    per_fold: Optional[int]
+    targets: int
+    runtime_images: int
+    policies_only: bool = False
+
+
+def run(request: Request, cfg: Config, device: str) -> StageReport:
+    """Every requested table (module docstring); returns the report of everything done."""
+    report = StageReport("reproduce")
+    context = RunContext.from_settings(cfg.shard)
+    one = dataclasses.replace(cfg, shard="0/1")  # the runner splits episodes; the stages must not split again
+    backends = Backends(one, device)
+    learners = list(request.learners)
+    if any(t in ("ppd-ablation", "ppd-runtime") for t in request.tables) and "ppd" not in learners:
+        learners.append("ppd")
+    # the data first: a wrong root is refused before any training
+    datasets_of = {t: find_datasets(request.root, t, request.per_fold, request.targets, cfg.seed) for t in request.tables}
+    sources = training_sources(request.root, request.train)
+    missing = [name for name in learners if not (request.out / "policies" / name / BEST).is_file()]
+    if missing and context.world > 1 and not torchrun_started():
+        raise UsageError(f"the {', '.join(missing)} policies are not trained yet; processes started by --shard do not "
+                         "train together: train them first with the same command and --policies-only (no --shard)")
+    policies = ensure_policies(one, device, learners, sources, request.out)
+    if request.policies_only:
+        return report
+    for table in request.tables:
+        datasets = datasets_of[table]
+        parts_dir = request.out / "tables" / table
+        if table == "ppd-runtime":
+            if context.is_main:
+                runtime_table(request, datasets, policies["ppd"], one, device, report)
+            continue
+        merged = {}
+        for dataset in datasets:
+            groups = context.mine(episode_groups(dataset.episodes))
+            desc = f"{table} [{dataset.name}]"
+            if table == "ppd-ablation":
+                part = {"rows": ablation_rows(groups, dataset, policies["ppd"], one, device, backends, request.out,
+                                              report, desc)}
+            else:
+                counts = {}
+                bar = tqdm(total=len(groups), desc=desc, unit="group")
+                for start in range(0, len(groups), 16):  # a few groups at a time, so progress shows
+                    for key, value in evaluate_groups(groups[start:start + 16], dataset,
+                                                      {k: policies[k] for k in request.learners}, one, device,
+                                                      backends, request.out, report).items():
+                        counts.setdefault(key, SegmentationCounts()).merge(value)
+                    bar.update(len(groups[start:start + 16]))
+                bar.close()
+                part = {"counts": {key: value.to_dict() for key, value in counts.items()}}
+            name = f"{dataset.name}.json"
+            atomic_write_json(parts_dir / context.part_name(name), part)
+            paths = [parts_dir / p for p in context.part_names(name)]
+            if all(p.is_file() for p in paths):
+                merged[dataset.name] = merge_parts([json.loads(p.read_text()) for p in paths])
+        if len(merged) < len(datasets):
+            print(f"[reproduce] {table}: part {context.rank}/{context.world} written to {parts_dir}; the table is "
+                  "written by the process that completes the set")
+            continue
+        notes = sorted({d.note for d in datasets if d.note})
+        if table == "ppd-ablation":
+            csv_rows, markdown, source = ablation_table(merged, datasets)
+            header = "Point Prompt Defender ablation: ideal → attacked → defended, initial → defended (mDSC %)"
+        else:
+            csv_rows, markdown, source = score_table(table, merged, datasets)
+            header = ("Point Prompt Defender main table (mDSC / mIoU %, means over images)" if table == "ppd-main" else
+                      "One-shot segmentation (class-wise mIoU / FB-IoU %, PASCAL-5i and COCO-20i: mean over folds)")
+        episodes = sum(len(d.episodes) for d in datasets)
+        notes.append(f"{episodes} episode(s); policies trained on {len(sources)} source(s) into {request.out / 'policies'}")
+        write_table(request.out, table, csv_rows, markdown, header, source, notes)
+    return report
+
+
+def torchrun_started() -> bool:
+    """True in a process that torchrun started (it sets RANK and WORLD_SIZE and the rendezvous address)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or "MASTER_ADDR" in os.environ
+
+
+def merge_parts(parts: list) -> dict:
+    """One data set's results from every process's part: summed counts, or the ablation rows in order."""
+    if "rows" in parts[0]:
+        return {"rows": [row for part in parts for row in part["rows"]]}
+    counts = {}
+    for part in parts:
+        for key, value in part["counts"].items():
+            counts.setdefault(key, SegmentationCounts()).merge(SegmentationCounts.from_dict(value))
+    return {key: value.to_dict() for key, value in sorted(counts.items())}
+
+
+def trained_settings(cfg: Config, defender_path: Path) -> tuple:
+    """(training config, inference config) of the PPD run that wrote ``defender_path``."""
+    trained = load_policy(defender_path).extra["config"]
+    cfg = dataclasses.replace(cfg, graph=GraphConfig(**trained["graph"]), env=EnvConfig(**trained["env"]),
+                              ppd=dataclasses.replace(cfg.ppd, attack_steps=list(trained["ppd"]["attack_steps"]),
+                                                      defender_edits=trained["ppd"]["defender_edits"]))
+    return training_config(cfg), inference_config(cfg), cfg.ppd.attack_steps[1]
+
+
+def ablation_rows(groups: list, dataset: DataSet, defender_path: Path, cfg: Config, device: str, backends: Backends,
+                  out: Path, report: StageReport, desc: str) -> list:
+    """Per query: the ablation columns (:mod:`gpoa.ablation`), in the groups' order."""
+    train_cfg, run_cfg, attack_steps = trained_settings(cfg, defender_path)
+    attacker = GreedyPolicy(load_policy(defender_path.parent / "attacker.pt").network)
+    defender = GreedyPolicy(load_policy(defender_path).network)
+    index = DomainIndex(dataset.folder)
+    work, cache = out / "work" / dataset.folder.name, out / "work" / "cache"
+    rows = []
+    for group in tqdm(groups, desc=desc, unit="group"):
+        task = group_task(group, index, work, cache, backends, cfg)
+        with quiet():
+            report.merge(generate_initial_prompts(cfg, device, [task]))
+        samples = task.prompt_file_samples(task.layout.initial_indices, report, with_images=True, with_truth=True)
+        for lazy in samples:
+            sample = lazy.load()
+            if sample.truth_mask is not None:
+                values = ablation_row(sample, train_cfg, run_cfg, attacker, defender, backends.segmenter, attack_steps)
+                rows.append({"domain": group.domain, "query": sample.name, **values})
+    return rows
+
+
+def ablation_table(merged: dict, datasets: list) -> tuple:
+    published, source = load_paper_numbers("ppd-ablation")
+    lines = ["| data set | images | ideal | attacked | defended | initial | initial → defended |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    csv_rows = []
+    for dataset in datasets:
+        rows = merged[dataset.name]["rows"]
+        means = {k: float(np.mean([r[k] for r in rows])) if rows else None for k in ABLATION_COLUMNS}
+        lines.append(f"| {dataset.title} | {len(rows)} | " + " | ".join(cell(means[k]) for k in ABLATION_COLUMNS) + " |")
+        csv_rows += [{"row": dataset.title, "column": k, "ours": "" if means[k] is None else f"{100 * means[k]:.2f}",
+                      "published": ""} for k in ABLATION_COLUMNS]
+    for row, values in published.items():
+        lines.append(f"| {row} (paper) | | " + " | ".join(str(values.get(k, "—")) for k in ABLATION_COLUMNS) + " |")
+        csv_rows += [{"row": row, "column": k, "ours": "", "published": values.get(k, "")} for k in ABLATION_COLUMNS]
+    return csv_rows, "\n".join(lines), source
+
+
+def runtime_table(request: Request, datasets: list, defender_path: Path, cfg: Config, device: str,
+                  report: StageReport) -> None:
+    """Seconds for the models' load and per image for prompt engineering and segmentation, measured on
+    the first ``runtime_images`` queries of each data set, from scratch (an empty feature cache)."""
+    lines = ["| data set | images | model load (s) | prompt engineering (s/image) | segmentation (s/image) |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    csv_rows = []
+    for dataset in datasets:
+        groups, chosen, total = episode_groups(dataset.episodes), [], 0
+        for group in groups:
+            if total >= request.runtime_images:
+                break
+            keep = group.queries[:request.runtime_images - total]
+            chosen.append(Group(group.domain, group.support, keep, [e for e in group.episodes if e.query in keep]))
+            total += len(keep)
+        with tempfile.TemporaryDirectory() as scratch:
+            start = time.perf_counter()
+            backends = Backends(cfg, device)
+            backends.extractor, backends.segmenter  # noqa: B018 - load both now: this is what is timed
+            load = time.perf_counter() - start
+            index = DomainIndex(dataset.folder)
+            tasks = [group_task(g, index, Path(scratch) / "work", Path(scratch) / "cache", backends, cfg)
+                     for g in chosen]
+            start = time.perf_counter()
+            with quiet():
+                report.merge(generate_initial_prompts(cfg, device, tasks))
+            optimize_with("ppd", defender_path, tasks, cfg, device, report)
+            engineering = (time.perf_counter() - start) / max(total, 1)
+            start = time.perf_counter()
+            for task in tasks:
+                for image_path in task.layout.targets:
+                    prompt_file = task.layout.prompt_folder("ppd_indices") / f"{image_path.stem}.json"
+                    if not prompt_file.is_file():
+                        continue
+                    prompts = read_prompt_file(prompt_file)
+                    embedding = backends.segmenter.embed(read_image(image_path))
+                    backends.segmenter.decode(embedding, [prompts.point_prompts()])
+            segmentation = (time.perf_counter() - start) / max(total, 1)
+        lines.append(f"| {dataset.title} | {total} | {load:.2f} | {engineering:.3f} | {segmentation:.3f} |")
+        csv_rows += [{"row": dataset.title, "column": column, "ours": f"{value:.4f}", "published": ""}
+                     for column, value in (("model_load_s", load), ("prompt_engineering_s_per_image", engineering),
+                                           ("segmentation_s_per_image", segmentation))]
+    _, source = load_paper_numbers("ppd-runtime")
+    notes = [f"device {device}; backends: features {cfg.features.backend}, segmenter {cfg.segmenter.backend}; "
+             "prompt engineering = stage 1 (features, matching, placement) + the PPD defender"]
+    write_table(request.out, "ppd-runtime", csv_rows, "\n".join(lines), "Runtime", source, notes)

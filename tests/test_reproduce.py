@@ -1,0 +1,101 @@
+"""reproduce.py end to end on fake benchmark trees: every table, and 2 shards == 1 process."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import pytest
+import torch
+from conftest import DEMO_CONFIG
+from test_datasets import coco_tree, fss_src, isic_src, kvasir_src, pascal_src  # noqa: F401 - fixtures
+
+import reproduce
+from gpoa.datasets import convert
+
+#: small grid and budgets: the fake images are 40 x 32 pixels
+FAST = ["features.working_size=224", "segmenter.n_segments=200", "train.total_steps=48", "train.eval_every=48",
+        "dqn.learning_starts=16", "dqn.batch_size=8", "train.parallel_envs=2", "dqn.hidden=16", "ppo.hidden=16",
+        "ppo.num_steps=8", "ppd.attack_steps=[1,2]"]
+
+
+def sets(overrides: list) -> list:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def read_csv(path) -> list:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_table_from_fake_trees_and_two_shards_match(fss_src, pascal_src, isic_src, kvasir_src,  # noqa: F811
+                                                          tmp_path, one_torch_thread, capsys):
+    root = tmp_path / "data"
+    coco_tree(tmp_path / "coco")
+    for name, src in (("fss1000", fss_src), ("pascal5i", pascal_src), ("coco20i", tmp_path / "coco"),
+                      ("isic2018", isic_src), ("kvasir", kvasir_src)):
+        assert convert(name, src, root / name, episodes=2, progress=False).exit_code == 0
+    out = tmp_path / "out"
+    args = ["--root", str(root), "--config", str(DEMO_CONFIG), "--episodes", "1", "--runtime-images", "1", *sets(FAST)]
+    assert reproduce.main(["all", "--out", str(out), *args]) == 0
+    printed = capsys.readouterr().out
+    # the policies were trained once, on FSS-1000's training classes, and are reused
+    for learner in ("dqn", "ppo", "ppd"):
+        assert (out / "policies" / learner / "best.pt").is_file()
+    assert (out / "policies" / "ppd" / "attacker.pt").is_file()
+    for table in ("ppd-main", "ppd-ablation", "ppd-runtime", "fss"):
+        assert (out / f"{table}.csv").is_file() and (out / f"{table}.md").is_file(), table
+
+    main = read_csv(out / "ppd-main.csv")
+    assert {r["column"] for r in main} == {f"{t} {m}" for t in ("PASCAL VOC", "ISIC 2018", "Kvasir-SEG")
+                                            for m in ("mDSC", "mIoU")}
+    assert {r["row"] for r in main} == {"initial (FM)", "FM + DQN", "FM + PPO", "FM + PPD", "top-k", "ideal"}
+    assert all(0.0 <= float(r["ours"]) <= 100.0 for r in main)
+    fss = read_csv(out / "fss.csv")
+    assert {r["column"] for r in fss} == {f"{t} {m}" for t in ("FSS-1000", "PASCAL-5i", "COCO-20i")
+                                           for m in ("mIoU", "FB-IoU")}
+    ablation = read_csv(out / "ppd-ablation.csv")
+    assert {r["row"] for r in ablation} >= {"PASCAL VOC", "ISIC 2018", "Kvasir-SEG", "published"}
+    assert [float(r["published"]) for r in ablation if r["row"] == "published"] == [78.5, 34.2, 83.5, 41.3, 73.0]
+    runtime = read_csv(out / "ppd-runtime.csv")
+    assert len(runtime) == 9 and all(float(r["ours"]) >= 0 for r in runtime)
+    assert "| FM + PPD |" in printed and "| published (paper) |" in printed
+
+    # two processes (the policies exist: --shard processes do not train) write the same tables
+    sharded = tmp_path / "sharded"
+    shutil.copytree(out / "policies", sharded / "policies")
+    tables = ["ppd-main", "ppd-ablation", "fss"]
+    assert reproduce.main([*tables, "--out", str(sharded), "--shard", "0/2", *args]) == 0
+    assert not (sharded / "fss.csv").exists()
+    assert reproduce.main([*tables, "--out", str(sharded), "--shard", "1/2", *args]) == 0
+    for table in tables:
+        assert (sharded / f"{table}.csv").read_text() == (out / f"{table}.csv").read_text(), table
+
+
+def test_missing_data_and_untrained_shards_are_usage_errors(tmp_path, capsys):
+    assert reproduce.main(["fss", "--root", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert reproduce.main(["fss", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
+                           "--train", str(tmp_path)]) == 2
+    assert "no domain folders" in capsys.readouterr().err
+    assert reproduce.main(["tables", "--root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "unknown table" in capsys.readouterr().err
+    domains = tmp_path / "domains"
+    for stem in ("a", "b"):
+        for folder in ("image", "mask"):
+            (domains / "d" / folder).mkdir(parents=True, exist_ok=True)
+            (domains / "d" / folder / f"{stem}.png").write_bytes(b"")
+    assert reproduce.main(["fss", "--root", str(domains), "--out", str(tmp_path / "o")]) == 2
+    assert "need training data" in capsys.readouterr().err
+    assert reproduce.main(["fss", "--root", str(domains), "--out", str(tmp_path / "o"), "--train", str(tmp_path),
+                           "--shard", "0/2"]) == 2
+    assert "--policies-only" in capsys.readouterr().err
