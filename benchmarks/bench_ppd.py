@@ -44,12 +44,11 @@ from gpoa.errors import UsageError  # noqa: E402
 from gpoa.evaluation import to_csv  # noqa: E402
 from gpoa.graph import NODE_FEATURES  # noqa: E402
 from gpoa.io import atomic_write_text  # noqa: E402
+from gpoa.reproduce import load_paper_numbers  # noqa: E402
 from gpoa.runtime import seed_everything  # noqa: E402
 from gpoa.stages.initial_prompts import generate_initial_prompts  # noqa: E402
 
 COLUMNS = ("domain", "images", *ABLATION_COLUMNS)
-#: Point Prompt Defender, PASCAL VOC, mDSC (%), SAM + DINOv2: ideal → attacked → defended, initial → defended
-PAPER = {"ideal": 78.5, "attacked": 34.2, "defended": 83.5, "initial": 41.3, "initial_defended": 73.0}
 
 
 def main(argv=None) -> int:
@@ -108,8 +107,9 @@ def main(argv=None) -> int:
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r['domain']} | {r['images']} | " + " | ".join(f"{100 * r[k]:.1f}" for k in COLUMNS[2:]) + " |"
               for r in rows]
-    lines.append("| paper (PASCAL VOC, SAM + DINOv2, mDSC) | | " + " | ".join(f"{PAPER[k]:.1f}" for k in COLUMNS[2:])
-                 + " |")
+    for name, paper in load_paper_numbers("ppd-ablation")[0].items():  # configs/paper_numbers.yaml, with its source
+        lines.append(f"| paper: {name} (PASCAL VOC, SAM + DINOv2, mDSC) | | "
+                     + " | ".join(str(paper.get(k, "—")) for k in COLUMNS[2:]) + " |")
     mean = rows[-1]
     headline = " ".join(f"{k}={mean[k]:.3f}" for k in COLUMNS[2:])
     atomic_write_text(out / "ppd_ablation.csv", to_csv(rows, COLUMNS))
