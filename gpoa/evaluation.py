@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -26,9 +27,14 @@ SUMMARY_COLUMNS = ("task", "prompt_set", "images", "dice_mean", "dice_std", "iou
 MEAN_TASK = "MEAN"
 
 
-def image_row(task: str, prompt_set: str, image: str, prediction: np.ndarray, truth: np.ndarray) -> dict:
-    """The evaluation row of one predicted mask (H, W) bool against its truth mask (H, W) bool."""
+def image_row(task: str, prompt_set: str, image: str, prediction: np.ndarray, truth: np.ndarray,
+              ignore: Optional[np.ndarray] = None) -> dict:
+    """The evaluation row of one predicted mask (H, W) bool against its truth mask (H, W) bool;
+    pixels of ``ignore`` (H, W) bool (a benchmark's void label) count for neither."""
     prediction, truth = np.asarray(prediction, bool), np.asarray(truth, bool)
+    if ignore is not None:
+        keep = ~np.asarray(ignore, bool)
+        prediction, truth = prediction & keep, truth & keep
     intersection = int(np.count_nonzero(prediction & truth))
     prediction_area, truth_area = int(np.count_nonzero(prediction)), int(np.count_nonzero(truth))
     return {"task": task, "prompt_set": prompt_set, "image": image, **all_metrics(prediction, truth),

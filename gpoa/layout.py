@@ -9,7 +9,9 @@ when they can be evaluated) and, optionally, training pairs. Two folder layouts 
 - a **domain folder**: ``image/<stem>.*`` + ``mask/<stem>.png`` (the layout of benchmark
   collections). One-shot protocol: the stems are sorted, the first pair is the reference and the
   others are the targets (at most ``max_targets``) and, for training, the training pairs. A
-  domain folder is never written to: its outputs go to ``WORKSPACE/<domain>/``.
+  domain folder is never written to: its outputs go to ``WORKSPACE/<domain>/``. An optional
+  ``ignore/<stem>.png`` (written by :mod:`gpoa.datasets` for void labels and crowds) marks pixels
+  that the metrics leave out.
 
 :func:`resolve_tasks` turns ``--data`` arguments into tasks: each is a dataset folder, a domain
 folder, or a folder whose subfolders are tasks (a corpus such as ``data/tasks``). Every folder is
@@ -90,6 +92,7 @@ class TaskLayout:
     train: list = field(default_factory=list)
     problems: dict = field(default_factory=dict)  # part → message, raised by require()
     shared_cache: Optional[Path] = None  # a feature cache shared by many tasks (default: root/cache)
+    ignore_masks: dict = field(default_factory=dict)  # {stem: mask of pixels the metrics leave out}
 
     def __post_init__(self):
         self._targets_by_stem = {p.stem: p for p in self.targets}
@@ -203,10 +206,12 @@ def domain_task(folder: PathLike, workspace: PathLike, max_targets: Optional[int
     name = name or folder.name
     reference, others = images[0], images[1:]
     targets = others if max_targets is None else others[:max_targets]
+    ignore = {p.stem: p for p in list_images(folder / "ignore")} if (folder / "ignore").is_dir() else {}
     return TaskLayout(name=name, kind="domain", source=folder, root=Path(workspace) / name,
                       reference=[(reference, masks[reference.stem])], targets=targets,
                       target_masks={p.stem: masks[p.stem] for p in targets},
-                      train=[(p, masks[p.stem]) for p in others])
+                      train=[(p, masks[p.stem]) for p in others],
+                      ignore_masks={p.stem: ignore[p.stem] for p in targets if p.stem in ignore})
 
 
 def resolve_tasks(paths: Sequence[PathLike], workspace: PathLike, max_targets: Optional[int] = None) -> list:

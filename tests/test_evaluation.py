@@ -88,3 +88,17 @@ def test_csv_and_markdown():
     assert "cells" not in table
     with_task = markdown_table(summary, with_task=True)
     assert "| task | prompt set |" in with_task and "| cells | initial | 2 |" in with_task
+
+
+def test_ignored_pixels_count_for_neither_mask():
+    prediction, truth = rect(2, 3, 5, 6), rect(4, 5, 6, 8)
+    ignore = np.zeros_like(truth)
+    ignore[4:6, :] = True  # the void band holds part of the overlap and part of each mask
+    entry = image_row("voc", "initial", "img", prediction, truth, ignore)
+    kept = ~ignore
+    assert entry["intersection"] == int(np.count_nonzero(prediction & truth & kept))
+    assert entry["prediction_area"] == int(np.count_nonzero(prediction & kept))
+    assert entry["truth_area"] == int(np.count_nonzero(truth & kept))
+    assert entry["truth_area"] < int(np.count_nonzero(truth))
+    assert image_row("voc", "initial", "img", prediction, truth, np.zeros_like(truth)) == image_row(
+        "voc", "initial", "img", prediction, truth)

@@ -227,3 +227,12 @@ def test_domain_outputs_go_to_the_workspace_and_the_domain_folder_is_never_writt
     assert (out / "results" / "summary.csv").is_file() and any((out / "cache").rglob("*.npy"))
     assert "000_reference" not in (out / "results" / "metrics.csv").read_text()  # the reference is no target
     assert snapshot(domain) == before  # nothing written, changed or removed in the domain folder
+
+
+def test_domain_ignore_masks_are_paired_with_the_targets(tmp_path):
+    domain = make_domain(tmp_path / "voc_cat")
+    touch_image(domain / "ignore" / "c.png")
+    touch_image(domain / "ignore" / "a.png")  # the reference's: not a target
+    layout = domain_task(domain, tmp_path / "ws")
+    assert layout.ignore_masks == {"c": domain / "ignore" / "c.png"}
+    assert domain_task(make_domain(tmp_path / "plain"), tmp_path / "ws").ignore_masks == {}

@@ -154,6 +154,8 @@ def segment_task(task: Task, backends: Backends, extra_prompts: list, out: Path,
             size = image_size(image)
             mask_path = layout.target_mask(stem)
             truth = read_mask(mask_path, expected_size=size) if mask_path is not None else None
+            ignore_path = layout.ignore_masks.get(stem)
+            ignore = read_mask(ignore_path, expected_size=size) if ignore_path is not None else None
         except InputError as exc:
             report.fail(label, str(exc))
             continue
@@ -203,7 +205,7 @@ def segment_task(task: Task, backends: Backends, extra_prompts: list, out: Path,
         else:
             report.skipped.append((label, "masks exist"))
         if truth is not None:
-            rows += [image_row(task.name, name, stem, masks[name], truth) for name in order if name in masks]
+            rows += [image_row(task.name, name, stem, masks[name], truth, ignore) for name in order if name in masks]
 
     if context.world > 1:
         atomic_write_json(out / context.part_name("metrics.json"), {"order": order, "rows": rows})
