@@ -74,14 +74,6 @@ def test_cpu_smoke_run_with_the_pipeline(tmp_path):
     assert len(lines) == 4 + len(rows) and all(line.startswith("| ") for line in lines[4:])
 
 
-def test_cpu_smoke_run_without_the_pipeline(tmp_path):
-    report, stdout = run_check(tmp_path, "--skip-pipeline", "--repeats", "2")
-    assert report["settings"]["repeats"] == 2 and report["settings"]["pipeline"] is False
-    check_model_rows(report["rows"])
-    assert not any(r["component"].startswith("pipeline") for r in report["rows"])
-    assert "pipeline: skipped" in stdout.splitlines()[0]
-
-
 # ----- helpers and failure handling, in process -------------------------------------------------------
 def test_settings_default_to_small_on_the_cpu_and_real_sizes_otherwise():
     small = gpu_check.resolve_settings("cpu")
