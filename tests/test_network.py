@@ -63,6 +63,8 @@ def test_action_scores_are_the_scores_of_the_chosen_columns(network):
     with torch.no_grad():
         expected = network(nodes, valid, globals_).gather(1, actions[:, None])[:, 0]
         torch.testing.assert_close(network.action_scores(nodes, valid, globals_, actions), expected)
+        # the same through forward (what DistributedDataParallel calls)
+        torch.testing.assert_close(network(nodes, valid, globals_, actions=actions), expected)
 
 
 def test_architecture_rebuilds_the_network(network):
@@ -81,6 +83,7 @@ def test_the_value_head_leaves_the_scores_alone():
     inputs = random_inputs(batch=4, nodes=7)
     scores, value = critic.scores_and_value(*inputs)
     torch.testing.assert_close(scores, critic(*inputs))
+    torch.testing.assert_close(critic(*inputs, with_value=True)[1], value)
     torch.testing.assert_close(scores, plain(*inputs))
     assert value.shape == (4,) and NodeSetNetwork(**critic.architecture).value_out is not None
     with pytest.raises(ValueError, match="node_layers"):
