@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from gpoa.cli import exit_code_of
 from gpoa.config import load_config, resolve_device
 from gpoa.errors import UsageError
 from gpoa.reproduce import LEARNERS, TABLES, Request, run
@@ -41,7 +42,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     tables = list(TABLES) if args.tables == ["all"] else args.tables
     learners = [name.strip() for name in args.learners.split(",") if name.strip()]
-    try:
+
+    def work():
         unknown = [t for t in tables if t not in TABLES] + [n for n in learners if n not in LEARNERS]
         if unknown:
             raise UsageError(f"unknown table or learner {unknown}; tables: {', '.join(TABLES)}, all; "
@@ -54,13 +56,9 @@ def main(argv=None) -> int:
         request = Request(tables=tables, root=Path(args.root), out=Path(args.out), train=args.train,
                           learners=learners, per_fold=args.episodes, targets=args.targets,
                           runtime_images=args.runtime_images, policies_only=args.policies_only)
-        report = run(request, cfg, device)
-    except UsageError as exc:
-        print(f"reproduce.py: error: {exc}", file=sys.stderr)
-        return 2
-    print(report.summary(), file=sys.stderr if report.failed else sys.stdout)
-    return report.exit_code
+        return run(request, cfg, device)
 
+    return exit_code_of(parser.prog, work)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -72,17 +72,30 @@ def run_stage(parser: argparse.ArgumentParser, stage: Callable, argv: Optional[S
     from gpoa.runtime import seed_everything
 
     args = parser.parse_args(argv)
-    try:
+
+    def work():
         cfg = config_from_args(args, extra_overrides(args))
         device = resolve_device(cfg.device)
         seed_everything(cfg.seed)
-        result = stage(cfg, device)
+        return stage(cfg, device)
+
+    return exit_code_of(parser.prog, work)
+
+
+def exit_code_of(prog: str, work: Callable[[], object]) -> int:
+    """Run ``work`` and turn its outcome into the exit code of the module docstring.
+
+    ``work()`` returns a report (``summary()``, ``exit_code``) or a tuple starting with one; a
+    :class:`~gpoa.errors.UsageError` is one line on stderr and exit code 2; Ctrl-C says how to resume.
+    """
+    try:
+        result = work()
     except UsageError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\n{parser.prog}: interrupted; run the same command again to resume", file=sys.stderr)
+        print(f"\n{prog}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     report = result[0] if isinstance(result, tuple) else result
-    print(report.summary(), file=sys.stderr if report.failed else sys.stdout)
+    print(report.summary(), file=sys.stderr if report.exit_code else sys.stdout)
     return report.exit_code

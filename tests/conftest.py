@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from gpoa.demo_data import write_demo_dataset
 
@@ -27,3 +28,13 @@ def demo_dataset(demo_master, tmp_path) -> Path:
     target = tmp_path / "membrane"
     shutil.copytree(demo_master / "membrane", target)
     return target
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks train several times faster on one thread than with intra-op threads, and much
+    faster on a busy machine; a module opts in with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,7 +6,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 from synthetic import DISTRACTOR, OBJECT, OUTLIER, DiscSegmenter, make_cfg, node_of, scene
 
 from gpoa.agents.adversarial import (
@@ -21,13 +20,7 @@ from gpoa.agents.greedy import GreedyPolicy, run_greedy
 from gpoa.config import DQNConfig
 from gpoa.envs import EpisodeBank, PromptEnv, VecPromptEnv
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def ppd_cfg(**dqn):

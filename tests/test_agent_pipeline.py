@@ -38,13 +38,7 @@ def optimize(data: Path, checkpoints: Path, *extra) -> int:
                            *sets([f"train.checkpoints={checkpoints}"]), *extra])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny networks here train faster on one thread, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

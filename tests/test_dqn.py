@@ -15,14 +15,7 @@ from gpoa.agents.greedy import GreedyPolicy, run_greedy
 from gpoa.config import DQNConfig
 from gpoa.envs import SerialVecEnv
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These tiny networks train several times faster on one thread than with intra-op threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_config(**overrides) -> DQNConfig:

@@ -120,13 +120,7 @@ def test_build_feature_extractor_default_is_handcrafted():
 MODEL = "vit_small_patch14_dinov2"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The ViT forward passes below are tiny; one thread keeps them fast on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_dinov2_state(seed: int) -> dict:

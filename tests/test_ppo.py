@@ -12,13 +12,7 @@ from gpoa.agents.ppo import MASKED_LOGIT, PPOAgent, compute_gae, masked_distribu
 from gpoa.config import PPOConfig
 from gpoa.envs import SerialVecEnv
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_config(**overrides) -> PPOConfig:

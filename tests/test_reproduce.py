@@ -6,7 +6,6 @@ import csv
 import shutil
 
 import pytest
-import torch
 from conftest import DEMO_CONFIG
 from test_datasets import coco_tree, fss_src, isic_src, kvasir_src, pascal_src  # noqa: F401 - fixtures
 
@@ -28,16 +27,12 @@ def read_csv(path) -> list:
         return list(csv.DictReader(handle))
 
 
-@pytest.fixture
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")]
 
 
 def test_every_table_from_fake_trees_and_two_shards_match(fss_src, pascal_src, isic_src, kvasir_src,  # noqa: F811
-                                                          tmp_path, one_torch_thread, capsys):
+                                                          tmp_path, capsys):
     root = tmp_path / "data"
     coco_tree(tmp_path / "coco")
     for name, src in (("fss1000", fss_src), ("pascal5i", pascal_src), ("coco20i", tmp_path / "coco"),

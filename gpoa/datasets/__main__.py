@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
+from gpoa.cli import exit_code_of
 from gpoa.datasets import BENCHMARKS, convert
 from gpoa.demo_data import whole_number
-from gpoa.errors import UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,17 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        report = convert(args.name, args.src, args.out, seed=args.seed, episodes=args.episodes,
-                         split_file=args.split_file, progress=not args.quiet)
-    except UsageError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\n{parser.prog}: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    print(report.summary(), file=sys.stderr if report.failures else sys.stdout)
-    return report.exit_code
+    return exit_code_of(parser.prog, lambda: convert(args.name, args.src, args.out, seed=args.seed,
+                                                     episodes=args.episodes, split_file=args.split_file,
+                                                     progress=not args.quiet))
 
 
 if __name__ == "__main__":
