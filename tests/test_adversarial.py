@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 from synthetic import DISTRACTOR, OBJECT, OUTLIER, DiscSegmenter, make_cfg, node_of, scene
 
 from gpoa.agents.adversarial import (
@@ -100,3 +101,17 @@ def test_defender_learns_to_remove_a_planted_wrong_positive_without_the_truth():
         successes.append(bool(removed) and removed <= wrong and env.graph.active[kept].all())
         assert all(env.graph.initially_active[a] for a in removed)  # removals only
     assert np.mean(successes) >= 2 / 3
+
+
+def test_agent_state_round_trips_with_weights_only(tmp_path):
+    cfg = training_config(ppd_cfg())
+    vec = VecPromptEnv(EpisodeBank([scene("a", 0)], cfg, segmenter=DiscSegmenter()), cfg, num_envs=2)
+    agent = train(vec, cfg, total_steps=160, seed=0)
+    torch.save(agent.state_dict(), tmp_path / "state.pt")
+    copy = AttackDefendAgent.for_env(vec, cfg, seed=5)
+    copy.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert copy.global_step == agent.global_step == 160
+    for role in (ATTACKER, DEFENDER):
+        for ours, theirs in zip(agent.role(role).q_network.parameters(), copy.role(role).q_network.parameters()):
+            torch.testing.assert_close(ours, theirs)
+        assert copy.role(role).gradient_steps == agent.role(role).gradient_steps
