@@ -215,6 +215,7 @@ class Group:
     support: tuple
     queries: list
     episodes: list
+    only_support: bool = False  # the only support of its domain among the episodes
 
 
 def episode_groups(episodes: Sequence[Episode]) -> list:
@@ -226,6 +227,11 @@ def episode_groups(episodes: Sequence[Episode]) -> list:
         if episode.query not in group.queries:
             group.queries.append(episode.query)
         group.episodes.append(episode)
+    supports = {}
+    for domain, _ in groups:
+        supports[domain] = supports.get(domain, 0) + 1
+    for (domain, _), group in groups.items():
+        group.only_support = supports[domain] == 1
     return [groups[key] for key in sorted(groups)]
 
 
@@ -256,7 +262,9 @@ def group_task(group: Group, index: DomainIndex, work: Path, cache: Path, backen
     references = [index.pair(group.domain, stem) for stem in group.support]
     pairs = {stem: index.pair(group.domain, stem) for stem in group.queries}
     targets = sorted((image for image, _ in pairs.values()), key=lambda p: p.stem)
-    name = f"{group.domain}/{'+'.join(group.support)}"
+    # a domain evaluated with one reference is named by the domain alone, as bench_domains.py names it
+    # (stage 1's placement seeds its random draws with the task's name: the same name, the same prompts)
+    name = group.domain if group.only_support else f"{group.domain}/{'+'.join(group.support)}"
     layout = TaskLayout(name=name, kind="domain", source=index.folder / group.domain,
                         root=work / group.domain / "+".join(group.support), reference=references, targets=targets,
                         target_masks={stem: mask for stem, (_, mask) in pairs.items()}, shared_cache=cache)
@@ -541,7 +549,8 @@ def runtime_table(request: Request, datasets: list, defender_path: Path, cfg: Co
             if total >= request.runtime_images:
                 break
             keep = group.queries[:request.runtime_images - total]
-            chosen.append(Group(group.domain, group.support, keep, [e for e in group.episodes if e.query in keep]))
+            chosen.append(Group(group.domain, group.support, keep, [e for e in group.episodes if e.query in keep],
+                                group.only_support))
             total += len(keep)
         with tempfile.TemporaryDirectory() as scratch:
             start = time.perf_counter()
