@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gpoa.cli import exit_code_of
 from gpoa.config import load_config, resolve_device
+from gpoa.distributed import rank_device
 from gpoa.errors import UsageError
 from gpoa.reproduce import LEARNERS, TABLES, Request, run
 from gpoa.runtime import seed_everything
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
         if args.episodes is not None and args.episodes < 1 or args.targets < 1 or args.runtime_images < 1:
             raise UsageError("--episodes, --targets and --runtime-images must be at least 1")
         cfg = load_config(args.config, args.overrides + [f"shard={args.shard}"])
-        device = resolve_device(cfg.device if args.device == "auto" else args.device)
+        device = rank_device(resolve_device(cfg.device if args.device == "auto" else args.device))
         seed_everything(cfg.seed)
         request = Request(tables=tables, root=Path(args.root), out=Path(args.out), train=args.train,
                           learners=learners, per_fold=args.episodes, targets=args.targets,

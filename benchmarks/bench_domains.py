@@ -40,11 +40,12 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from gpoa.backends import Backends  # noqa: E402
 from gpoa.config import load_config, resolve_device  # noqa: E402
+from gpoa.distributed import rank_device  # noqa: E402
 from gpoa.errors import UsageError  # noqa: E402
 from gpoa.evaluation import MEAN_TASK, mean_over_tasks, to_csv  # noqa: E402
 from gpoa.io import atomic_write_text  # noqa: E402
 from gpoa.layout import resolve_tasks  # noqa: E402
-from gpoa.runtime import RunContext, StageReport, seed_everything  # noqa: E402
+from gpoa.runtime import RunContext, StageReport, is_fresh, seed_everything  # noqa: E402
 from gpoa.stages.initial_prompts import generate_initial_prompts  # noqa: E402
 from gpoa.stages.optimize import optimize_prompts  # noqa: E402
 from gpoa.stages.segmentation import segment_and_evaluate  # noqa: E402
@@ -144,7 +145,7 @@ def main(argv=None) -> int:
             raise UsageError(f"--targets must be at least 1, got {args.targets}")
         cfg = load_config(args.config, args.overrides + [f"workspace={out}", f"optimize.policy={args.policy}",
                                                          "optimize.oracle=true", f"shard={args.shard}"])
-        device = resolve_device(cfg.device if args.device == "auto" else args.device)
+        device = rank_device(resolve_device(cfg.device if args.device == "auto" else args.device))
         seed_everything(cfg.seed)
         backends = Backends(cfg, device)
         tasks = benchmark_tasks(args.roots, out, args.targets, cfg, backends)
@@ -153,10 +154,12 @@ def main(argv=None) -> int:
         report.merge(generate_initial_prompts(cfg, device, tasks))
         report.merge(optimize_prompts(cfg, device, tasks))
         report.merge(segment_and_evaluate(cfg, device, tasks)[0])
-        # every task's merged summary (complete once every shard has finished its part)
+        # every task's merged summary (complete once every shard has finished its part; one older
+        # than a part of this run is an earlier run's)
+        context = RunContext.from_settings(cfg.shard)
         summaries = [task.layout.results / "summary.json" for task in tasks]
-        if not all(path.is_file() for path in summaries):
-            context = RunContext.from_settings(cfg.shard)
+        if not all(is_fresh(path, *(task.layout.results / name for name in context.part_names("metrics.json")))
+                   for path, task in zip(summaries, tasks)):
             print(f"[bench] shard {context.rank}/{context.world} done; domains.csv is written by the shard that "
                   "finishes last")
             return report.exit_code

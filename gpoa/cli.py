@@ -69,13 +69,14 @@ def run_stage(parser: argparse.ArgumentParser, stage: Callable, argv: Optional[S
 
     ``stage`` returns a :class:`~gpoa.runtime.StageReport` (or a tuple starting with one).
     """
+    from gpoa.distributed import rank_device
     from gpoa.runtime import seed_everything
 
     args = parser.parse_args(argv)
 
     def work():
         cfg = config_from_args(args, extra_overrides(args))
-        device = resolve_device(cfg.device)
+        device = rank_device(resolve_device(cfg.device))  # under torchrun: cuda → cuda:<LOCAL_RANK>
         seed_everything(cfg.seed)
         return stage(cfg, device)
 

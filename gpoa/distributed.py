@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -53,7 +54,8 @@ def process_group(device: str) -> Iterator[RunContext]:
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.set_device(torch.device(device))
-    dist.init_process_group("nccl" if cuda else "gloo")
+    # rank 0 evaluates (segmenter in the loop) while the others wait in their next all-reduce
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(hours=2))
     try:
         yield context
     finally:

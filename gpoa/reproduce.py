@@ -64,12 +64,12 @@ from gpoa.agents.adversarial import inference_config, training_config
 from gpoa.agents.greedy import GreedyPolicy
 from gpoa.agents.policy_file import load_policy
 from gpoa.backends import Backends
-from gpoa.config import Config, EnvConfig, GraphConfig
+from gpoa.config import Config, EnvConfig, GraphConfig, config_to_dict
 from gpoa.errors import UsageError
 from gpoa.io import atomic_write_json, atomic_write_text, read_image, read_mask, read_prompt_file
 from gpoa.layout import TaskLayout, is_domain, list_images
-from gpoa.protocols import Episode, SegmentationCounts, natural_key, one_shot_episodes, read_episodes
-from gpoa.runtime import RunContext, StageReport
+from gpoa.protocols import Episode, SegmentationCounts, read_episodes
+from gpoa.runtime import RunContext, StageReport, is_fresh, stable_seed
 from gpoa.stages.initial_prompts import generate_initial_prompts
 from gpoa.stages.optimize import optimize_prompts
 from gpoa.stages.segmentation import segment_and_evaluate
@@ -153,10 +153,10 @@ def find_datasets(root: Path, table: str, per_fold: Optional[int], targets: int,
                          "domain folders (<domain>/image + <domain>/mask)")
     stand_in = []
     for domain in domains:
-        stems = sorted((p.stem for p in list_images(domain / "image")), key=natural_key)
+        stems = [p.stem for p in list_images(domain / "image")]  # sorted by name, as bench_domains.py sorts
         if len(stems) < 2:
             raise UsageError(f"domain '{domain}' needs a reference and at least one query image")
-        stand_in.append((domain.name, one_shot_episodes(domain.name, stems[:1], stems[1:1 + targets], seed=seed)))
+        stand_in.append((domain.name, [Episode(domain.name, (stems[0],), query) for query in stems[1:1 + targets]]))
     note = f"stand-in: the domains of {root.name}, first sorted pair the reference, at most {targets} queries"
     if table == "fss":  # the domains are the classes of one benchmark
         return [DataSet(root.name, root.name, root, [e for _, episodes in stand_in for e in episodes], note)]
@@ -184,7 +184,7 @@ def ensure_policies(cfg: Config, device: str, learners: Sequence[str], sources: 
     policies = {}
     for learner in learners:
         run = out / "policies" / learner
-        if not (run / BEST).is_file() or (run / STATE).is_file() and not _finished(run, cfg):
+        if needs_training(run, cfg):
             resume = (run / STATE).is_file()
             train_cfg = dataclasses.replace(
                 cfg, data=list(sources), overwrite=not resume, shard="",
@@ -198,12 +198,16 @@ def ensure_policies(cfg: Config, device: str, learners: Sequence[str], sources: 
     return policies
 
 
-def _finished(run: Path, cfg: Config) -> bool:
-    """True when the run's last checkpoint reached its budget."""
-    try:
-        return int(load_policy(run / "last.pt").extra.get("step", 0)) >= cfg.train.total_steps
-    except UsageError:
+def needs_training(run: Path, cfg: Config) -> bool:
+    """True unless ``run`` holds a policy whose training reached the budget (or left no state to resume)."""
+    if not (run / BEST).is_file():
+        return True
+    if not (run / STATE).is_file():
         return False
+    try:
+        return int(load_policy(run / "last.pt").extra.get("step", 0)) < cfg.train.total_steps
+    except UsageError:
+        return True
 
 
 # ----- episodes → tasks ---------------------------------------------------------------------------
@@ -288,8 +292,12 @@ def _move(source: Path, target: Path) -> None:
 def optimize_with(learner: str, policy: Path, tasks: list, cfg: Config, device: str, report: StageReport) -> None:
     """Stage 3 with ``policy`` on every task that lacks ``<learner>_indices``; the optimised sets are
     kept as ``<learner>_indices`` (and DQN's top-k baseline as ``dqn_topk_indices``)."""
-    todo = [t for t in tasks if not all((t.layout.prompt_folder(f"{learner}_indices") / f"{p.stem}.json").is_file()
-                                        for p in t.layout.targets)]
+    def up_to_date(task: Task) -> bool:
+        folder, initial = task.layout.prompt_folder(f"{learner}_indices"), task.layout.initial_indices
+        return all(is_fresh(folder / f"{p.stem}.json", policy, initial / f"{p.stem}.json")
+                   for p in task.layout.targets)
+
+    todo = [t for t in tasks if not up_to_date(t)]
     if not todo:
         return
     run_cfg = dataclasses.replace(cfg, overwrite=True,
@@ -321,6 +329,7 @@ def evaluate_groups(groups: list, dataset: DataSet, policies: dict, cfg: Config,
         optimize_with(learner, policy, tasks, cfg, device, report)
     with quiet():
         report.merge(segment_and_evaluate(cfg, device, tasks)[0])
+    names = [n for n in ROWS if n in ("initial", "ideal") or n in policies or n == "dqn_topk" and "dqn" in policies]
     for task, group in zip(tasks, groups):
         masks_root = task.layout.results / "masks"
         for episode in group.episodes:
@@ -328,12 +337,12 @@ def evaluate_groups(groups: list, dataset: DataSet, policies: dict, cfg: Config,
             truth = read_mask(mask)
             ignore_path = index.ignore(group.domain, episode.query)
             ignore = read_mask(ignore_path, expected_size=(truth.shape[1], truth.shape[0])) if ignore_path else None
-            for name in ROWS:
+            for name in names:
+                # every row scores the same episodes: a query a stage failed on (reported) counts as empty
                 prediction_path = masks_root / name / f"{episode.query}.png"
-                if prediction_path.is_file():
-                    key = f"{name}|{episode.fold}"
-                    counts.setdefault(key, SegmentationCounts()).add(episode.domain, read_mask(prediction_path),
-                                                                     truth, ignore)
+                prediction = read_mask(prediction_path) if prediction_path.is_file() else np.zeros_like(truth)
+                counts.setdefault(f"{name}|{episode.fold}", SegmentationCounts()).add(episode.domain, prediction,
+                                                                                     truth, ignore)
     return counts
 
 
@@ -417,7 +426,7 @@ def run(request: Request, cfg: Config, device: str) -> StageReport:
     # the data first: a wrong root is refused before any training
     datasets_of = {t: find_datasets(request.root, t, request.per_fold, request.targets, cfg.seed) for t in request.tables}
     sources = training_sources(request.root, request.train)
-    missing = [name for name in learners if not (request.out / "policies" / name / BEST).is_file()]
+    missing = [name for name in learners if needs_training(request.out / "policies" / name, one)]
     if missing and context.world > 1 and not torchrun_started():
         raise UsageError(f"the {', '.join(missing)} policies are not trained yet; processes started by --shard do not "
                          "train together: train them first with the same command and --policies-only (no --shard)")
@@ -432,6 +441,11 @@ def run(request: Request, cfg: Config, device: str) -> StageReport:
                 runtime_table(request, datasets, policies["ppd"], one, device, report)
             continue
         merged = {}
+        # parts of an earlier run (other episodes, policies or settings) are never merged with this one's
+        fingerprint = {"episodes": sum(len(d.episodes) for d in datasets), "cap": request.per_fold,
+                       "learners": sorted(request.learners),
+                       "policies": {k: policies[k].stat().st_mtime for k in sorted(policies)},
+                       "config": stable_seed(json.dumps(config_to_dict(one), sort_keys=True, default=str))}
         for dataset in datasets:
             groups = context.mine(episode_groups(dataset.episodes))
             desc = f"{table} [{dataset.name}]"
@@ -449,11 +463,15 @@ def run(request: Request, cfg: Config, device: str) -> StageReport:
                     bar.update(len(groups[start:start + 16]))
                 bar.close()
                 part = {"counts": {key: value.to_dict() for key, value in counts.items()}}
-            name = f"{dataset.name}.json"
-            atomic_write_json(parts_dir / context.part_name(name), part)
-            paths = [parts_dir / p for p in context.part_names(name)]
-            if all(p.is_file() for p in paths):
-                merged[dataset.name] = merge_parts([json.loads(p.read_text()) for p in paths])
+            part["fingerprint"] = fingerprint
+            atomic_write_json(parts_dir / context.part_name(f"{dataset.name}.json"), part)
+        # after writing all of its parts, a process merges whatever is complete on disk: the one that
+        # writes the last part of any data set writes the table
+        for dataset in datasets:
+            paths = [parts_dir / p for p in context.part_names(f"{dataset.name}.json")]
+            parts = [json.loads(p.read_text()) for p in paths if p.is_file()]
+            if len(parts) == len(paths) and all(p.get("fingerprint") == fingerprint for p in parts):
+                merged[dataset.name] = merge_parts(parts)
         if len(merged) < len(datasets):
             print(f"[reproduce] {table}: part {context.rank}/{context.world} written to {parts_dir}; the table is "
                   "written by the process that completes the set")
@@ -479,8 +497,8 @@ def torchrun_started() -> bool:
 
 def merge_parts(parts: list) -> dict:
     """One data set's results from every process's part: summed counts, or the ablation rows in order."""
-    if "rows" in parts[0]:
-        return {"rows": [row for part in parts for row in part["rows"]]}
+    if "rows" in parts[0]:  # in one order whatever the split, so that the means are the same to the last bit
+        return {"rows": sorted((row for part in parts for row in part["rows"]), key=lambda r: (r["domain"], r["query"]))}
     counts = {}
     for part in parts:
         for key, value in part["counts"].items():

@@ -3,6 +3,7 @@ and training under torchrun (2 processes, Gloo) finishes with a checkpoint that 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -53,10 +54,12 @@ def run_stages(data: Path, checkpoints: Path, *extra) -> None:
 def policy(demo_master, tmp_path_factory):
     """A tiny policy trained on the membrane training images (module-wide, read-only)."""
     root = tmp_path_factory.mktemp("policy")
+    data = root / "membrane"  # training writes a feature cache into its dataset: never into the master
+    shutil.copytree(demo_master / "membrane", data)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert train_GPOA.main(["--config", str(DEMO_CONFIG), "--data", str(demo_master / "membrane"), "--run", "tiny",
+        assert train_GPOA.main(["--config", str(DEMO_CONFIG), "--data", str(data), "--run", "tiny",
                                 *sets(TINY + [f"train.checkpoints={root}"])]) == 0
     finally:
         torch.set_num_threads(threads)
@@ -94,8 +97,13 @@ def test_shares_cover_every_item_once_in_a_fixed_order():
 def test_two_shards_write_what_one_process_writes(demo_master, policy, one_process, tmp_path):
     two = tmp_path / "membrane"
     shutil.copytree(demo_master / "membrane", two)
+    # a part left by an earlier run over other targets is never merged with this run's
+    stale = two / "results" / "metrics.part-1-of-2.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"fingerprint": {"targets": ["gone"], "settings": ""}, "order": ["initial"],
+                                 "rows": [{"task": "membrane", "prompt_set": "initial", "image": "gone"}]}))
     run_stages(two, policy, "--shard", "0/2")
-    # until every shard's part is there, no table is written
+    # until every shard's part of this run is there, no table is written
     assert not (two / "results" / "metrics.csv").exists()
     assert (two / "results" / "metrics.part-0-of-2.json").is_file()
     run_stages(two, policy, "--shard", "1/2")
@@ -130,8 +138,9 @@ def test_torchrun_stages_match_one_process(demo_master, policy, one_process, tmp
 def test_training_under_torchrun_writes_a_policy_that_loads(demo_master, tmp_path):
     """PPD: two DQN learners, both data-parallel, whose update counts the ranks agree on."""
     learner = "ppd"
-    checkpoints = tmp_path / "checkpoints"
-    result = torchrun("train_GPOA.py", "--config", str(DEMO_CONFIG), "--data", str(demo_master / "membrane"),
+    checkpoints, data = tmp_path / "checkpoints", tmp_path / "membrane"
+    shutil.copytree(demo_master / "membrane", data)
+    result = torchrun("train_GPOA.py", "--config", str(DEMO_CONFIG), "--data", str(data),
                       # train.run, not --run: torchrun's own parser takes --run for its --run-path
                       *sets(TINY + [f"train.checkpoints={checkpoints}", "train.run=ddp", f"agent.learner={learner}",
                                     "ppd.attack_steps=[1,2]"]))
@@ -145,6 +154,6 @@ def test_training_under_torchrun_writes_a_policy_that_loads(demo_master, tmp_pat
     assert state["agent"]["global_step"] == 48
     assert (run / "log.csv").is_file() and "2 processes" in result.stdout
     # a resume with another number of processes is refused with a clear message
-    code = train_GPOA.main(["--config", str(DEMO_CONFIG), "--data", str(demo_master / "membrane"), "--run", "ddp",
+    code = train_GPOA.main(["--config", str(DEMO_CONFIG), "--data", str(data), "--run", "ddp",
                             "--resume", *sets([f"train.checkpoints={checkpoints}", f"agent.learner={learner}"])])
     assert code == 2

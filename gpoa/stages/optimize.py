@@ -84,7 +84,7 @@ def action_trace(actions: list, graph) -> list:
 
 def optimize_prompts(cfg: Config, device: str = "cpu", tasks: Optional[list] = None) -> StageReport:
     """Stage 3 over ``tasks`` (default: the tasks of ``cfg.data``)."""
-    backends = Backends(cfg, device)
+    backends = tasks[0].backends if tasks else Backends(cfg, device)  # the tasks' models: loaded once
     tasks = tasks if tasks is not None else load_tasks(cfg, backends)
     policy_path = resolve_policy(cfg)
     policy = load_policy(policy_path, device="cpu")

@@ -85,15 +85,17 @@ def discover_prompt_folders(layout: TaskLayout, extra: list) -> list:
     return [(name, folder) for folder, name in found.items()]
 
 
-def merge_parts(parts: list, stems: list) -> list:
+def merge_parts(parts: list, fingerprint: dict) -> Optional[list]:
     """The rows of every shard's part, in the order one process would have made them (targets in
-    order, then prompt sets in table order)."""
-    rows, order = [], []
-    for part in parts:
-        data = json.loads(part.read_text())
-        rows += data["rows"]
-        order = order or data["order"]
-    position = {stem: i for i, stem in enumerate(stems)}
+    order, then prompt sets in table order); None while some part is from another run (other
+    targets or settings: it is rewritten when its process runs again)."""
+    data = [json.loads(part.read_text()) for part in parts]
+    if any(d.get("fingerprint") != fingerprint for d in data):
+        return None
+    rows = [row for d in data for row in d["rows"]]
+    order = list(dict.fromkeys(name for d in data for name in d["order"]))  # a set some part lacks sorts last
+    order = [n for n in order if n not in (IDEAL,)] + ([IDEAL] if IDEAL in order else [])
+    position = {stem: i for i, stem in enumerate(fingerprint["targets"])}
     return sorted(rows, key=lambda row: (position[row["image"]], order.index(row["prompt_set"])))
 
 
@@ -102,7 +104,7 @@ def segment_and_evaluate(cfg: Config, device: str = "cpu", tasks: Optional[list]
 
     Summary rows carry a ``task`` column; with several tasks, rows of task ``MEAN`` follow.
     """
-    backends = Backends(cfg, device)
+    backends = tasks[0].backends if tasks else Backends(cfg, device)  # the tasks' models: loaded once
     tasks = tasks if tasks is not None else load_tasks(cfg, backends)
     report, summary = StageReport("segmentation"), []
     context = RunContext.from_settings(cfg.shard)
@@ -208,13 +210,16 @@ def segment_task(task: Task, backends: Backends, extra_prompts: list, out: Path,
             rows += [image_row(task.name, name, stem, masks[name], truth, ignore) for name in order if name in masks]
 
     if context.world > 1:
-        atomic_write_json(out / context.part_name("metrics.json"), {"order": order, "rows": rows})
+        fingerprint = {"targets": [p.stem for p in layout.targets], "settings": stamp.read_text()}
+        atomic_write_json(out / context.part_name("metrics.json"),
+                          {"fingerprint": fingerprint, "order": order, "rows": rows})
         parts = [out / name for name in context.part_names("metrics.json")]
-        if not all(part.is_file() for part in parts):
+        merged = merge_parts(parts, fingerprint) if all(part.is_file() for part in parts) else None
+        if merged is None:
             print(f"\n[{task.name}] rows of shard {context.rank}/{context.world} written to {parts[context.rank]}; "
-                  "the tables are merged when every shard's part is there")
+                  "the tables are merged when every shard's part of this run is there")
             return []
-        rows = merge_parts(parts, [p.stem for p in layout.targets])
+        rows = merged
     summary = summarise(rows, order)
     atomic_write_text(out / "metrics.csv", to_csv(rows, ROW_COLUMNS))
     atomic_write_text(out / "summary.csv", to_csv(summary, SUMMARY_COLUMNS))

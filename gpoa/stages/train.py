@@ -192,6 +192,7 @@ def _train(cfg: Config, device: str, tasks: Optional[list], context: RunContext)
     train_cfg = dataclasses.replace(train_cfg, train=dataclasses.replace(
         train_cfg.train, total_steps=-(-cfg.train.total_steps // world)))
     env_seed = cfg.seed if main else stable_seed(cfg.seed, "rank", context.rank)
+    train_cfg = dataclasses.replace(train_cfg, seed=env_seed)  # the episodes each rank draws (not the weights)
     if train_cfg.env.start == "ideal" and not segmentation:
         raise UsageError(f"agent.learner={learner.name} starts its episodes from prompts sampled from the truth: "
                          "it needs env.reward=segmentation and training masks")
