@@ -19,7 +19,6 @@ initial_defended=…`` (means over domains).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -33,16 +32,11 @@ for path in (ROOT, ROOT / "benchmarks"):
 import bench_domains  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from gpoa.ablation import ABLATION_COLUMNS, ablation_row  # noqa: E402
-from gpoa.agents.adversarial import inference_config, training_config  # noqa: E402
-from gpoa.agents.greedy import GreedyPolicy  # noqa: E402
-from gpoa.agents.policy_file import check_observation, load_policy  # noqa: E402
+from gpoa.ablation import ABLATION_COLUMNS, load_ppd_run  # noqa: E402
 from gpoa.backends import Backends  # noqa: E402
-from gpoa.config import EnvConfig, GraphConfig, load_config, resolve_device  # noqa: E402
-from gpoa.envs import GLOBAL_FEATURES  # noqa: E402
+from gpoa.config import load_config, resolve_device  # noqa: E402
 from gpoa.errors import UsageError  # noqa: E402
 from gpoa.evaluation import to_csv  # noqa: E402
-from gpoa.graph import NODE_FEATURES  # noqa: E402
 from gpoa.io import atomic_write_text  # noqa: E402
 from gpoa.reproduce import load_paper_numbers  # noqa: E402
 from gpoa.runtime import seed_everything  # noqa: E402
@@ -64,16 +58,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out, run = Path(args.out), Path(args.run)
     try:
-        defender_file, attacker_file = load_policy(run / "best.pt"), load_policy(run / "attacker.pt")
-        for policy, path in ((defender_file, run / "best.pt"), (attacker_file, run / "attacker.pt")):
-            check_observation(policy, path, NODE_FEATURES, GLOBAL_FEATURES)
-        if defender_file.learner != "ppd":
-            raise UsageError(f"'{run / 'best.pt'}' was trained by '{defender_file.learner}', not by ppd")
         cfg = load_config(args.config, args.overrides + [f"workspace={out}"])
-        trained = defender_file.extra["config"]
-        cfg = dataclasses.replace(cfg, graph=GraphConfig(**trained["graph"]), env=EnvConfig(**trained["env"]))
-        cfg.ppd.attack_steps = list(trained["ppd"]["attack_steps"])
-        cfg.ppd.defender_edits = trained["ppd"]["defender_edits"]
+        ppd = load_ppd_run(run, cfg)
         device = resolve_device(cfg.device if args.device == "auto" else args.device)
         seed_everything(cfg.seed)
         backends = Backends(cfg, device)
@@ -82,8 +68,6 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(f"bench_ppd.py: error: {exc}", file=sys.stderr)
         return 2
-    train_cfg, run_cfg = training_config(cfg), inference_config(cfg)
-    attacker, defender = GreedyPolicy(attacker_file.network), GreedyPolicy(defender_file.network)
     rows = []
     for task in tasks:
         values = []
@@ -92,8 +76,7 @@ def main(argv=None) -> int:
             sample = lazy.load()
             if sample.truth_mask is None:
                 continue
-            values.append(ablation_row(sample, train_cfg, run_cfg, attacker, defender, backends.segmenter,
-                                       cfg.ppd.attack_steps[1]))
+            values.append(ppd.row(sample, backends.segmenter))
         if values:
             rows.append({"domain": task.name, "images": len(values),
                          **{k: float(np.mean([v[k] for v in values])) for k in COLUMNS[2:]}})

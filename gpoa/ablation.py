@@ -11,11 +11,53 @@ the training episodes use:
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpoa.agents.adversarial import inference_config, training_config
 from gpoa.agents.greedy import GreedyPolicy, run_greedy
-from gpoa.envs import EpisodeBank, PromptEnv
+from gpoa.agents.policy_file import check_observation, load_policy
+from gpoa.config import Config, EnvConfig, GraphConfig
+from gpoa.envs import GLOBAL_FEATURES, EpisodeBank, PromptEnv
+from gpoa.errors import UsageError
+from gpoa.graph import NODE_FEATURES
 
 #: The columns of one ablation row, in table order.
 ABLATION_COLUMNS = ("ideal", "attacked", "defended", "initial", "initial_defended")
+
+
+@dataclass
+class PPDRun:
+    """A Point Prompt Defender training run, ready for the ablation: both roles (greedy) and the
+    settings of its training episodes and of its inference."""
+
+    attacker: GreedyPolicy
+    defender: GreedyPolicy
+    train_cfg: Config
+    run_cfg: Config
+    attack_steps: int  # the most toggles the attacker may take
+
+    def row(self, sample, segmenter) -> dict:
+        return ablation_row(sample, self.train_cfg, self.run_cfg, self.attacker, self.defender, segmenter,
+                            self.attack_steps)
+
+
+def load_ppd_run(run: Path, cfg: Config) -> PPDRun:
+    """The run folder's defender (``best.pt``) and attacker (``attacker.pt``), checked, with the graph,
+    environment and attack settings they were trained with laid over ``cfg``."""
+    run = Path(run)
+    defender_file, attacker_file = load_policy(run / "best.pt"), load_policy(run / "attacker.pt")
+    for policy, path in ((defender_file, run / "best.pt"), (attacker_file, run / "attacker.pt")):
+        check_observation(policy, path, NODE_FEATURES, GLOBAL_FEATURES)
+    if defender_file.learner != "ppd":
+        raise UsageError(f"'{run / 'best.pt'}' was trained by '{defender_file.learner}', not by ppd")
+    trained = defender_file.extra["config"]
+    cfg = dataclasses.replace(cfg, graph=GraphConfig(**trained["graph"]), env=EnvConfig(**trained["env"]),
+                              ppd=dataclasses.replace(cfg.ppd, attack_steps=list(trained["ppd"]["attack_steps"]),
+                                                      defender_edits=trained["ppd"]["defender_edits"]))
+    return PPDRun(GreedyPolicy(attacker_file.network), GreedyPolicy(defender_file.network), training_config(cfg),
+                  inference_config(cfg), cfg.ppd.attack_steps[1])
 
 
 def greedy_steps(policy: GreedyPolicy, env: PromptEnv, limit: int) -> None:

@@ -59,12 +59,10 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from gpoa.ablation import ABLATION_COLUMNS, ablation_row
-from gpoa.agents.adversarial import inference_config, training_config
-from gpoa.agents.greedy import GreedyPolicy
+from gpoa.ablation import ABLATION_COLUMNS, load_ppd_run
 from gpoa.agents.policy_file import load_policy
 from gpoa.backends import Backends
-from gpoa.config import Config, EnvConfig, GraphConfig, config_to_dict
+from gpoa.config import Config, config_to_dict
 from gpoa.errors import UsageError
 from gpoa.io import atomic_write_json, atomic_write_text, read_image, read_mask, read_prompt_file
 from gpoa.layout import TaskLayout, is_domain, list_images
@@ -275,6 +273,14 @@ def group_task(group: Group, index: DomainIndex, work: Path, cache: Path, backen
     return Task(layout, backends, cfg)
 
 
+def dataset_tasks(groups: list, dataset: DataSet, out: Path, backends: Backends, cfg: Config,
+                  index: Optional[DomainIndex] = None) -> list:
+    """The tasks of ``groups``, outputs under ``out/work/<data set folder>/``, one shared feature cache."""
+    index = index or DomainIndex(dataset.folder)
+    work, cache = out / "work" / dataset.folder.name, out / "work" / "cache"
+    return [group_task(group, index, work, cache, backends, cfg) for group in groups]
+
+
 @contextlib.contextmanager
 def quiet():
     """The stages' per-task tables and progress bars, kept off the terminal (their reports are kept)."""
@@ -318,8 +324,7 @@ def evaluate_groups(groups: list, dataset: DataSet, policies: dict, cfg: Config,
                     out: Path, report: StageReport) -> dict:
     """Stages 1, 3 (each learner) and 4 on ``groups``; → counts per (prompt set, fold)."""
     index = DomainIndex(dataset.folder)
-    work, cache = out / "work" / dataset.folder.name, out / "work" / "cache"
-    tasks = [group_task(g, index, work, cache, backends, cfg) for g in groups]
+    tasks = dataset_tasks(groups, dataset, out, backends, cfg, index)
     counts = {}
     if not tasks:
         return counts
@@ -506,34 +511,19 @@ def merge_parts(parts: list) -> dict:
     return {key: value.to_dict() for key, value in sorted(counts.items())}
 
 
-def trained_settings(cfg: Config, defender_path: Path) -> tuple:
-    """(training config, inference config) of the PPD run that wrote ``defender_path``."""
-    trained = load_policy(defender_path).extra["config"]
-    cfg = dataclasses.replace(cfg, graph=GraphConfig(**trained["graph"]), env=EnvConfig(**trained["env"]),
-                              ppd=dataclasses.replace(cfg.ppd, attack_steps=list(trained["ppd"]["attack_steps"]),
-                                                      defender_edits=trained["ppd"]["defender_edits"]))
-    return training_config(cfg), inference_config(cfg), cfg.ppd.attack_steps[1]
-
-
 def ablation_rows(groups: list, dataset: DataSet, defender_path: Path, cfg: Config, device: str, backends: Backends,
                   out: Path, report: StageReport, desc: str) -> list:
     """Per query: the ablation columns (:mod:`gpoa.ablation`), in the groups' order."""
-    train_cfg, run_cfg, attack_steps = trained_settings(cfg, defender_path)
-    attacker = GreedyPolicy(load_policy(defender_path.parent / "attacker.pt").network)
-    defender = GreedyPolicy(load_policy(defender_path).network)
-    index = DomainIndex(dataset.folder)
-    work, cache = out / "work" / dataset.folder.name, out / "work" / "cache"
+    ppd = load_ppd_run(defender_path.parent, cfg)
     rows = []
-    for group in tqdm(groups, desc=desc, unit="group"):
-        task = group_task(group, index, work, cache, backends, cfg)
+    for group, task in zip(tqdm(groups, desc=desc, unit="group"), dataset_tasks(groups, dataset, out, backends, cfg)):
         with quiet():
             report.merge(generate_initial_prompts(cfg, device, [task]))
         samples = task.prompt_file_samples(task.layout.initial_indices, report, with_images=True, with_truth=True)
         for lazy in samples:
             sample = lazy.load()
             if sample.truth_mask is not None:
-                values = ablation_row(sample, train_cfg, run_cfg, attacker, defender, backends.segmenter, attack_steps)
-                rows.append({"domain": group.domain, "query": sample.name, **values})
+                rows.append({"domain": group.domain, "query": sample.name, **ppd.row(sample, backends.segmenter)})
     return rows
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpoa.datasets.common import Benchmark, Index, Item, Options
+from gpoa.datasets.common import Benchmark, Index, Item, Options, fold_episodes
 from gpoa.errors import InputError, UsageError
 from gpoa.protocols import EPISODES_PER_FOLD, coco20i_episodes, coco20i_folds
 
@@ -136,8 +136,7 @@ def index(src: Path, options: Options) -> Index:
 
     def episodes(members: dict) -> list:
         pool = members.get("val") or members.get("train", {})
-        return [episode for fold, names in folds.items()
-                for episode in coco20i_episodes({c: pool[c] for c in names if c in pool}, fold, n, options.seed)]
+        return fold_episodes(folds, pool, coco20i_episodes, n, options.seed)
 
     protocol = (f"COCO-20i (HSNet): {n} episodes per fold over the val2014 images; each draws a class of the "
                 "fold, a query image of it and a support among its other images")

@@ -242,6 +242,13 @@ def check_stems(items: Sequence[Item]) -> None:
                                  "the source holds two images with one name")
 
 
+def fold_episodes(folds: dict, pool: dict, draw: Callable, n: int, seed: int) -> list:
+    """Every fold's episodes: ``draw(members, fold, n, seed)`` over the classes of the fold found in
+    ``pool`` ({class: [stems]})."""
+    return [episode for fold, names in folds.items()
+            for episode in draw({c: pool[c] for c in names if c in pool}, fold, n, seed)]
+
+
 def members_of(items: Sequence[Item]) -> dict:
     """{split: {domain: [stems]}} of ``items``, sorted."""
     members: dict = {}

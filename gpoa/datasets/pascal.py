@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from gpoa.datasets.common import Benchmark, Index, Item, Options, require_folder
+from gpoa.datasets.common import Benchmark, Index, Item, Options, fold_episodes, require_folder
 from gpoa.errors import InputError, UsageError
 from gpoa.layout import list_images
 from gpoa.protocols import (
@@ -151,8 +151,7 @@ def index(src: Path, options: Options) -> Index:
 
     def episodes(members: dict) -> list:
         pool = members.get("val") or members.get("all") or members.get("train", {})
-        return [episode for fold, names in folds.items()
-                for episode in pascal5i_episodes({c: pool[c] for c in names if c in pool}, fold, n, options.seed)]
+        return fold_episodes(folds, pool, pascal5i_episodes, n, options.seed)
 
     protocol = (f"PASCAL-5i (HSNet): {n} episodes per fold over the val images; queries cycle through a seeded "
                 "permutation of the fold's (image, class) pairs, one support drawn from the class's other images")
