@@ -184,6 +184,11 @@ class AgentConfig:
     # "dqn" (Double DQN), "ppo" (PPO with action masking) or "ppd" (Point Prompt Defender:
     # attacker and defender, the defender kept)
     learner: str = "dqn"
+    # a prior on the policy's scores: toggling a node scores this times the lookahead's change of
+    # the mask's agreement with the predicted region (soft Dice, gpoa/envs/mask_view.py) plus what
+    # the network adds. The network learns only the correction to "an edit is worth what it does to
+    # the agreement", a signal that means the same on any image; 0: no prior. Needs env.lookahead
+    agreement_prior: float = 0.0
 
 
 @dataclass
@@ -455,6 +460,9 @@ def validate(cfg: Config) -> None:
         raise UsageError(f"config key 'env.graph_weights' must be 5 numbers, got {weights!r}") from None
     if len(cfg.env.graph_weights) != 5:
         raise UsageError(f"config key 'env.graph_weights' must be 5 numbers, got {len(weights)}")
+    if cfg.agent.agreement_prior and not cfg.env.lookahead:
+        raise UsageError("config key 'agent.agreement_prior' needs env.lookahead: true (the prior reads the "
+                         "lookahead's change of agreement); set env.lookahead: true or agent.agreement_prior: 0")
     if cfg.env.min_positive > cfg.env.max_positive or cfg.env.min_negative > cfg.env.max_negative:
         raise UsageError("config keys env.min_positive/min_negative must not exceed env.max_positive/max_negative")
 

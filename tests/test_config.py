@@ -152,6 +152,12 @@ def test_wrong_yaml_values_are_usage_errors(tmp_path, text, words):
         load_config(path)
 
 
+def test_the_agreement_prior_needs_the_lookahead():
+    assert load_config(overrides=["agent.agreement_prior=1.0"]).agent.agreement_prior == 1.0
+    with pytest.raises(UsageError, match=r"agent\.agreement_prior.*env\.lookahead"):
+        load_config(overrides=["agent.agreement_prior=1.0", "env.lookahead=false"])
+
+
 def test_missing_config_file_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")

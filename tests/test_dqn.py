@@ -50,7 +50,7 @@ def test_agent_is_sized_from_the_env_and_checks_its_action_space():
     agent = DQNAgent.for_env(env, small_config())
     assert agent.network is agent.q_network and agent.learner == "dqn"
     assert agent.q_network.architecture == {"node_dim": 4, "global_dim": 2, "hidden": 64, "node_layers": 1,
-                                            "value_head": False}
+                                            "value_head": False, "prior_column": -1, "prior_weight": 0.0}
     env.action_space = spaces.Discrete(PlantedOutlierEnv.max_nodes)  # no STOP column
     with pytest.raises(ValueError, match="max_nodes \\+ 1"):
         DQNAgent.for_env(env, small_config())

@@ -10,6 +10,8 @@ from gpoa.agents import LEARNERS
 from gpoa.agents.adversarial import ATTACKER, DEFENDER
 from gpoa.agents.greedy import GreedyPolicy
 from gpoa.envs import EpisodeBank, VecPromptEnv
+from gpoa.envs.mask_view import LOOKAHEAD_SCALE
+from gpoa.graph import NODE_FEATURES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,3 +53,17 @@ def test_no_learner_ever_chooses_a_masked_action(name):
             results = vec_env.step(actions)
             observations = [vec_env.reset_one(k) if terminated or truncated else obs
                             for k, (obs, _, terminated, truncated, _) in enumerate(results)]
+
+
+@pytest.mark.parametrize("name", sorted(LEARNERS))
+def test_the_agreement_prior_reaches_the_kept_network_in_dice_units(name):
+    vec_env, cfg = random_graph_envs(0, count=2)
+    cfg.agent.agreement_prior = 2.0
+    agent = LEARNERS[name].make_agent(vec_env, cfg, 0, "cpu")
+    assert NODE_FEATURES[agent.network.prior_column] == "lookahead_region_agreement"
+    # the column is the change of agreement × LOOKAHEAD_SCALE; the prior is 2 × that change
+    assert agent.network.prior_weight == pytest.approx(2.0 / LOOKAHEAD_SCALE)
+    if name == "ppd":  # the attacker's aim is the opposite of the prior's
+        assert agent.role(ATTACKER).q_network.prior_weight == 0.0
+    cfg.agent.agreement_prior = 0.0
+    assert LEARNERS[name].make_agent(vec_env, cfg, 0, "cpu").network.prior_weight == 0.0

@@ -20,10 +20,27 @@ def random_inputs(batch: int, nodes: int, node_dim: int = 6, global_dim: int = 3
             torch.randn(batch, global_dim, generator=generator))
 
 
-@pytest.fixture(params=[1, 2], ids=["one-layer", "two-layer"])
+@pytest.fixture(params=[1, 2, "prior"], ids=["one-layer", "two-layer", "with-prior"])
 def network(request) -> NodeSetNetwork:
     torch.manual_seed(0)
+    if request.param == "prior":
+        return NodeSetNetwork(node_dim=6, global_dim=3, hidden=32, prior_column=4, prior_weight=0.5).eval()
     return NodeSetNetwork(node_dim=6, global_dim=3, hidden=32, node_layers=request.param).eval()
+
+
+def test_the_prior_adds_its_weight_times_its_column_to_every_node_score():
+    torch.manual_seed(4)
+    plain = NodeSetNetwork(node_dim=6, global_dim=3, hidden=32).eval()
+    with_prior = NodeSetNetwork(node_dim=6, global_dim=3, hidden=32, prior_column=4, prior_weight=0.25).eval()
+    with_prior.load_state_dict(plain.state_dict())  # the prior has no weights of its own
+    nodes, valid, globals_ = random_inputs(batch=3, nodes=8)
+    with torch.no_grad():
+        difference = with_prior(nodes, valid, globals_) - plain(nodes, valid, globals_)
+    torch.testing.assert_close(difference[:, :-1], 0.25 * nodes[..., 4])
+    torch.testing.assert_close(difference[:, -1], torch.zeros(3))  # STOP has no prior
+    assert NodeSetNetwork(**with_prior.architecture).prior_weight == 0.25
+    with pytest.raises(ValueError, match="prior_column"):
+        NodeSetNetwork(node_dim=6, global_dim=3, prior_column=6, prior_weight=1.0)
 
 
 # ----- the network ---------------------------------------------------------------------------------
@@ -69,7 +86,8 @@ def test_action_scores_are_the_scores_of_the_chosen_columns(network):
 
 def test_architecture_rebuilds_the_network(network):
     assert network.architecture == {"node_dim": 6, "global_dim": 3, "hidden": 32,
-                                    "node_layers": network.node_layers, "value_head": False}
+                                    "node_layers": network.node_layers, "value_head": False,
+                                    "prior_column": network.prior_column, "prior_weight": network.prior_weight}
     assert isinstance(NodeSetNetwork(**network.architecture), NodeSetNetwork)
     with pytest.raises(ValueError, match="no value head"):
         network.scores_and_value(*random_inputs(batch=1, nodes=3))
@@ -104,10 +122,11 @@ def test_masked_argmax_picks_the_best_valid_action():
 
 
 # ----- the greedy policy ---------------------------------------------------------------------------
-@pytest.mark.parametrize("node_layers", [1, 2])
-def test_greedy_policy_matches_the_network(node_layers):
+@pytest.mark.parametrize("node_layers,prior_weight", [(1, 0.0), (2, 0.0), (1, 0.7)])
+def test_greedy_policy_matches_the_network(node_layers, prior_weight):
     torch.manual_seed(3)
-    network = NodeSetNetwork(node_dim=15, global_dim=5, hidden=128, node_layers=node_layers).eval()
+    network = NodeSetNetwork(node_dim=15, global_dim=5, hidden=128, node_layers=node_layers,
+                             prior_column=9, prior_weight=prior_weight).eval()
     rng = np.random.default_rng(3)
     policy = GreedyPolicy(network)
     for count in (1, 40, 300):

@@ -20,7 +20,19 @@ from typing import Callable
 
 from gpoa.agents import adversarial, dqn, ppo
 from gpoa.config import Config
+from gpoa.envs.mask_view import LOOKAHEAD_SCALE
 from gpoa.errors import UsageError
+from gpoa.graph import NODE_FEATURES
+
+
+def network_options(cfg: Config) -> dict:
+    """The kept network's prior (``agent.agreement_prior``) as :class:`NodeSetNetwork` arguments:
+    the lookahead's agreement column is that change × LOOKAHEAD_SCALE, so the weight is divided by it
+    and the prior is in Dice (the unit of the segmentation reward)."""
+    if not cfg.agent.agreement_prior:
+        return {}
+    return {"prior_column": NODE_FEATURES.index("lookahead_region_agreement"),
+            "prior_weight": cfg.agent.agreement_prior / LOOKAHEAD_SCALE}
 
 
 @dataclass(frozen=True)
@@ -45,20 +57,22 @@ class Learner:
 LEARNERS = {
     "dqn": Learner(
         "dqn",
-        make_agent=lambda env, cfg, seed, device: dqn.DQNAgent.for_env(env, cfg.dqn, seed=seed, device=device),
+        make_agent=lambda env, cfg, seed, device: dqn.DQNAgent.for_env(env, cfg.dqn, seed=seed, device=device,
+                                                                       network_options=network_options(cfg)),
         train=lambda env, cfg, agent, callback: dqn.train(env, cfg.dqn, cfg.train.total_steps, cfg.seed,
                                                           callback=callback, agent=agent, device=agent.device),
         settings=lambda cfg: dataclasses.asdict(cfg.dqn)),
     "ppo": Learner(
         "ppo",
-        make_agent=lambda env, cfg, seed, device: ppo.PPOAgent.for_env(env, cfg.ppo, seed=seed, device=device),
+        make_agent=lambda env, cfg, seed, device: ppo.PPOAgent.for_env(env, cfg.ppo, seed=seed, device=device,
+                                                                       network_options=network_options(cfg)),
         train=lambda env, cfg, agent, callback: ppo.train(env, cfg.ppo, cfg.train.total_steps, cfg.seed,
                                                           callback=callback, agent=agent, device=agent.device),
         settings=lambda cfg: dataclasses.asdict(cfg.ppo)),
     "ppd": Learner(
         "ppd",
-        make_agent=lambda env, cfg, seed, device: adversarial.AttackDefendAgent.for_env(env, cfg, seed=seed,
-                                                                                          device=device),
+        make_agent=lambda env, cfg, seed, device: adversarial.AttackDefendAgent.for_env(
+            env, cfg, seed=seed, device=device, network_options=network_options(cfg)),
         train=lambda env, cfg, agent, callback: adversarial.train(env, cfg, cfg.train.total_steps, cfg.seed,
                                                                   callback=callback, agent=agent,
                                                                   device=agent.device),

@@ -61,10 +61,12 @@ class AttackDefendAgent:
     learner = "ppd"
 
     def __init__(self, node_dim: int, global_dim: int, max_nodes: int, cfg: Config, seed: int = 0,
-                 device: str = "cpu"):
+                 device: str = "cpu", network_options: Optional[dict] = None):
         self.cfg = cfg
+        # the prior scores edits by what they do for the mask: the defender's aim, not the attacker's
         self.attacker = DQNAgent(node_dim, global_dim, max_nodes, cfg.dqn, seed=seed, device=device)
-        self.defender = DQNAgent(node_dim, global_dim, max_nodes, cfg.dqn, seed=seed + 1, device=device)
+        self.defender = DQNAgent(node_dim, global_dim, max_nodes, cfg.dqn, seed=seed + 1, device=device,
+                                 network_options=network_options)
         self.seed, self.rng = seed, np.random.default_rng(seed + 2)
         self.global_step = 0
 
@@ -76,10 +78,11 @@ class AttackDefendAgent:
         self.rng = np.random.default_rng([self.seed + 2, rank])
 
     @classmethod
-    def for_env(cls, env, cfg: Config, seed: int = 0, device: str = "cpu") -> AttackDefendAgent:
+    def for_env(cls, env, cfg: Config, seed: int = 0, device: str = "cpu",
+                network_options: Optional[dict] = None) -> AttackDefendAgent:
         max_nodes, node_dim = env.observation_space["nodes"].shape
         (global_dim,) = env.observation_space["globals"].shape
-        return cls(node_dim, global_dim, max_nodes, cfg, seed=seed, device=device)
+        return cls(node_dim, global_dim, max_nodes, cfg, seed=seed, device=device, network_options=network_options)
 
     @property
     def network(self):

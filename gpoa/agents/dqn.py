@@ -112,11 +112,12 @@ class DQNAgent:
     learner = "dqn"
 
     def __init__(self, node_dim: int, global_dim: int, max_nodes: int, cfg: DQNConfig, seed: int = 0,
-                 device: str = "cpu"):
+                 device: str = "cpu", network_options: Optional[dict] = None):
         torch.manual_seed(seed)  # the networks' initial weights; replay and exploration use self.rng
         self.cfg, self.max_nodes, self.device = cfg, max_nodes, device
-        self.q_network = NodeSetNetwork(node_dim, global_dim, cfg.hidden, cfg.node_layers).to(device)
-        self.target_network = NodeSetNetwork(node_dim, global_dim, cfg.hidden, cfg.node_layers).to(device)
+        options = network_options or {}  # NodeSetNetwork's prior (gpoa.agents.network_options)
+        self.q_network = NodeSetNetwork(node_dim, global_dim, cfg.hidden, cfg.node_layers, **options).to(device)
+        self.target_network = NodeSetNetwork(node_dim, global_dim, cfg.hidden, cfg.node_layers, **options).to(device)
         self.target_network.load_state_dict(self.q_network.state_dict())
         self.optimizer = optim.Adam(self.q_network.parameters(), lr=cfg.learning_rate)
         self.buffer = ReplayBuffer(cfg.buffer_size, max_nodes, node_dim, global_dim)
@@ -137,14 +138,15 @@ class DQNAgent:
         return self.q_network
 
     @classmethod
-    def for_env(cls, env, cfg: DQNConfig, seed: int = 0, device: str = "cpu") -> DQNAgent:
+    def for_env(cls, env, cfg: DQNConfig, seed: int = 0, device: str = "cpu",
+                network_options: Optional[dict] = None) -> DQNAgent:
         """An agent sized from ``env.observation_space`` (M, F, G) and checked against its action space."""
         max_nodes, node_dim = env.observation_space["nodes"].shape
         (global_dim,) = env.observation_space["globals"].shape
         if env.action_space.n != max_nodes + 1:
             raise ValueError(f"action space has {env.action_space.n} actions; expected max_nodes + 1 = "
                              f"{max_nodes + 1} (one toggle per node slot, then STOP)")
-        return cls(node_dim, global_dim, max_nodes, cfg, seed=seed, device=device)
+        return cls(node_dim, global_dim, max_nodes, cfg, seed=seed, device=device, network_options=network_options)
 
     def act(self, observations: Sequence[dict], masks: np.ndarray, epsilon: float) -> np.ndarray:
         """ε-greedy actions (K,) int64 for K observations and their action masks (K, M + 1) bool."""

@@ -35,6 +35,7 @@ class GreedyPolicy:
 
         self.architecture = network.architecture
         self.stop_margin = float(stop_margin)
+        self.prior_column, self.prior_weight = network.prior_column, np.float32(network.prior_weight)
         node_weight = numpy(network.node_encoder.weight)  # (H, F + 1), the last column for the flag 1
         self.node_weight = np.ascontiguousarray(node_weight[:, :-1])  # (H, F)
         self.node_bias = np.ascontiguousarray(node_weight[:, -1])
@@ -66,9 +67,12 @@ class GreedyPolicy:
         return scores
 
     def _scores(self, nodes: np.ndarray, globals_: np.ndarray, out: np.ndarray) -> float:
-        return node_set_q(nodes, self.node_weight, self.node_bias, self.node_weight2,
+        stop = node_set_q(nodes, self.node_weight, self.node_bias, self.node_weight2,
                           np.asarray(globals_, dtype=np.float32), self.global_weight, self.global_bias,
                           self.head_weight1, self.head_bias1, self.head_weight2, self.head_bias2, out)
+        if self.prior_weight:
+            out += self.prior_weight * nodes[:, self.prior_column]
+        return stop
 
     def __call__(self, obs: dict, action_mask: Optional[np.ndarray] = None) -> int:
         """The greedy action of one observation; without a mask every real node and STOP are valid."""

@@ -36,14 +36,20 @@ class NodeSetNetwork(nn.Module):
 
     With ``value_head=True`` a linear head on the context MLP's hidden layer also gives a state
     value (:meth:`value`; actor-critic learners), which the scores do not depend on.
+
+    With ``prior_weight`` w ≠ 0, every node's score also gets w · x_i[``prior_column``], a fixed
+    prior the learned part corrects (a residual on a hand-made score, ``agent.agreement_prior``).
     """
 
     def __init__(self, node_dim: int, global_dim: int, hidden: int = 128, node_layers: int = 1,
-                 value_head: bool = False):
+                 value_head: bool = False, prior_column: int = -1, prior_weight: float = 0.0):
         super().__init__()
         if node_layers not in (1, 2):
             raise ValueError(f"node_layers must be 1 or 2, got {node_layers}")
+        if prior_weight and not 0 <= prior_column < node_dim:
+            raise ValueError(f"prior_column must be a node column (0 to {node_dim - 1}), got {prior_column}")
         self.node_dim, self.global_dim, self.hidden, self.node_layers = node_dim, global_dim, hidden, node_layers
+        self.prior_column, self.prior_weight = int(prior_column), float(prior_weight)
         self.node_encoder = nn.Linear(node_dim + 1, hidden, bias=False)
         # optional second bias-free layer of φ: a padded node still embeds to exactly 0
         self.node_encoder2 = nn.Linear(hidden, hidden, bias=False) if node_layers == 2 else None
@@ -56,7 +62,14 @@ class NodeSetNetwork(nn.Module):
     def architecture(self) -> dict:
         """The constructor arguments: ``NodeSetNetwork(**net.architecture)`` rebuilds the network."""
         return {"node_dim": self.node_dim, "global_dim": self.global_dim, "hidden": self.hidden,
-                "node_layers": self.node_layers, "value_head": self.value_out is not None}
+                "node_layers": self.node_layers, "value_head": self.value_out is not None,
+                "prior_column": self.prior_column, "prior_weight": self.prior_weight}
+
+    def prior(self, nodes: torch.Tensor) -> torch.Tensor:
+        """The fixed prior of nodes (..., F) → (...): ``prior_weight`` · the prior column (0 without)."""
+        if not self.prior_weight:
+            return nodes.new_zeros(nodes.shape[:-1])
+        return self.prior_weight * nodes[..., self.prior_column]
 
     def trunk(self, nodes: torch.Tensor, valid: torch.Tensor, globals_: torch.Tensor) -> tuple:
         """nodes (B, N, F), valid (B, N) bool, globals_ (B, G) → h (B, N, H) (0 on padded nodes) and
@@ -84,6 +97,7 @@ class NodeSetNetwork(nn.Module):
         h, hidden = self.trunk(nodes, valid, globals_)
         head = self.context_out(hidden)
         node_scores = torch.einsum("bnh,bh->bn", h, head[:, :-2]) / math.sqrt(self.hidden) + head[:, -2:-1]
+        node_scores = node_scores + self.prior(nodes)
         return torch.cat([node_scores, head[:, -1:]], dim=1), self.value_out(hidden)[:, 0]
 
     def forward(self, nodes: torch.Tensor, valid: torch.Tensor, globals_: torch.Tensor,
@@ -101,6 +115,7 @@ class NodeSetNetwork(nn.Module):
             return self.scores_and_value(nodes, valid, globals_)
         h, head = self.embed(nodes, valid, globals_)
         node_scores = torch.einsum("bnh,bh->bn", h, head[:, :-2]) / math.sqrt(self.hidden) + head[:, -2:-1]
+        node_scores = node_scores + self.prior(nodes)
         return torch.cat([node_scores, head[:, -1:]], dim=1)
 
     def action_scores(self, nodes: torch.Tensor, valid: torch.Tensor, globals_: torch.Tensor,
@@ -112,8 +127,9 @@ class NodeSetNetwork(nn.Module):
         """
         h, head = self.embed(nodes, valid, globals_)
         stop = actions == h.shape[1]
-        chosen = h[torch.arange(len(h), device=h.device), actions.masked_fill(stop, 0)]
-        node_scores = (chosen * head[:, :-2]).sum(dim=-1) / math.sqrt(self.hidden) + head[:, -2]
+        rows, columns = torch.arange(len(h), device=h.device), actions.masked_fill(stop, 0)
+        node_scores = ((h[rows, columns] * head[:, :-2]).sum(dim=-1) / math.sqrt(self.hidden) + head[:, -2]
+                       + self.prior(nodes[rows, columns]))
         return torch.where(stop, head[:, -1], node_scores)
 
 

@@ -94,10 +94,11 @@ class PPOAgent:
     learner = "ppo"
 
     def __init__(self, node_dim: int, global_dim: int, max_nodes: int, cfg: PPOConfig, seed: int = 0,
-                 device: str = "cpu"):
+                 device: str = "cpu", network_options: Optional[dict] = None):
         torch.manual_seed(seed)
         self.cfg, self.max_nodes, self.device = cfg, max_nodes, device
-        self.network = NodeSetNetwork(node_dim, global_dim, cfg.hidden, cfg.node_layers, value_head=True).to(device)
+        self.network = NodeSetNetwork(node_dim, global_dim, cfg.hidden, cfg.node_layers, value_head=True,
+                                      **(network_options or {})).to(device)
         self.optimizer = optim.Adam(self.network.parameters(), lr=cfg.learning_rate, eps=1e-5)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self.seed, self.rng = seed, np.random.default_rng(seed)
@@ -113,10 +114,11 @@ class PPOAgent:
         self.rng = np.random.default_rng([self.seed, rank])
 
     @classmethod
-    def for_env(cls, env, cfg: PPOConfig, seed: int = 0, device: str = "cpu") -> PPOAgent:
+    def for_env(cls, env, cfg: PPOConfig, seed: int = 0, device: str = "cpu",
+                network_options: Optional[dict] = None) -> PPOAgent:
         max_nodes, node_dim = env.observation_space["nodes"].shape
         (global_dim,) = env.observation_space["globals"].shape
-        return cls(node_dim, global_dim, max_nodes, cfg, seed=seed, device=device)
+        return cls(node_dim, global_dim, max_nodes, cfg, seed=seed, device=device, network_options=network_options)
 
     def _inputs(self, nodes, valid, globals_) -> tuple:
         return observation_tensors(nodes, valid, globals_, self.device)
