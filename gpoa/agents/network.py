@@ -65,11 +65,17 @@ class NodeSetNetwork(nn.Module):
                 "node_layers": self.node_layers, "value_head": self.value_out is not None,
                 "prior_column": self.prior_column, "prior_weight": self.prior_weight}
 
-    def prior(self, nodes: torch.Tensor) -> torch.Tensor:
-        """The fixed prior of nodes (..., F) → (...): ``prior_weight`` · the prior column (0 without)."""
+    def with_prior(self, scores: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        """Node scores (...) of nodes (..., F) plus the fixed prior, ``prior_weight`` · the prior
+        column (the scores themselves when there is no prior)."""
         if not self.prior_weight:
-            return nodes.new_zeros(nodes.shape[:-1])
-        return self.prior_weight * nodes[..., self.prior_column]
+            return scores
+        return scores + self.prior_weight * nodes[..., self.prior_column]
+
+    def _node_scores(self, h: torch.Tensor, head: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        """ψ of every node, (B, N), from h (B, N, H) and head (B, H + 2) (class docstring, step 4)."""
+        scores = torch.einsum("bnh,bh->bn", h, head[:, :-2]) / math.sqrt(self.hidden) + head[:, -2:-1]
+        return self.with_prior(scores, nodes)
 
     def trunk(self, nodes: torch.Tensor, valid: torch.Tensor, globals_: torch.Tensor) -> tuple:
         """nodes (B, N, F), valid (B, N) bool, globals_ (B, G) → h (B, N, H) (0 on padded nodes) and
@@ -96,9 +102,7 @@ class NodeSetNetwork(nn.Module):
             raise ValueError("this network has no value head (build it with value_head=True)")
         h, hidden = self.trunk(nodes, valid, globals_)
         head = self.context_out(hidden)
-        node_scores = torch.einsum("bnh,bh->bn", h, head[:, :-2]) / math.sqrt(self.hidden) + head[:, -2:-1]
-        node_scores = node_scores + self.prior(nodes)
-        return torch.cat([node_scores, head[:, -1:]], dim=1), self.value_out(hidden)[:, 0]
+        return torch.cat([self._node_scores(h, head, nodes), head[:, -1:]], dim=1), self.value_out(hidden)[:, 0]
 
     def forward(self, nodes: torch.Tensor, valid: torch.Tensor, globals_: torch.Tensor,
                 actions: Optional[torch.Tensor] = None, with_value: bool = False):
@@ -114,9 +118,7 @@ class NodeSetNetwork(nn.Module):
         if with_value:
             return self.scores_and_value(nodes, valid, globals_)
         h, head = self.embed(nodes, valid, globals_)
-        node_scores = torch.einsum("bnh,bh->bn", h, head[:, :-2]) / math.sqrt(self.hidden) + head[:, -2:-1]
-        node_scores = node_scores + self.prior(nodes)
-        return torch.cat([node_scores, head[:, -1:]], dim=1)
+        return torch.cat([self._node_scores(h, head, nodes), head[:, -1:]], dim=1)
 
     def action_scores(self, nodes: torch.Tensor, valid: torch.Tensor, globals_: torch.Tensor,
                       actions: torch.Tensor) -> torch.Tensor:
@@ -128,8 +130,8 @@ class NodeSetNetwork(nn.Module):
         h, head = self.embed(nodes, valid, globals_)
         stop = actions == h.shape[1]
         rows, columns = torch.arange(len(h), device=h.device), actions.masked_fill(stop, 0)
-        node_scores = ((h[rows, columns] * head[:, :-2]).sum(dim=-1) / math.sqrt(self.hidden) + head[:, -2]
-                       + self.prior(nodes[rows, columns]))
+        node_scores = self.with_prior((h[rows, columns] * head[:, :-2]).sum(dim=-1) / math.sqrt(self.hidden)
+                                      + head[:, -2], nodes[rows, columns])
         return torch.where(stop, head[:, -1], node_scores)
 
 
