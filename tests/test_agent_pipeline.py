@@ -146,6 +146,24 @@ def test_resume_continues_the_run(trained, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+def test_resume_keeps_the_best_policy_on_disk(trained, capsys):
+    """A run stopped after writing best.pt but before train_state.pt resumes with the state's older
+    best score: the better policy file on disk must not be replaced by a worse evaluation."""
+    data, checkpoints = trained
+    run = checkpoints / "tiny"
+    best = torch.load(run / "best.pt", weights_only=True)
+    best["extra"]["eval/dice"] = 0.99  # a score no evaluation of this tiny run reaches
+    torch.save(best, run / "best.pt")
+    state = torch.load(run / "train_state.pt", weights_only=True)
+    state["best"] = 0.0  # the state written before that best.pt
+    torch.save(state, run / "train_state.pt")
+    assert train(data, checkpoints, "--resume", "--set", "train.total_steps=240") == 0
+    kept = torch.load(run / "best.pt", weights_only=True)["extra"]
+    assert kept["eval/dice"] == 0.99 and kept["step"] == best["extra"]["step"]
+    assert torch.load(run / "last.pt", weights_only=True)["extra"]["step"] >= 240
+    assert "best eval/dice=0.9900" in capsys.readouterr().out
+
+
 def test_graph_reward_trains_label_free_from_prompt_files(demo_dataset, tmp_path):
     assert Generate_initial_prompts.main(["--config", str(DEMO_CONFIG), "--data", str(demo_dataset)]) == 0
     for folder in ("train_image", "train_mask", "target_mask"):

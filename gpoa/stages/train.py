@@ -177,6 +177,18 @@ def train_policy(cfg: Config, device: str = "cpu", tasks: Optional[list] = None)
         return _train(cfg, device, tasks, context)
 
 
+def _saved_best(path: Path, key: str) -> float:
+    """The held-out score stored in the policy file ``path`` (-inf when there is none). A run stopped
+    between writing ``best.pt`` and ``train_state.pt`` resumes with the state's older best: the file
+    on disk is the one a later, worse evaluation must not replace."""
+    if not path.is_file():
+        return -np.inf
+    try:
+        return float(torch.load(path, map_location="cpu", weights_only=True)["extra"][key])
+    except Exception:  # an unreadable or older file: the state's best stands
+        return -np.inf
+
+
 def _train(cfg: Config, device: str, tasks: Optional[list], context: RunContext) -> StageReport:
     backends = Backends(cfg, device)
     tasks = tasks if tasks is not None else load_tasks(cfg, backends)
@@ -220,13 +232,14 @@ def _train(cfg: Config, device: str, tasks: Optional[list], context: RunContext)
 
     # the same seed on every rank: identical initial networks
     agent, best = learner.make_agent(vec_env, cfg, cfg.seed, device), -np.inf
+    eval_key = "eval/dice" if segmentation else "eval/score"
     if cfg.train.resume:
         try:
             state = torch.load(run_dir / STATE, map_location=device, weights_only=True)
             if int(state.get("world", 1)) != world:
                 raise ValueError(f"the run was trained by {int(state.get('world', 1))} process(es), not {world}")
             agent.load_state_dict(state["agent"])
-            best = float(state["best"])
+            best = max(float(state["best"]), _saved_best(run_dir / BEST, eval_key))
         except Exception as exc:  # unreadable file or a network of another shape: same advice
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UsageError(f"cannot resume from '{run_dir / STATE}' ({reason}); resume with the settings the run "
@@ -239,7 +252,6 @@ def _train(cfg: Config, device: str, tasks: Optional[list], context: RunContext)
     meta = {"config": config_to_dict(run_cfg), "grid": backends.grid.to_dict(), "reward": cfg.env.reward,
             "segmenter_in_loop": segmenter is not None, "feature_cache_key": backends.feature_key,
             "tasks": [task.name for task in tasks]}
-    eval_key = "eval/dice" if segmentation else "eval/score"
     recent = {"return": [], "dice": []}
     # steps (logs, evaluation, the bar) count transitions over all ranks
     bar = tqdm(total=cfg.train.total_steps, initial=agent.global_step * world, desc=f"train {learner.name}",
