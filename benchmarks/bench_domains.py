@@ -3,12 +3,15 @@
 
     python benchmarks/bench_domains.py ROOT [ROOT ...] --out DIR [--policy PATH] [--targets N]
                                        [--config FILE] [--set KEY=VALUE ...] [--device NAME]
+                                       [--reference K]
 
 Each ROOT is a folder of domains (``<domain>/image/<stem>.*`` + ``<domain>/mask/<stem>.png``, the
 layout of real-dev), one such domain, or a dataset folder in the stages' layout (e.g.
 ``data/demo/membrane``, used with its own reference and targets), or a folder of dataset
 folders. Protocol per domain: sort the stems; the first pair is the reference, the others are the
-targets (at most N). Nothing is written into ROOT: every output goes to ``DIR/<domain>/``.
+targets (at most N). ``--reference K`` makes the K-th stem of every domain folder the reference
+instead (the others, in order, are the targets): how much the numbers depend on which pair is the
+one shot. Nothing is written into ROOT: every output goes to ``DIR/<domain>/``.
 
 It runs the stages' own code (stage 1, stage 3 with the oracle, stage 4) with the models loaded
 once (``--shard i/N`` or torchrun splits every domain's targets over processes; the one that
@@ -57,10 +60,11 @@ DEFAULT_POLICY = ROOT / "checkpoints" / "demo" / "best.pt"
 DEFAULT_CONFIG = ROOT / "configs" / "demo.yaml"
 
 
-def benchmark_tasks(roots: list, out: Path, max_targets: int, cfg, backends: Backends) -> list:
-    """The tasks of ``roots`` with every output under ``out/<task>`` and at most ``max_targets`` targets."""
+def benchmark_tasks(roots: list, out: Path, max_targets: int, cfg, backends: Backends, reference: int = 0) -> list:
+    """The tasks of ``roots`` with every output under ``out/<task>``, at most ``max_targets`` targets
+    and the ``reference``-th pair of each domain folder as its reference."""
     tasks = []
-    for layout in resolve_tasks(roots, out, max_targets):
+    for layout in resolve_tasks(roots, out, max_targets, reference_index=reference):
         targets = layout.targets[:max_targets]
         layout = dataclasses.replace(layout, root=out / layout.name, targets=targets,
                                      target_masks={p.stem: layout.target_masks[p.stem] for p in targets
@@ -107,12 +111,13 @@ def headline_line(h: dict) -> str:
             f"oracle_mean={h['oracle_mean']:.3f}")
 
 
-def markdown(rows: list, h: dict, policy: Path, config: str, targets: int) -> str:
+def markdown(rows: list, h: dict, policy: Path, config: str, targets: int, reference: int = 0) -> str:
     """Dice (%) per domain (rows) and prompt set (columns), the gain, and the headline."""
     present = [name for name in PROMPT_SETS if any(r["prompt_set"] == name for r in rows)]
     by = {(r["domain"], r["prompt_set"]): r for r in rows}
     lines = [f"# Cross-domain benchmark\n\npolicy `{policy}`, config `{config}`, at most {targets} targets per "
-             "domain; Dice in % (mean over targets; MEAN = mean over domains), gain = optimized − initial.\n",
+             "domain" + (f", reference: pair {reference} of each domain (stems sorted)" if reference else "")
+             + "; Dice in % (mean over targets; MEAN = mean over domains), gain = optimized − initial.\n",
              "| domain | targets | " + " | ".join(present) + " | gain |",
              "| --- | ---: | " + " | ".join("---:" for _ in present) + " | ---: |"]
     for domain in dict.fromkeys(r["domain"] for r in rows):
@@ -132,6 +137,8 @@ def main(argv=None) -> int:
     parser.add_argument("--policy", default=str(DEFAULT_POLICY), metavar="PATH",
                         help="policy checkpoint (default: the one make demo trains, checkpoints/demo/best.pt)")
     parser.add_argument("--targets", type=int, default=10, metavar="N", help="at most N targets per domain")
+    parser.add_argument("--reference", type=int, default=0, metavar="K",
+                        help="the K-th pair of each domain folder (stems sorted, from 0) is the reference")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), metavar="FILE", help="YAML config")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config field (repeatable)")
@@ -148,7 +155,7 @@ def main(argv=None) -> int:
         device = rank_device(resolve_device(cfg.device if args.device == "auto" else args.device))
         seed_everything(cfg.seed)
         backends = Backends(cfg, device)
-        tasks = benchmark_tasks(args.roots, out, args.targets, cfg, backends)
+        tasks = benchmark_tasks(args.roots, out, args.targets, cfg, backends, args.reference)
         print(f"[bench] {len(tasks)} domain(s): {', '.join(t.name for t in tasks)}; policy {args.policy}")
         report = StageReport("bench")
         report.merge(generate_initial_prompts(cfg, device, tasks))
@@ -169,8 +176,9 @@ def main(argv=None) -> int:
         print(f"bench_domains.py: error: {exc}", file=sys.stderr)
         return 2
     atomic_write_text(out / "domains.csv", to_csv(rows, COLUMNS))
-    atomic_write_text(out / "domains.md", markdown(rows, h, Path(args.policy), args.config, args.targets))
-    print("\n" + markdown(rows, h, Path(args.policy), args.config, args.targets))
+    table = markdown(rows, h, Path(args.policy), args.config, args.targets, args.reference)
+    atomic_write_text(out / "domains.md", table)
+    print("\n" + table)
     if report.failed:
         print(report.summary(), file=sys.stderr)
     print(headline_line(h))

@@ -189,9 +189,12 @@ def is_dataset(folder: Path) -> bool:
 
 
 def domain_task(folder: PathLike, workspace: PathLike, max_targets: Optional[int] = None,
-                name: Optional[str] = None) -> TaskLayout:
+                name: Optional[str] = None, reference_index: int = 0) -> TaskLayout:
     """The task of a domain folder (one-shot protocol of the module docstring); outputs in
-    ``workspace/<name>``. Every image needs its mask: the reference and the evaluation need them."""
+    ``workspace/<name>``. Every image needs its mask: the reference and the evaluation need them.
+    ``reference_index`` K picks the K-th image (stems sorted) as the reference instead of the
+    first; the others, in order, are the targets (a check of how much results depend on the
+    reference)."""
     folder = Path(folder)
     images = list_images(folder / "image")
     check_unique_stems(folder / "image", images)
@@ -203,8 +206,11 @@ def domain_task(folder: PathLike, workspace: PathLike, max_targets: Optional[int
     if len(images) < 2:
         raise UsageError(f"domain '{folder}' has {len(images)} image(s); the one-shot protocol needs a reference "
                          "and at least one target")
+    if not 0 <= reference_index < len(images):
+        raise UsageError(f"domain '{folder}' has {len(images)} images, so there is no reference number "
+                         f"{reference_index}; pick one from 0 to {len(images) - 1}")
     name = name or folder.name
-    reference, others = images[0], images[1:]
+    reference, others = images[reference_index], images[:reference_index] + images[reference_index + 1:]
     targets = others if max_targets is None else others[:max_targets]
     ignore = {p.stem: p for p in list_images(folder / "ignore")} if (folder / "ignore").is_dir() else {}
     return TaskLayout(name=name, kind="domain", source=folder, root=Path(workspace) / name,
@@ -214,9 +220,12 @@ def domain_task(folder: PathLike, workspace: PathLike, max_targets: Optional[int
                       ignore_masks={p.stem: ignore[p.stem] for p in targets if p.stem in ignore})
 
 
-def resolve_tasks(paths: Sequence[PathLike], workspace: PathLike, max_targets: Optional[int] = None) -> list:
+def resolve_tasks(paths: Sequence[PathLike], workspace: PathLike, max_targets: Optional[int] = None,
+                  reference_index: int = 0) -> list:
     """Tasks of the ``--data`` arguments, in order: each path is a dataset folder, a domain folder or a
-    folder of such folders (its subfolders sorted by name). Task names must be unique."""
+    folder of such folders (its subfolders sorted by name). Task names must be unique.
+    ``reference_index`` (domain folders only: a dataset folder names its own reference) is passed to
+    :func:`domain_task`."""
     if not paths:
         raise UsageError("no data given; pass a dataset folder (or a folder of them) with --data DIR")
     tasks = []
@@ -227,15 +236,21 @@ def resolve_tasks(paths: Sequence[PathLike], workspace: PathLike, max_targets: O
         if is_dataset(path):
             tasks.append(dataset_task(path))
         elif is_domain(path):
-            tasks.append(domain_task(path, workspace, max_targets))
+            tasks.append(domain_task(path, workspace, max_targets, reference_index=reference_index))
         else:
             children = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-            found = [dataset_task(p) if is_dataset(p) else domain_task(p, workspace, max_targets)
+            found = [dataset_task(p) if is_dataset(p) else
+                     domain_task(p, workspace, max_targets, reference_index=reference_index)
                      for p in children if is_dataset(p) or is_domain(p)]
             if not found:
                 raise UsageError(f"'{path}' is neither a dataset folder (reference_image/, target_image/, ...), nor "
                                  "a domain folder (image/ + mask/), nor a folder of them; see data/README.md")
             tasks += found
+    datasets = [str(task.source) for task in tasks if task.kind != "domain"]
+    if reference_index and datasets:
+        raise UsageError(f"a reference number ({reference_index}) picks the reference of a domain folder (image/ + "
+                         f"mask/), but {datasets} are dataset folders with their own reference_image/; leave them "
+                         "out or use reference 0")
     names = [task.name for task in tasks]
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:

@@ -121,3 +121,19 @@ def test_two_shards_write_the_tables_one_process_writes(benchmark_run, capsys):
     assert HEADLINE.match(last)
     for name in ("domains.csv", "domains.md"):
         assert (sharded / name).read_text() == (out / name).read_text(), name
+
+
+def test_reference_option_makes_another_pair_the_one_shot(benchmark_run, capsys):
+    domains, out, _, _ = benchmark_run
+    rotated = out.parent / "rotated"
+    args = [str(domains), "--out", str(rotated), "--policy", str(out.parent / "checkpoints" / "tiny" / "best.pt"),
+            "--targets", "1", "--config", str(DEMO_CONFIG)]
+    assert bench_domains.main(args + ["--reference", "1"]) == 0
+    # the second sorted pair is the reference, so the first (the default reference) is the one target
+    for family in ("membrane", "objects"):
+        first = sorted(p.stem for p in (domains / family / "image").iterdir())[0]
+        assert sorted(p.stem for p in (rotated / family / "initial_indices").glob("*.json")) == [first]
+    assert "reference: pair 1 of each domain" in (rotated / "domains.md").read_text()
+    assert HEADLINE.match(capsys.readouterr().out.strip().splitlines()[-1])
+    assert bench_domains.main(args + ["--reference", "99"]) == 2
+    assert "no reference number 99" in capsys.readouterr().err

@@ -147,6 +147,20 @@ def test_domain_folder_first_sorted_pair_is_the_reference(tmp_path):
     assert limited.reference == task.reference and limited.target("d") is None
 
 
+def test_domain_reference_index_picks_another_pair_as_the_one_shot(tmp_path):
+    folder = make_domain(tmp_path / "polyps")
+    (task,) = resolve_tasks([folder], tmp_path / "work", max_targets=2, reference_index=2)
+    assert [(i.stem, m.stem) for i, m in task.reference] == [("c", "c")]
+    assert [p.stem for p in task.targets] == ["a", "b"] and sorted(task.target_masks) == ["a", "b"]
+    assert [i.stem for i, _ in task.train] == ["a", "b", "d"]
+    with pytest.raises(UsageError, match="no reference number 4; pick one from 0 to 3"):
+        domain_task(folder, tmp_path / "work", reference_index=4)
+    # a dataset folder names its own reference: a reference number for it is refused
+    with pytest.raises(UsageError, match="dataset folders with their own reference_image"):
+        resolve_tasks([folder, make_dataset(tmp_path / "cells")], tmp_path / "work", reference_index=1)
+    assert len(resolve_tasks([folder, make_dataset(tmp_path / "cells")], tmp_path / "work")) == 2
+
+
 def test_domain_image_without_mask_is_a_usage_error(tmp_path):
     folder = make_domain(tmp_path / "skin")
     touch_image(folder / "image" / "e.png")
