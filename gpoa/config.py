@@ -279,6 +279,11 @@ class OptimizeConfig:
     # do-no-harm gate: the policy toggles a node only when the node's score beats STOP's by more
     # than this (for DQN, the expected gain in Dice); 0 takes every edit the policy prefers to STOP
     stop_margin: float = 0.0
+    # second gate: on a target whose predicted region has a confidence (how step-like the match
+    # scores are on it, gpoa.placement) below this, the policy keeps the start set, since its edits
+    # follow that region; 0 turns it off. Needs the segmenter in the loop (the policies of
+    # env.reward=segmentation); ignored for the others
+    min_region_confidence: float = 0.0
     # also write oracle_indices/: the greedy oracle that reads target_mask/ (evaluation yardstick)
     oracle: bool = False
 
@@ -426,7 +431,7 @@ NON_NEGATIVE_FIELDS = ("matching.max_positive", "matching.max_negative", "segmen
                        "graph.negative_ring", "graph.positive_spacing", "graph.negative_spacing",
                        "env.min_positive", "env.max_positive", "env.min_negative", "env.max_negative",
                        "env.step_penalty", "env.harm_weight", "train.total_steps", "dqn.learning_starts", "train.bank_capacity", "train.cpu_threads",
-                       "optimize.stop_margin")
+                       "optimize.stop_margin", "optimize.min_region_confidence")
 
 
 MATCHING_METHODS = ("placement", "nearest")

@@ -132,6 +132,25 @@ def test_stop_margin_gate_and_oracle_yardstick(trained, capsys):
     assert float(summary["oracle"]["dice_mean"]) > 0.5
 
 
+def test_confidence_gate_keeps_the_start_set_and_names_itself(trained):
+    data, checkpoints = trained
+    for path in sorted((data / "initial_indices").glob("*.json"))[2:]:  # two targets are enough here
+        path.unlink()
+    # no region is trusted above a confidence of 1: every target keeps its initial prompts
+    assert optimize(data, checkpoints, "--set", "optimize.min_region_confidence=2") == 0
+    for path in sorted((data / "optimized_indices").glob("*.json")):
+        trace = json.loads((data / "optimized_indices" / "traces" / path.name).read_text())
+        assert [a["action"] for a in trace["actions"]] == ["stop"]
+        result, initial = json.loads(path.read_text()), json.loads((data / "initial_indices" / path.name).read_text())
+        assert "[min_region_confidence=2]" in result["source"]
+        for key in ("positive_indices", "negative_indices"):
+            assert sorted(result[key]) == sorted(initial[key])
+    # another gate is another run: the outputs are redone, not kept as up to date
+    assert optimize(data, checkpoints, "--set", "optimize.min_region_confidence=0") == 0
+    sources = [json.loads(p.read_text())["source"] for p in sorted((data / "optimized_indices").glob("*.json"))]
+    assert len(sources) == 2 and not any("min_region_confidence" in s for s in sources)
+
+
 def test_resume_continues_the_run(trained, capsys):
     data, checkpoints = trained
     state = torch.load(checkpoints / "tiny" / "train_state.pt", weights_only=True)

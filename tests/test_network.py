@@ -182,6 +182,27 @@ def test_stop_margin_keeps_stop_unless_a_node_beats_it_by_the_margin():
     np.testing.assert_array_equal(GreedyPolicy(network, stop_margin=0.4).scores(obs), scores)
 
 
+def test_confidence_gate_stops_at_once_on_an_untrustworthy_region():
+    torch.manual_seed(6)
+    network = NodeSetNetwork(node_dim=6, global_dim=3, hidden=32).eval()
+    rng = np.random.default_rng(6)
+    obs = {"nodes": rng.normal(size=(12, 6)).astype(np.float32), "valid": np.ones(12, dtype=np.int8),
+           "globals": np.array([0.1, 0.2, 0.6], dtype=np.float32)}  # the confidence is globals[2]
+    scores = GreedyPolicy(network).scores(obs)
+    with torch.no_grad():  # STOP 0.3 below the best node: an ungated policy edits
+        network.context_out.bias[-1] += float(scores[:-1].max() - 0.3 - scores[-1])
+    mask, stop = np.ones(13, dtype=bool), 12
+    edit = GreedyPolicy(network)(obs, mask)
+    assert edit != stop
+    assert GreedyPolicy(network, min_confidence=0.5, confidence_index=2)(obs, mask) == edit  # 0.6: trusted
+    assert GreedyPolicy(network, min_confidence=0.7, confidence_index=2)(obs, mask) == stop  # 0.6: not
+    obs["globals"][2] = 0.4
+    assert GreedyPolicy(network, min_confidence=0.5, confidence_index=2)(obs, mask) == stop
+    assert GreedyPolicy(network)(obs, mask) == edit  # off by default
+    with pytest.raises(ValueError, match="confidence_index"):
+        GreedyPolicy(network, min_confidence=0.5)
+
+
 def test_run_greedy_accepts_a_network_or_a_policy():
     from synthetic import make_cfg, scene
 

@@ -5,6 +5,9 @@ of its weights, in compiled code (:func:`gpoa.kernels.node_set_q`), and picks th
 action. Its ``stop_margin`` is the do-no-harm gate: a toggle is taken only when its score beats
 STOP's by more than the margin (for Double DQN: when the expected gain in Dice of editing on
 exceeds the margin), so a policy that expects nothing from an edit leaves the prompts as they are.
+Its ``min_confidence`` is the second gate: on an image whose predicted region is not trustworthy
+(the observation's ``region_confidence`` global below it) the policy STOPs at once, since the
+edits it learned follow that region.
 """
 
 from __future__ import annotations
@@ -27,14 +30,21 @@ class GreedyPolicy:
     dispatch or padding: only the valid nodes are touched, and when they come first (as the
     environments pad) they are read in place. Later changes to the network are not seen: build a
     new policy after training.
+
+    ``min_confidence`` > 0 needs ``confidence_index``, the position of ``region_confidence`` in the
+    observation's globals.
     """
 
-    def __init__(self, network: NodeSetNetwork, stop_margin: float = 0.0):
+    def __init__(self, network: NodeSetNetwork, stop_margin: float = 0.0, min_confidence: float = 0.0,
+                 confidence_index: Optional[int] = None):
         def numpy(tensor: torch.Tensor) -> np.ndarray:
             return np.array(tensor.detach().cpu().numpy(), dtype=np.float32, order="C")  # a copy
 
         self.architecture = network.architecture
         self.stop_margin = float(stop_margin)
+        if min_confidence > 0 and confidence_index is None:
+            raise ValueError("a confidence gate (min_confidence > 0) needs the confidence_index of region_confidence")
+        self.min_confidence, self.confidence_index = float(min_confidence), confidence_index
         self.prior_column, self.prior_weight = network.prior_column, np.float32(network.prior_weight)
         node_weight = numpy(network.node_encoder.weight)  # (H, F + 1), the last column for the flag 1
         self.node_weight = np.ascontiguousarray(node_weight[:, :-1])  # (H, F)
@@ -76,6 +86,8 @@ class GreedyPolicy:
 
     def __call__(self, obs: dict, action_mask: Optional[np.ndarray] = None) -> int:
         """The greedy action of one observation; without a mask every real node and STOP are valid."""
+        if self.min_confidence > 0 and obs["globals"][self.confidence_index] < self.min_confidence:
+            return len(obs["nodes"])  # STOP: the predicted region the edits follow is not trustworthy
         scores = self.scores(obs)
         if self.stop_margin:
             scores[:-1] -= self.stop_margin
