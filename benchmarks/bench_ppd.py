@@ -8,7 +8,9 @@ ROOT as in ``bench_domains.py`` (a folder of domains, one domain, or dataset fol
 sorted pair of a domain is the reference, at most N targets). The run folder holds the defender
 (``best.pt``) and its attacker (``attacker.pt``) that ``train_GPOA.py --set agent.learner=ppd``
 wrote. Per target, :func:`gpoa.ablation.ablation_row` measures ideal → attacked (the attacker
-acting up to ``ppd.attack_steps[1]`` steps) → defended, and initial → defended.
+acting up to ``ppd.attack_steps[1]`` steps) → defended, and initial → defended (with the config's
+inference gates, as test_GPOA.py applies the defender). A target's ignore mask, if its folder has
+one, is left out of every column.
 
 Writes ``DIR/ppd_ablation.csv`` (domain, images, mean Dice of each column) and
 ``DIR/ppd_ablation.md`` with the paper's PASCAL VOC numbers beside ours (the paper: SAM + DINOv2;
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
             sample = lazy.load()
             if sample.truth_mask is None:
                 continue
-            values.append(ppd.row(sample, backends.segmenter))
+            values.append(ppd.row(sample, backends.segmenter, task.layout.ignore_masks.get(sample.name)))
         if values:
             rows.append({"domain": task.name, "images": len(values),
                          **{k: float(np.mean([v[k] for v in values])) for k in COLUMNS[2:]}})

@@ -6,7 +6,14 @@ the training episodes use:
 - **ideal**: prompts sampled from the truth mask (the training episodes' start);
 - **attacked**: the attacker, greedy, activates candidates for up to ``attack_steps`` steps;
 - **defended**: the defender, greedy, deactivates prompts of the attacked set until it STOPs;
-- **initial** → **initial_defended**: the defender applied to stage 1's prompts (as test_GPOA.py does).
+- **initial** → **initial_defended**: the defender applied to stage 1's prompts as test_GPOA.py
+  applies it, with the config's inference gates (``optimize.stop_margin``,
+  ``optimize.min_region_confidence``); the attacked → defended step measures the defender itself,
+  ungated.
+
+Each column is the Dice of that step's mask against the truth; pixels of the target's ignore mask (a
+benchmark's void label, as stage 4 reads it) count for neither, so the columns are comparable with
+stage 4's metrics. The agents themselves never see the ignore mask.
 """
 
 from __future__ import annotations
@@ -14,6 +21,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
+
+import numpy as np
 
 from gpoa.agents.adversarial import inference_config, training_config
 from gpoa.agents.greedy import GreedyPolicy, run_greedy
@@ -22,6 +32,8 @@ from gpoa.config import Config, EnvConfig, GraphConfig
 from gpoa.envs import GLOBAL_FEATURES, EpisodeBank, PromptEnv
 from gpoa.errors import UsageError
 from gpoa.graph import NODE_FEATURES
+from gpoa.io import read_mask
+from gpoa.metrics import dice
 
 #: The columns of one ablation row, in table order.
 ABLATION_COLUMNS = ("ideal", "attacked", "defended", "initial", "initial_defended")
@@ -33,14 +45,19 @@ class PPDRun:
     settings of its training episodes and of its inference."""
 
     attacker: GreedyPolicy
-    defender: GreedyPolicy
+    defender: GreedyPolicy  # ungated, on the attacked sets
+    gated_defender: GreedyPolicy  # with the inference gates, on stage 1's prompts
     train_cfg: Config
     run_cfg: Config
     attack_steps: int  # the most toggles the attacker may take
 
-    def row(self, sample, segmenter) -> dict:
+    def row(self, sample, segmenter, ignore_path: Optional[Path] = None) -> dict:
+        """:func:`ablation_row` for ``sample``, leaving out the pixels of the ignore mask at ``ignore_path``
+        (a task layout's ``ignore_masks[stem]``), if any."""
+        truth = np.asarray(sample.truth_mask)
+        ignore = None if ignore_path is None else read_mask(ignore_path, expected_size=(truth.shape[1], truth.shape[0]))
         return ablation_row(sample, self.train_cfg, self.run_cfg, self.attacker, self.defender, segmenter,
-                            self.attack_steps)
+                            self.attack_steps, ignore, self.gated_defender)
 
 
 def load_ppd_run(run: Path, cfg: Config) -> PPDRun:
@@ -56,7 +73,9 @@ def load_ppd_run(run: Path, cfg: Config) -> PPDRun:
     cfg = dataclasses.replace(cfg, graph=GraphConfig(**trained["graph"]), env=EnvConfig(**trained["env"]),
                               ppd=dataclasses.replace(cfg.ppd, attack_steps=list(trained["ppd"]["attack_steps"]),
                                                       defender_edits=trained["ppd"]["defender_edits"]))
-    return PPDRun(GreedyPolicy(attacker_file.network), GreedyPolicy(defender_file.network), training_config(cfg),
+    in_loop = bool(defender_file.extra.get("segmenter_in_loop"))
+    return PPDRun(GreedyPolicy(attacker_file.network), GreedyPolicy(defender_file.network),
+                  GreedyPolicy.gated(defender_file.network, cfg.optimize, in_loop), training_config(cfg),
                   inference_config(cfg), cfg.ppd.attack_steps[1])
 
 
@@ -71,19 +90,31 @@ def greedy_steps(policy: GreedyPolicy, env: PromptEnv, limit: int) -> None:
 
 
 def ablation_row(sample, train_cfg, run_cfg, attacker: GreedyPolicy, defender: GreedyPolicy, segmenter,
-                 attack_steps: int) -> dict:
-    """The Dice of each column of :data:`ABLATION_COLUMNS` for one target with its truth mask."""
+                 attack_steps: int, ignore: Optional[np.ndarray] = None,
+                 initial_defender: Optional[GreedyPolicy] = None) -> dict:
+    """The Dice of each column of :data:`ABLATION_COLUMNS` for one target with its truth mask;
+    ``ignore`` (H, W) bool marks pixels that count for neither mask. ``initial_defender`` (default:
+    ``defender``) edits stage 1's prompts."""
+    truth = np.asarray(sample.truth_mask, bool)
+    if ignore is not None and np.shape(ignore) != truth.shape:
+        raise ValueError(f"ignore mask of '{sample.name}' has shape {np.shape(ignore)}, its truth mask {truth.shape}")
+    keep = None if ignore is None else ~np.asarray(ignore, bool)
+
+    def score(env: PromptEnv) -> float:
+        return env.dice if keep is None else dice(env.mask & keep, truth & keep)
+
     env = PromptEnv(EpisodeBank([sample], train_cfg, segmenter), train_cfg)
-    _, info = env.reset(options={"sample": 0})
-    row = {"ideal": info["dice"]}
+    env.reset(options={"sample": 0})
+    row = {"ideal": score(env)}
     env.set_edits("activate", shield=False)
     greedy_steps(attacker, env, attack_steps)
-    row["attacked"] = env.dice
+    row["attacked"] = score(env)
     env.set_edits(run_cfg.env.edits, shield=True)
     greedy_steps(defender, env, run_cfg.env.episode_length)
-    row["defended"] = env.dice
+    row["defended"] = score(env)
     initial = PromptEnv(EpisodeBank([sample], run_cfg, segmenter), run_cfg)
-    _, start = initial.reset(options={"sample": 0})
-    _, final, _ = run_greedy(defender, initial, options={"sample": 0})
-    row.update({"initial": start["dice"], "initial_defended": final["dice"]})
+    initial.reset(options={"sample": 0})
+    row["initial"] = score(initial)
+    run_greedy(initial_defender or defender, initial, options={"sample": 0})
+    row["initial_defended"] = score(initial)
     return row

@@ -269,7 +269,8 @@ def group_task(group: Group, index: DomainIndex, work: Path, cache: Path, backen
     name = group.domain if group.only_support else f"{group.domain}/{'+'.join(group.support)}"
     layout = TaskLayout(name=name, kind="domain", source=index.folder / group.domain,
                         root=work / group.domain / "+".join(group.support), reference=references, targets=targets,
-                        target_masks={stem: mask for stem, (_, mask) in pairs.items()}, shared_cache=cache)
+                        target_masks={stem: mask for stem, (_, mask) in pairs.items()}, shared_cache=cache,
+                        ignore_masks={stem: path for stem in pairs if (path := index.ignore(group.domain, stem))})
     return Task(layout, backends, cfg)
 
 
@@ -523,7 +524,9 @@ def ablation_rows(groups: list, dataset: DataSet, defender_path: Path, cfg: Conf
         for lazy in samples:
             sample = lazy.load()
             if sample.truth_mask is not None:
-                rows.append({"domain": group.domain, "query": sample.name, **ppd.row(sample, backends.segmenter)})
+                ignore = task.layout.ignore_masks.get(sample.name)
+                rows.append({"domain": group.domain, "query": sample.name,
+                             **ppd.row(sample, backends.segmenter, ignore)})
     return rows
 
 

@@ -7,8 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from synthetic import DISTRACTOR, OBJECT, OUTLIER, DiscSegmenter, make_cfg, node_of, scene
+from synthetic import DISTRACTOR, OBJECT, OUTLIER, DiscSegmenter, make_cfg, node_of, scene, truth_mask
 
+from gpoa.ablation import ABLATION_COLUMNS, ablation_row
 from gpoa.agents.adversarial import (
     ATTACKER,
     DEFENDER,
@@ -19,7 +20,7 @@ from gpoa.agents.adversarial import (
 )
 from gpoa.agents.greedy import GreedyPolicy, run_greedy
 from gpoa.config import DQNConfig
-from gpoa.envs import EpisodeBank, PromptEnv, VecPromptEnv
+from gpoa.envs import GLOBAL_FEATURES, EpisodeBank, PromptEnv, VecPromptEnv
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -115,3 +116,33 @@ def test_agent_state_round_trips_with_weights_only(tmp_path):
         for ours, theirs in zip(agent.role(role).q_network.parameters(), copy.role(role).q_network.parameters()):
             torch.testing.assert_close(ours, theirs)
         assert copy.role(role).gradient_steps == agent.role(role).gradient_steps
+
+
+def test_ablation_row_leaves_ignored_pixels_out_and_gates_only_the_initial_defender():
+    cfg = ppd_cfg()
+    train_cfg, run_cfg = training_config(cfg), inference_config(cfg)
+    vec = VecPromptEnv(EpisodeBank([scene("a", 0)], train_cfg, segmenter=DiscSegmenter()), train_cfg, num_envs=1)
+    agent = AttackDefendAgent.for_env(vec, train_cfg, seed=0)
+    attacker, defender = (GreedyPolicy(agent.role(role).q_network) for role in (ATTACKER, DEFENDER))
+
+    def row(**options):
+        return ablation_row(scene("a", 0), train_cfg, run_cfg, attacker, defender, DiscSegmenter(), 3, **options)
+
+    plain = row()
+    assert set(plain) == set(ABLATION_COLUMNS)
+    assert row(ignore=np.zeros_like(truth_mask())) == plain
+    # leaving out every background pixel leaves no false positive: no column can fall, and the
+    # discs that spill over the object's edge make at least one rise
+    ignored = row(ignore=~truth_mask())
+    assert all(ignored[k] >= plain[k] - 1e-12 for k in ABLATION_COLUMNS)
+    assert any(ignored[k] > plain[k] + 1e-6 for k in ABLATION_COLUMNS)
+    with pytest.raises(ValueError, match="ignore mask"):
+        row(ignore=np.zeros((3, 3), bool))
+    # a confidence gate nothing passes keeps stage 1's prompts; the attacked → defended step is ungated
+    gated = GreedyPolicy(agent.role(DEFENDER).q_network, min_confidence=2.0,
+                         confidence_index=GLOBAL_FEATURES.index("region_confidence"))
+    assert plain["initial_defended"] != plain["initial"]  # ungated, this defender edits stage 1's prompts
+    closed = row(initial_defender=gated)
+    assert closed["initial_defended"] == closed["initial"] == plain["initial"]
+    assert {k: closed[k] for k in ("ideal", "attacked", "defended")} == \
+        {k: plain[k] for k in ("ideal", "attacked", "defended")}

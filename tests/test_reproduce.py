@@ -7,10 +7,14 @@ import shutil
 
 import pytest
 from conftest import DEMO_CONFIG
+from PIL import Image
 from test_datasets import coco_tree, fss_src, isic_src, kvasir_src, pascal_src  # noqa: F401 - fixtures
 
 import reproduce
+from gpoa.backends import Backends
+from gpoa.config import Config
 from gpoa.datasets import convert
+from gpoa.reproduce import DomainIndex, Group, group_task
 
 #: small grid and budgets: the fake images are 40 x 32 pixels
 FAST = ["features.working_size=224", "segmenter.n_segments=200", "train.total_steps=48", "train.eval_every=48",
@@ -94,3 +98,17 @@ def test_missing_data_and_untrained_shards_are_usage_errors(tmp_path, capsys):
     assert reproduce.main(["fss", "--root", str(domains), "--out", str(tmp_path / "o"), "--train", str(tmp_path),
                            "--shard", "0/2"]) == 2
     assert "--policies-only" in capsys.readouterr().err
+
+
+def test_a_group_task_carries_its_domains_ignore_masks(tmp_path):
+    """The ablation (and stage 4) leave a benchmark's void pixels out: the task of a group knows them."""
+    for kind in ("image", "mask", "ignore"):
+        (tmp_path / "dom" / kind).mkdir(parents=True)
+    for stem in ("a", "b", "c"):
+        Image.new("RGB", (40, 32)).save(tmp_path / "dom" / "image" / f"{stem}.png")
+        Image.new("L", (40, 32)).save(tmp_path / "dom" / "mask" / f"{stem}.png")
+    Image.new("L", (40, 32)).save(tmp_path / "dom" / "ignore" / "b.png")
+    cfg = Config()
+    task = group_task(Group("dom", ("a",), ["b", "c"], []), DomainIndex(tmp_path), tmp_path / "work",
+                      tmp_path / "cache", Backends(cfg, "cpu"), cfg)
+    assert task.layout.ignore_masks == {"b": tmp_path / "dom" / "ignore" / "b.png"}

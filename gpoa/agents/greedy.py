@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from gpoa.agents.network import NodeSetNetwork
+from gpoa.envs import GLOBAL_FEATURES
 from gpoa.kernels import node_set_q
 
 
@@ -59,6 +60,15 @@ class GreedyPolicy:
         scale = np.float32(1.0 / math.sqrt(network.hidden))
         self.head_weight2[:, :-2] *= scale
         self.head_bias2[:-2] *= scale
+
+    @classmethod
+    def gated(cls, network: NodeSetNetwork, optimize_cfg, in_loop: bool) -> GreedyPolicy:
+        """The policy as inference runs it (stage 3): ``optimize_cfg``'s ``stop_margin`` and, for a policy
+        with the segmenter in the loop (the only one whose observation has a meaningful region
+        confidence), its ``min_region_confidence``."""
+        return cls(network, stop_margin=optimize_cfg.stop_margin,
+                   min_confidence=optimize_cfg.min_region_confidence if in_loop else 0.0,
+                   confidence_index=GLOBAL_FEATURES.index("region_confidence"))
 
     def scores(self, obs: dict) -> np.ndarray:
         """(M + 1,) float32 network scores of one observation (STOP last); padded nodes get -inf."""

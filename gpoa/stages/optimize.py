@@ -104,9 +104,7 @@ def optimize_prompts(cfg: Config, device: str = "cpu", tasks: Optional[list] = N
     run_cfg = dataclasses.replace(cfg, graph=GraphConfig(**meta["config"]["graph"]),
                                   env=EnvConfig(**{**trained_env, "reward": "graph", "start": start}))
     in_loop = bool(meta.get("segmenter_in_loop"))
-    greedy = GreedyPolicy(policy.network, stop_margin=cfg.optimize.stop_margin,
-                          min_confidence=cfg.optimize.min_region_confidence if in_loop else 0.0,
-                          confidence_index=GLOBAL_FEATURES.index("region_confidence"))
+    greedy = GreedyPolicy.gated(policy.network, cfg.optimize, in_loop)
     # the gates are part of the source: a rerun with other gates is not mistaken for a finished one
     gates = "".join(f" [{name}={value:g}]" for name, value in (("stop_margin", greedy.stop_margin),
                                                                 ("min_region_confidence", greedy.min_confidence))
