@@ -136,15 +136,20 @@ def test_confidence_gate_keeps_the_start_set_and_names_itself(trained):
     data, checkpoints = trained
     for path in sorted((data / "initial_indices").glob("*.json"))[2:]:  # two targets are enough here
         path.unlink()
-    # no region is trusted above a confidence of 1: every target keeps its initial prompts
+    # no region is trusted above a confidence of 1: every target keeps its initial prompts, and the
+    # hand-made rule, compared with the policy on the same targets, obeys the same gate
     assert optimize(data, checkpoints, "--set", "optimize.min_region_confidence=2") == 0
-    for path in sorted((data / "optimized_indices").glob("*.json")):
-        trace = json.loads((data / "optimized_indices" / "traces" / path.name).read_text())
-        assert [a["action"] for a in trace["actions"]] == ["stop"]
-        result, initial = json.loads(path.read_text()), json.loads((data / "initial_indices" / path.name).read_text())
-        assert "[min_region_confidence=2]" in result["source"]
-        for key in ("positive_indices", "negative_indices"):
-            assert sorted(result[key]) == sorted(initial[key])
+    optimized = sorted((data / "optimized_indices").glob("*.json"))
+    assert len(optimized) == 2
+    for path in optimized:
+        initial = json.loads((data / "initial_indices" / path.name).read_text())
+        assert "[min_region_confidence=2]" in json.loads(path.read_text())["source"]
+        for folder in ("optimized_indices", "lookahead_rule_indices"):
+            trace = json.loads((data / folder / "traces" / path.name).read_text())
+            assert [a["action"] for a in trace["actions"]] == ["stop"]
+            result = json.loads((data / folder / path.name).read_text())
+            for key in ("positive_indices", "negative_indices"):
+                assert sorted(result[key]) == sorted(initial[key])
     # another gate is another run: the outputs are redone, not kept as up to date
     assert optimize(data, checkpoints, "--set", "optimize.min_region_confidence=0") == 0
     sources = [json.loads(p.read_text())["source"] for p in sorted((data / "optimized_indices").glob("*.json"))]

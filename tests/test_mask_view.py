@@ -103,3 +103,17 @@ def test_the_lookahead_rule_follows_the_region_agreement_and_stops():
     actions, _, _ = run_greedy(rule, env, options={"sample": 0})
     assert len(actions) > 1 and (actions[-1] == env.stop_action or len(actions) == env.cfg.env.episode_length)
     assert soft_dice(block_shares(env.mask), region) > start  # every toggle it took raised the agreement
+
+
+def test_the_lookahead_rule_obeys_a_confidence_gate():
+    env = lookahead_env()
+    obs, _ = env.reset(seed=0)
+    index = GLOBAL_FEATURES.index("region_confidence")
+    confidence, valid = float(obs["globals"][index]), env.action_masks()
+    free = LookaheadRule(NODE_FEATURES)(obs, valid)
+    assert free != env.stop_action
+    assert LookaheadRule(NODE_FEATURES, min_confidence=confidence + 0.01, confidence_index=index)(obs, valid) \
+        == env.stop_action
+    assert LookaheadRule(NODE_FEATURES, min_confidence=confidence - 0.01, confidence_index=index)(obs, valid) == free
+    with pytest.raises(ValueError, match="confidence_index"):
+        LookaheadRule(NODE_FEATURES, min_confidence=0.5)

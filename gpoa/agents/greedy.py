@@ -96,7 +96,7 @@ class GreedyPolicy:
 
     def __call__(self, obs: dict, action_mask: Optional[np.ndarray] = None) -> int:
         """The greedy action of one observation; without a mask every real node and STOP are valid."""
-        if self.min_confidence > 0 and obs["globals"][self.confidence_index] < self.min_confidence:
+        if region_untrusted(obs, self.min_confidence, self.confidence_index):
             return len(obs["nodes"])  # STOP: the predicted region the edits follow is not trustworthy
         scores = self.scores(obs)
         if self.stop_margin:
@@ -106,16 +106,30 @@ class GreedyPolicy:
         return int(np.argmax(scores))
 
 
+def region_untrusted(obs: dict, min_confidence: float, confidence_index: Optional[int]) -> bool:
+    """The confidence gate: whether the observation's ``region_confidence`` global is below
+    ``min_confidence`` (never, when that is 0)."""
+    return min_confidence > 0 and obs["globals"][confidence_index] < min_confidence
+
+
 class LookaheadRule:
     """A hand-made, label-free baseline on the same observations: toggle the node whose lookahead
     says the mask would agree best with the predicted region (observation column
     ``lookahead_region_agreement``, :mod:`gpoa.envs.mask_view`), while that agreement would rise;
-    then STOP. It shows what a learned policy adds to simply following that one signal."""
+    then STOP. It shows what a learned policy adds to simply following that one signal; given the
+    policy's confidence gate (``min_confidence``, ``confidence_index``), it obeys it too, so that the
+    two are compared on the same targets."""
 
-    def __init__(self, node_features, column: str = "lookahead_region_agreement"):
+    def __init__(self, node_features, column: str = "lookahead_region_agreement", min_confidence: float = 0.0,
+                 confidence_index: Optional[int] = None):
         self.column = list(node_features).index(column)
+        if min_confidence > 0 and confidence_index is None:
+            raise ValueError("a confidence gate (min_confidence > 0) needs the confidence_index of region_confidence")
+        self.min_confidence, self.confidence_index = float(min_confidence), confidence_index
 
     def __call__(self, obs: dict, action_mask: np.ndarray) -> int:
+        if region_untrusted(obs, self.min_confidence, self.confidence_index):
+            return len(action_mask) - 1  # STOP
         action_mask = np.asarray(action_mask, dtype=bool)
         gains = np.where(action_mask[:-1] & (obs["valid"] > 0), obs["nodes"][:, self.column], -np.inf)
         best = int(np.argmax(gains))

@@ -128,6 +128,9 @@ def optimize_task(task: Task, backends: Backends, run_cfg: Config, greedy: Greed
     save_config(cfg, out / "config.yaml")
     rule = in_loop and run_cfg.env.lookahead
     folders = [OPTIMIZED, RANDOM_SUBSET, TOPK] + ([RULE] if rule else [])
+    # the hand-made baseline, under the policy's confidence gate: the two edit the same targets
+    rule_policy = LookaheadRule(NODE_FEATURES, min_confidence=greedy.min_confidence,
+                                confidence_index=greedy.confidence_index)
 
     share = {p.stem for p in context.mine(layout.targets)}
 
@@ -166,8 +169,7 @@ def optimize_task(task: Task, backends: Backends, run_cfg: Config, greedy: Greed
             write_prompt_file(layout.prompt_folder(folder) / f"{sample.name}.json", prompt_set)
         if rule:  # the hand-made baseline on the same candidates and observations
             rule_env = PromptEnv(bank, run_cfg, seed=cfg.seed)
-            rule_actions, _, _ = run_greedy(LookaheadRule(NODE_FEATURES), rule_env, options={"sample": 0},
-                                            seed=cfg.seed)
+            rule_actions, _, _ = run_greedy(rule_policy, rule_env, options={"sample": 0}, seed=cfg.seed)
             write_labelled(layout, RULE, sample.name, rule_env, rule_actions, "lookahead_rule")
         if oracle and sample.truth_mask is not None:
             oracle_bank = bank if in_loop else EpisodeBank([sample], run_cfg, backends.segmenter, seed=cfg.seed)
