@@ -37,11 +37,11 @@ from tqdm import tqdm  # noqa: E402
 from gpoa.ablation import ABLATION_COLUMNS, load_ppd_run  # noqa: E402
 from gpoa.backends import Backends  # noqa: E402
 from gpoa.config import load_config, resolve_device  # noqa: E402
-from gpoa.errors import UsageError  # noqa: E402
+from gpoa.errors import InputError, UsageError  # noqa: E402
 from gpoa.evaluation import to_csv  # noqa: E402
 from gpoa.io import atomic_write_text  # noqa: E402
 from gpoa.reproduce import load_paper_numbers  # noqa: E402
-from gpoa.runtime import seed_everything  # noqa: E402
+from gpoa.runtime import StageReport, seed_everything  # noqa: E402
 from gpoa.stages.initial_prompts import generate_initial_prompts  # noqa: E402
 
 COLUMNS = ("domain", "images", *ABLATION_COLUMNS)
@@ -70,15 +70,18 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(f"bench_ppd.py: error: {exc}", file=sys.stderr)
         return 2
-    rows = []
+    rows, ablation = [], StageReport("ppd ablation")
     for task in tasks:
         values = []
         sources = task.prompt_file_samples(task.layout.initial_indices, report, with_images=True, with_truth=True)
         for lazy in tqdm(sources, desc=f"ppd ablation [{task.name}]", unit="image"):
-            sample = lazy.load()
-            if sample.truth_mask is None:
-                continue
-            values.append(ppd.row(sample, backends.segmenter, task.layout.ignore_masks.get(sample.name)))
+            try:  # one bad image (or ignore mask) is reported, the others are measured
+                sample = lazy.load()
+                if sample.truth_mask is None:
+                    continue
+                values.append(ppd.row(sample, backends.segmenter, task.layout.ignore_masks.get(sample.name)))
+            except (InputError, ValueError) as exc:
+                ablation.fail(f"{task.name}/{lazy.name}", str(exc))
         if values:
             rows.append({"domain": task.name, "images": len(values),
                          **{k: float(np.mean([v[k] for v in values])) for k in COLUMNS[2:]}})
@@ -101,7 +104,7 @@ def main(argv=None) -> int:
     atomic_write_text(out / "ppd_ablation.md", "\n".join(lines) + f"\n\n`{headline}`\n")
     print("\n".join(lines))
     print(headline)
-    return report.exit_code
+    return max(report.exit_code, ablation.exit_code)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,8 @@ def ablation_row(sample, train_cfg, run_cfg, attacker: GreedyPolicy, defender: G
     """The Dice of each column of :data:`ABLATION_COLUMNS` for one target with its truth mask;
     ``ignore`` (H, W) bool marks pixels that count for neither mask. ``initial_defender`` (default:
     ``defender``) edits stage 1's prompts."""
+    if segmenter is None or sample.truth_mask is None:
+        raise ValueError(f"the ablation of '{sample.name}' needs a segmenter and the truth mask")
     truth = np.asarray(sample.truth_mask, bool)
     if ignore is not None and np.shape(ignore) != truth.shape:
         raise ValueError(f"ignore mask of '{sample.name}' has shape {np.shape(ignore)}, its truth mask {truth.shape}")

@@ -63,7 +63,7 @@ from gpoa.ablation import ABLATION_COLUMNS, load_ppd_run
 from gpoa.agents.policy_file import load_policy
 from gpoa.backends import Backends
 from gpoa.config import Config, config_to_dict
-from gpoa.errors import UsageError
+from gpoa.errors import InputError, UsageError
 from gpoa.io import atomic_write_json, atomic_write_text, read_image, read_mask, read_prompt_file
 from gpoa.layout import TaskLayout, is_domain, list_images
 from gpoa.protocols import Episode, SegmentationCounts, read_episodes
@@ -340,9 +340,13 @@ def evaluate_groups(groups: list, dataset: DataSet, policies: dict, cfg: Config,
         masks_root = task.layout.results / "masks"
         for episode in group.episodes:
             image, mask = index.pair(group.domain, episode.query)
-            truth = read_mask(mask)
-            ignore_path = index.ignore(group.domain, episode.query)
-            ignore = read_mask(ignore_path, expected_size=(truth.shape[1], truth.shape[0])) if ignore_path else None
+            try:  # an unreadable truth or ignore mask: reported, and the episode cannot be scored
+                truth = read_mask(mask)
+                ignore_path = index.ignore(group.domain, episode.query)
+                ignore = read_mask(ignore_path, expected_size=(truth.shape[1], truth.shape[0])) if ignore_path else None
+            except InputError as exc:
+                report.fail(f"{group.domain}/{episode.query}", str(exc))
+                continue
             for name in names:
                 # every row scores the same episodes: a query a stage failed on (reported) counts as empty
                 prediction_path = masks_root / name / f"{episode.query}.png"
@@ -522,11 +526,14 @@ def ablation_rows(groups: list, dataset: DataSet, defender_path: Path, cfg: Conf
             report.merge(generate_initial_prompts(cfg, device, [task]))
         samples = task.prompt_file_samples(task.layout.initial_indices, report, with_images=True, with_truth=True)
         for lazy in samples:
-            sample = lazy.load()
-            if sample.truth_mask is not None:
-                ignore = task.layout.ignore_masks.get(sample.name)
-                rows.append({"domain": group.domain, "query": sample.name,
-                             **ppd.row(sample, backends.segmenter, ignore)})
+            try:  # one bad image (or ignore mask) is reported, the others are measured
+                sample = lazy.load()
+                if sample.truth_mask is not None:
+                    ignore = task.layout.ignore_masks.get(sample.name)
+                    rows.append({"domain": group.domain, "query": sample.name,
+                                 **ppd.row(sample, backends.segmenter, ignore)})
+            except (InputError, ValueError) as exc:
+                report.fail(f"{task.name}/{lazy.name}", str(exc))
     return rows
 
 

@@ -7,9 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from synthetic import DISTRACTOR, OBJECT, OUTLIER, DiscSegmenter, make_cfg, node_of, scene, truth_mask
 
-from gpoa.ablation import ABLATION_COLUMNS, ablation_row
+from gpoa.ablation import ABLATION_COLUMNS, PPDRun, ablation_row
 from gpoa.agents.adversarial import (
     ATTACKER,
     DEFENDER,
@@ -118,7 +119,7 @@ def test_agent_state_round_trips_with_weights_only(tmp_path):
         assert copy.role(role).gradient_steps == agent.role(role).gradient_steps
 
 
-def test_ablation_row_leaves_ignored_pixels_out_and_gates_only_the_initial_defender():
+def test_ablation_row_leaves_ignored_pixels_out_and_gates_only_the_initial_defender(tmp_path):
     cfg = ppd_cfg()
     train_cfg, run_cfg = training_config(cfg), inference_config(cfg)
     vec = VecPromptEnv(EpisodeBank([scene("a", 0)], train_cfg, segmenter=DiscSegmenter()), train_cfg, num_envs=1)
@@ -146,3 +147,10 @@ def test_ablation_row_leaves_ignored_pixels_out_and_gates_only_the_initial_defen
     assert closed["initial_defended"] == closed["initial"] == plain["initial"]
     assert {k: closed[k] for k in ("ideal", "attacked", "defended")} == \
         {k: plain[k] for k in ("ideal", "attacked", "defended")}
+    # a PPD run reads the ignore mask from its file and gives stage 1's prompts to its gated defender
+    Image.fromarray((~truth_mask()).astype(np.uint8) * 255).save(tmp_path / "ignore.png")
+    run = PPDRun(attacker, defender, gated, train_cfg, run_cfg, 3)
+    assert run.row(scene("a", 0), DiscSegmenter(), tmp_path / "ignore.png") == \
+        row(ignore=~truth_mask(), initial_defender=gated)
+    with pytest.raises(ValueError, match="segmenter"):
+        run.row(scene("a", 0), None)
