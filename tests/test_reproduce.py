@@ -78,6 +78,21 @@ def test_every_table_from_fake_trees_and_two_shards_match(fss_src, pascal_src, i
     for table in tables:
         assert (sharded / f"{table}.csv").read_text() == (out / f"{table}.csv").read_text(), table
 
+    # an unreadable ignore mask is reported and its query left out; the tables are still written
+    broken = sorted((root / "pascal5i").rglob("ignore/*.png"))
+    assert broken
+    for path in broken:
+        Image.new("L", (3, 3)).save(path)
+    capsys.readouterr()
+    again = tmp_path / "again"
+    shutil.copytree(out / "policies", again / "policies")
+    assert reproduce.main(["ppd-main", "ppd-ablation", "--out", str(again), *args]) == 1
+    err = capsys.readouterr().err
+    main_part, _, ablation_part = err.partition("ppd-ablation [")
+    for part in (main_part, ablation_part):  # each table names the bad file, and goes on
+        assert "FAILED" in part and "is 3x3 pixels" in part and any(str(p.parent) in part for p in broken)
+    assert (again / "ppd-main.csv").is_file() and (again / "ppd-ablation.csv").is_file()
+
 
 def test_missing_data_and_untrained_shards_are_usage_errors(tmp_path, capsys):
     assert reproduce.main(["fss", "--root", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
