@@ -37,7 +37,7 @@ from tqdm import tqdm  # noqa: E402
 from gpoa.ablation import ABLATION_COLUMNS, load_ppd_run  # noqa: E402
 from gpoa.backends import Backends  # noqa: E402
 from gpoa.config import load_config, resolve_device  # noqa: E402
-from gpoa.errors import InputError, UsageError  # noqa: E402
+from gpoa.errors import UsageError  # noqa: E402
 from gpoa.evaluation import to_csv  # noqa: E402
 from gpoa.io import atomic_write_text  # noqa: E402
 from gpoa.reproduce import load_paper_numbers  # noqa: E402
@@ -72,16 +72,9 @@ def main(argv=None) -> int:
         return 2
     rows, ablation = [], StageReport("ppd ablation")
     for task in tasks:
-        values = []
         sources = task.prompt_file_samples(task.layout.initial_indices, report, with_images=True, with_truth=True)
-        for lazy in tqdm(sources, desc=f"ppd ablation [{task.name}]", unit="image"):
-            try:  # one bad image (or ignore mask) is reported, the others are measured
-                sample = lazy.load()
-                if sample.truth_mask is None:
-                    continue
-                values.append(ppd.row(sample, backends.segmenter, task.layout.ignore_masks.get(sample.name)))
-            except (InputError, ValueError) as exc:
-                ablation.fail(f"{task.name}/{lazy.name}", str(exc))
+        progress = tqdm(sources, desc=f"ppd ablation [{task.name}]", unit="image")
+        values = [row for _, row in ppd.task_rows(task, progress, backends.segmenter, ablation)]
         if values:
             rows.append({"domain": task.name, "images": len(values),
                          **{k: float(np.mean([v[k] for v in values])) for k in COLUMNS[2:]}})

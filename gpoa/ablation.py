@@ -19,6 +19,7 @@ stage 4's metrics. The agents themselves never see the ignore mask.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -30,7 +31,7 @@ from gpoa.agents.greedy import GreedyPolicy, run_greedy
 from gpoa.agents.policy_file import check_observation, load_policy
 from gpoa.config import Config, EnvConfig, GraphConfig
 from gpoa.envs import GLOBAL_FEATURES, EpisodeBank, PromptEnv
-from gpoa.errors import UsageError
+from gpoa.errors import InputError, UsageError
 from gpoa.graph import NODE_FEATURES
 from gpoa.io import read_mask
 from gpoa.metrics import dice
@@ -58,6 +59,17 @@ class PPDRun:
         ignore = None if ignore_path is None else read_mask(ignore_path, expected_size=(truth.shape[1], truth.shape[0]))
         return ablation_row(sample, self.train_cfg, self.run_cfg, self.attacker, self.defender, segmenter,
                             self.attack_steps, ignore, self.gated_defender)
+
+    def task_rows(self, task, samples, segmenter, report) -> Iterator[tuple]:
+        """(stem, :meth:`row`) for each of ``task``'s lazy ``samples`` that has a truth mask, with the
+        task's ignore masks; an unreadable image or mask is reported in ``report`` and skipped."""
+        for lazy in samples:
+            try:
+                sample = lazy.load()
+                if sample.truth_mask is not None:
+                    yield sample.name, self.row(sample, segmenter, task.layout.ignore_masks.get(sample.name))
+            except (InputError, ValueError) as exc:
+                report.fail(f"{task.name}/{lazy.name}", str(exc))
 
 
 def load_ppd_run(run: Path, cfg: Config) -> PPDRun:

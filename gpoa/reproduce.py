@@ -525,15 +525,8 @@ def ablation_rows(groups: list, dataset: DataSet, defender_path: Path, cfg: Conf
         with quiet():
             report.merge(generate_initial_prompts(cfg, device, [task]))
         samples = task.prompt_file_samples(task.layout.initial_indices, report, with_images=True, with_truth=True)
-        for lazy in samples:
-            try:  # one bad image (or ignore mask) is reported, the others are measured
-                sample = lazy.load()
-                if sample.truth_mask is not None:
-                    ignore = task.layout.ignore_masks.get(sample.name)
-                    rows.append({"domain": group.domain, "query": sample.name,
-                                 **ppd.row(sample, backends.segmenter, ignore)})
-            except (InputError, ValueError) as exc:
-                report.fail(f"{task.name}/{lazy.name}", str(exc))
+        rows += [{"domain": group.domain, "query": stem, **row}
+                 for stem, row in ppd.task_rows(task, samples, backends.segmenter, report)]
     return rows
 
 

@@ -43,9 +43,7 @@ class GreedyPolicy:
 
         self.architecture = network.architecture
         self.stop_margin = float(stop_margin)
-        if min_confidence > 0 and confidence_index is None:
-            raise ValueError("a confidence gate (min_confidence > 0) needs the confidence_index of region_confidence")
-        self.min_confidence, self.confidence_index = float(min_confidence), confidence_index
+        self.min_confidence, self.confidence_index = confidence_gate(min_confidence, confidence_index)
         self.prior_column, self.prior_weight = network.prior_column, np.float32(network.prior_weight)
         node_weight = numpy(network.node_encoder.weight)  # (H, F + 1), the last column for the flag 1
         self.node_weight = np.ascontiguousarray(node_weight[:, :-1])  # (H, F)
@@ -106,6 +104,13 @@ class GreedyPolicy:
         return int(np.argmax(scores))
 
 
+def confidence_gate(min_confidence: float, confidence_index: Optional[int]) -> tuple:
+    """The checked settings of a confidence gate: (``min_confidence``, ``confidence_index``)."""
+    if min_confidence > 0 and confidence_index is None:
+        raise ValueError("a confidence gate (min_confidence > 0) needs the confidence_index of region_confidence")
+    return float(min_confidence), confidence_index
+
+
 def region_untrusted(obs: dict, min_confidence: float, confidence_index: Optional[int]) -> bool:
     """The confidence gate: whether the observation's ``region_confidence`` global is below
     ``min_confidence`` (never, when that is 0)."""
@@ -123,9 +128,7 @@ class LookaheadRule:
     def __init__(self, node_features, column: str = "lookahead_region_agreement", min_confidence: float = 0.0,
                  confidence_index: Optional[int] = None):
         self.column = list(node_features).index(column)
-        if min_confidence > 0 and confidence_index is None:
-            raise ValueError("a confidence gate (min_confidence > 0) needs the confidence_index of region_confidence")
-        self.min_confidence, self.confidence_index = float(min_confidence), confidence_index
+        self.min_confidence, self.confidence_index = confidence_gate(min_confidence, confidence_index)
 
     def __call__(self, obs: dict, action_mask: np.ndarray) -> int:
         if region_untrusted(obs, self.min_confidence, self.confidence_index):
