@@ -19,16 +19,11 @@ from gpoa.backends import Backends
 from gpoa.config import Config
 from gpoa.errors import InputError, UsageError
 from gpoa.features.store import FeatureStore
+from gpoa.inference import propose, reference_features
 from gpoa.io import check_prompts_fit_image, image_size, read_image, read_mask, read_prompt_file
 from gpoa.layout import TaskLayout, resolve_tasks
-from gpoa.matching import ReferenceFeatures, build_reference, count_instances, match_prompts
-from gpoa.placement import (
-    PatchClassifier,
-    fit_patch_classifier,
-    place_prompts,
-    reference_foreground_share,
-    score_patches,
-)
+from gpoa.matching import ReferenceFeatures
+from gpoa.placement import PatchClassifier, fit_patch_classifier
 from gpoa.prompts import PromptSet
 from gpoa.runtime import StageReport, stable_seed
 from gpoa.samples import EpisodeSample, LazySample
@@ -53,7 +48,7 @@ class Task:
         A bad reference pair stops the task (nothing can be matched without it): UsageError.
         """
         self.layout.require("reference")
-        grids, fractions, instances = [], [], []
+        grids, masks = [], []
         for image_path, mask_path in self.layout.reference:
             try:
                 image = read_image(image_path)
@@ -64,10 +59,9 @@ class Task:
                 raise UsageError(f"reference mask '{mask_path}' has no foreground pixels; the reference must contain "
                                  "the object (foreground = nonzero pixels)")
             grids.append(self.store.features(image_path, image))
-            fractions.append(self.grid.mask_fraction(mask))
-            instances.append(count_instances(mask))
+            masks.append(mask)
         try:
-            return build_reference(grids, fractions, self.cfg.matching.foreground_fraction, instances)
+            return reference_features(grids, masks, self.grid, self.cfg)
         except ValueError as exc:
             raise UsageError(f"reference of task '{self.name}' ('{self.layout.reference[0][1]}'): {exc}") from None
 
@@ -76,24 +70,11 @@ class Task:
         """The logistic patch classifier fitted on the reference's own patches (placement's second view)."""
         return fit_patch_classifier(self.reference, self.cfg.placement.regularisation)
 
-    def propose(self, image_name: str, size: tuple, features: np.ndarray) -> PromptSet:
-        """Stage 1's prompts for one target: ``features`` (rows, cols, D) of an image of ``size`` (w, h).
-
-        ``matching.method``: ``placement`` (:func:`gpoa.placement.place_prompts`; deterministic per
-        task and image; the prompt file records the placement's confidence) or ``nearest``
-        (:func:`gpoa.matching.match_prompts`).
-        """
-        if self.cfg.matching.method == "nearest":
-            match = match_prompts(self.reference, features, self.cfg.matching)
-            return PromptSet(image_name, size, self.grid, match.positive_indices, match.negative_indices,
-                             source="matching")
-        scores = score_patches(self.reference, features, self.classifier)
+    def propose(self, image_name: str, image: np.ndarray, features: np.ndarray) -> PromptSet:
+        """Stage 1's prompts (:func:`gpoa.inference.propose`) for one target: ``features`` (rows, cols, D)
+        of ``image`` (H, W, 3), against this task's reference."""
         rng = np.random.default_rng(stable_seed(self.cfg.seed, "placement", self.name, image_name))
-        placement = place_prompts(scores, self.grid, reference_foreground_share(self.reference),
-                                  self.cfg.placement, rng)
-        return PromptSet(image_name, size, self.grid, placement.positive_indices, placement.negative_indices,
-                         source="placement", extra={"placement_confidence": round(placement.confidence, 4),
-                                                    "placement_confident": placement.confident})
+        return propose(self.reference, self.classifier, features, image, self.grid, self.cfg, rng, image_name)
 
     # ----- episode samples -------------------------------------------------------------------
     def training_samples(self, report: StageReport) -> list:
@@ -121,7 +102,7 @@ class Task:
             image = read_image(image_path)
             truth = read_mask(mask_path, expected_size=image_size(image))
             features = self.store.features(image_path, image)
-            prompt_set = self.propose(image_path.name, image_size(image), features)
+            prompt_set = self.propose(image_path.name, image, features)
             return EpisodeSample(image_path.stem, self.grid, features, prompt_set, self.reference, image, truth,
                                  task=self.name, classifier=self.classifier)
         return load

@@ -251,8 +251,8 @@ def test_baselines_have_the_optimised_counts_and_come_from_the_initial_prompts()
     import numpy as np
 
     from gpoa.grid import PatchGrid
+    from gpoa.inference import baselines
     from gpoa.prompts import PromptSet
-    from gpoa.stages.optimize import RANDOM_SUBSET, TOPK, baselines
 
     grid = PatchGrid.square(140, 14)
     initial = PromptSet("a.png", (100, 80), grid, [1, 2, 3, 4, 5], [50, 60, 70])
@@ -261,7 +261,7 @@ def test_baselines_have_the_optimised_counts_and_come_from_the_initial_prompts()
     margin[[1, 2, 3, 4, 5]] = [0.1, 0.5, 0.3, 0.9, 0.2]  # fg - bg: high for good positives
     margin[[50, 60, 70]] = [-0.2, 0.4, -0.9]  # low for good negatives
     sets = baselines(initial, optimized, margin, np.random.default_rng(0))
-    random_subset, topk = sets[RANDOM_SUBSET], sets[TOPK]
+    random_subset, topk = sets["random_subset"], sets["topk"]
     # counts: the optimised set's, capped at what the initial set has (3 positives, 3 negatives)
     assert len(random_subset.positive_indices) == 3 and len(random_subset.negative_indices) == 3
     assert set(random_subset.positive_indices) <= {1, 2, 3, 4, 5}

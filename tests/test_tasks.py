@@ -120,11 +120,11 @@ def test_task_reference_and_proposals(demo_task):
     assert reference.foreground.any() and reference.background.any() and 0 < reference.foreground_share < 1
     image_path = task.layout.targets[0]
     image = read_image(image_path)
-    prompt_set = task.propose(image_path.name, (image.shape[1], image.shape[0]), task.store.features(image_path))
+    prompt_set = task.propose(image_path.name, image, task.store.features(image_path))
     assert prompt_set.source == {"nearest": "matching"}.get(task.cfg.matching.method, task.cfg.matching.method)
     assert len(prompt_set.positive_indices) > 0
     assert prompt_set.grid == task.grid and prompt_set.original_size == (image.shape[1], image.shape[0])
-    again = task.propose(image_path.name, (image.shape[1], image.shape[0]), task.store.features(image_path))
+    again = task.propose(image_path.name, image, task.store.features(image_path))
     np.testing.assert_array_equal(again.positive_indices, prompt_set.positive_indices)  # deterministic
     np.testing.assert_array_equal(again.negative_indices, prompt_set.negative_indices)
 
@@ -143,8 +143,7 @@ def test_training_samples_report_bad_pairs_and_load_on_demand(demo_task):
     assert sample.task == "membrane" and sample.reference is task.reference
     assert sample.image is not None and sample.truth_mask is not None and sample.truth_mask.any()
     image_path = task.layout.source / "train_image" / f"{sample.name}.png"
-    proposed = task.propose(image_path.name, (sample.image.shape[1], sample.image.shape[0]),
-                            task.store.features(image_path))
+    proposed = task.propose(image_path.name, sample.image, task.store.features(image_path))
     np.testing.assert_array_equal(sample.prompt_set.positive_indices, proposed.positive_indices)
     np.testing.assert_array_equal(sample.prompt_set.negative_indices, proposed.negative_indices)
 
@@ -158,7 +157,7 @@ def test_prompt_file_samples(demo_task, tmp_path):
     for path in targets[:3]:
         image = read_image(path)
         features = task.store.features(path, image)
-        prompt_set = task.propose(path.name, (image.shape[1], image.shape[0]), features)
+        prompt_set = task.propose(path.name, image, features)
         folder.mkdir(exist_ok=True)
         (folder / f"{path.stem}.json").write_text(json.dumps(prompt_set.to_dict()))
     (folder / "stranger.json").write_text((folder / f"{targets[0].stem}.json").read_text())  # no such target

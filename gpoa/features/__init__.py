@@ -43,6 +43,13 @@ def feature_cache_key(cfg: FeaturesConfig) -> str:
     return f"{cfg.backend}-{grid}"
 
 
+def patch_features(extractor: FeatureExtractor, image: np.ndarray) -> np.ndarray:
+    """Patch features (rows, cols, D) float32 of a uint8 RGB image (H, W, 3), rounded to float16 as
+    the feature cache (:class:`gpoa.features.store.FeatureStore`) keeps them: a cached and a freshly
+    computed image give the same values."""
+    return np.asarray(extractor.extract(image), dtype=np.float32).astype(np.float16).astype(np.float32)
+
+
 def build_feature_extractor(cfg: Config, device: str = "cpu") -> FeatureExtractor:
     backend = cfg.features.backend
     if backend == "handcrafted":

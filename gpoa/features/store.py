@@ -15,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 
+from gpoa.features import patch_features
 from gpoa.io import load_array, read_image, save_array
 
 _DIGESTS: dict = {}  # (path, size, mtime) → digest: a file is hashed once per process unless it changes
@@ -57,9 +58,9 @@ class FeatureStore:
                 pass
         if image is None:
             image = read_image(image_path)
-        stored = np.asarray(self.backends.extractor.extract(image), dtype=np.float32).astype(np.float16)
-        save_array(path, stored)
-        return stored.astype(np.float32)
+        features = patch_features(self.backends.extractor, image)
+        save_array(path, features.astype(np.float16))
+        return features
 
     def is_cached(self, image_path: Path) -> bool:
         return self.path(image_path).is_file()

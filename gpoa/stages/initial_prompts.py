@@ -15,7 +15,7 @@ from tqdm import tqdm
 from gpoa.backends import Backends
 from gpoa.config import Config, save_config
 from gpoa.errors import InputError
-from gpoa.io import image_size, read_image, write_png, write_prompt_file
+from gpoa.io import read_image, write_png, write_prompt_file
 from gpoa.runtime import ONE_PROCESS, RunContext, StageReport, is_fresh, settings_stamp
 from gpoa.tasks import Task, load_tasks
 from gpoa.viz import draw_points
@@ -61,7 +61,7 @@ def initial_prompts_of(task: Task, report: StageReport, context: RunContext = ON
         except InputError as exc:
             report.fail(name, str(exc))
             continue
-        prompt_set = task.propose(image_path.name, image_size(image), features)
+        prompt_set = task.propose(image_path.name, image, features)
         if len(prompt_set.positive_indices) == 0:
             report.fail(name, "no reference foreground patch matched this image (with "
                               f"matching.mutual_nearest={cfg.matching.mutual_nearest}); skipped")

@@ -36,6 +36,7 @@ from gpoa.evaluation import (
     summarise,
     to_csv,
 )
+from gpoa.inference import decode_masks
 from gpoa.io import (
     atomic_write_json,
     atomic_write_text,
@@ -194,8 +195,7 @@ def segment_task(task: Task, backends: Backends, extra_prompts: list, out: Path,
                     pass
             to_decode.append(name)
         if to_decode:
-            embedding = segmenter.embed(image)
-            decoded, _ = segmenter.decode(embedding, [prompt_sets[n][0].point_prompts() for n in to_decode])
+            decoded = decode_masks(segmenter, image, [prompt_sets[n][0] for n in to_decode])
             for name, mask in zip(to_decode, decoded):
                 prompt_set = prompt_sets[name][0]
                 masks[name] = mask
