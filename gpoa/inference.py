@@ -43,6 +43,7 @@ from gpoa.placement import (
     score_patches,
 )
 from gpoa.prompts import PromptSet
+from gpoa.runtime import content_seed
 from gpoa.samples import EpisodeSample
 from gpoa.segmenters import Segmenter
 
@@ -60,12 +61,13 @@ def reference_features(feature_grids: Sequence[np.ndarray], masks: Sequence[np.n
 
 # ----- stage 1: initial prompts ------------------------------------------------------------------
 def propose(reference: ReferenceFeatures, classifier: PatchClassifier, features: np.ndarray, image: np.ndarray,
-            grid: PatchGrid, cfg: Config, rng: np.random.Generator, name: str = "") -> PromptSet:
+            grid: PatchGrid, cfg: Config, name: str = "") -> PromptSet:
     """Stage 1's prompts for one target: ``features`` (rows, cols, D) of ``image`` (H, W, 3) named
     ``name`` (the prompt file's ``image``).
 
-    ``matching.method``: ``placement`` (:func:`gpoa.placement.place_prompts`, its random draws from
-    ``rng``; the prompt set records the placement's confidence) or ``nearest``
+    ``matching.method``: ``placement`` (:func:`gpoa.placement.place_prompts`; its random draws are
+    seeded by ``cfg.seed`` and the image's content, so an image gets the same prompts under any
+    name and in any task; the prompt set records the placement's confidence) or ``nearest``
     (:func:`gpoa.matching.match_prompts`). The set may have no positive (nearest matching with
     ``mutual_nearest``): the caller decides what that means.
     """
@@ -74,6 +76,7 @@ def propose(reference: ReferenceFeatures, classifier: PatchClassifier, features:
         match = match_prompts(reference, features, cfg.matching)
         return PromptSet(name, size, grid, match.positive_indices, match.negative_indices, source="matching")
     scores = score_patches(reference, features, classifier)
+    rng = np.random.default_rng(content_seed(cfg.seed, "placement", image))
     placement = place_prompts(scores, grid, reference_foreground_share(reference), cfg.placement, rng)
     return PromptSet(name, size, grid, placement.positive_indices, placement.negative_indices,
                      source="placement", extra={"placement_confidence": round(placement.confidence, 4),

@@ -265,7 +265,6 @@ def group_task(group: Group, index: DomainIndex, work: Path, cache: Path, backen
     pairs = {stem: index.pair(group.domain, stem) for stem in group.queries}
     targets = sorted((image for image, _ in pairs.values()), key=lambda p: p.stem)
     # a domain evaluated with one reference is named by the domain alone, as bench_domains.py names it
-    # (stage 1's placement seeds its random draws with the task's name: the same name, the same prompts)
     name = group.domain if group.only_support else f"{group.domain}/{'+'.join(group.support)}"
     layout = TaskLayout(name=name, kind="domain", source=index.folder / group.domain,
                         root=work / group.domain / "+".join(group.support), reference=references, targets=targets,

@@ -86,6 +86,15 @@ def stable_seed(*parts) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+def content_seed(seed: int, purpose: str, image: np.ndarray) -> int:
+    """A 32-bit seed from the run ``seed``, a ``purpose`` and the CONTENT of ``image`` (its shape and
+    values), never from a file or folder name: the same image gets the same draws under any name,
+    in any task, read from a file or given as an array."""
+    image = np.ascontiguousarray(image)
+    digest = hashlib.sha256(f"{image.dtype.str}{image.shape}".encode() + image.tobytes()).hexdigest()[:24]
+    return stable_seed(seed, purpose, digest)
+
+
 @dataclass(frozen=True)
 class RunContext:
     """Which share of the images this process handles: ``rank`` of ``world`` processes.

@@ -25,7 +25,7 @@ from gpoa.layout import TaskLayout, resolve_tasks
 from gpoa.matching import ReferenceFeatures
 from gpoa.placement import PatchClassifier, fit_patch_classifier
 from gpoa.prompts import PromptSet
-from gpoa.runtime import StageReport, stable_seed
+from gpoa.runtime import StageReport
 from gpoa.samples import EpisodeSample, LazySample
 
 
@@ -73,8 +73,7 @@ class Task:
     def propose(self, image_name: str, image: np.ndarray, features: np.ndarray) -> PromptSet:
         """Stage 1's prompts (:func:`gpoa.inference.propose`) for one target: ``features`` (rows, cols, D)
         of ``image`` (H, W, 3), against this task's reference."""
-        rng = np.random.default_rng(stable_seed(self.cfg.seed, "placement", self.name, image_name))
-        return propose(self.reference, self.classifier, features, image, self.grid, self.cfg, rng, image_name)
+        return propose(self.reference, self.classifier, features, image, self.grid, self.cfg, image_name)
 
     # ----- episode samples -------------------------------------------------------------------
     def training_samples(self, report: StageReport) -> list:

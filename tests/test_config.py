@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from gpoa.cli import config_from_args, run_stage, stage_parser
 from gpoa.config import Config, load_config, resolve_device, save_config
 from gpoa.errors import UsageError
-from gpoa.runtime import StageReport, stable_seed
+from gpoa.runtime import StageReport, content_seed, stable_seed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -266,6 +267,17 @@ def test_stage_reports_merge_and_seeds_are_stable(capsys):
     assert first.exit_code == 1 and "1 done, 1 kept from an earlier run, 1 failed" in first.summary()
     assert stable_seed(0, "split", "cells") == stable_seed(0, "split", "cells") != stable_seed(0, "split", "dogs")
     assert 0 <= stable_seed("x") < 2 ** 32
+
+
+def test_content_seeds_follow_the_pixels_not_the_name():
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    assert content_seed(0, "placement", image) == content_seed(0, "placement", image.copy())
+    changed = image.copy()
+    changed[0, 0, 0] += 1
+    assert content_seed(0, "placement", changed) != content_seed(0, "placement", image)
+    assert content_seed(1, "placement", image) != content_seed(0, "placement", image)
+    assert content_seed(0, "ideal", image) != content_seed(0, "placement", image)
+    assert content_seed(0, "placement", image.reshape(3, 2, 3)) != content_seed(0, "placement", image)
 
 
 def test_run_stage_raises_a_usage_error_from_the_stage_as_exit_2(capsys):

@@ -129,6 +129,23 @@ def test_task_reference_and_proposals(demo_task):
     np.testing.assert_array_equal(again.negative_indices, prompt_set.negative_indices)
 
 
+def test_an_image_gets_the_same_prompts_under_another_task_and_file_name(demo_task, tmp_path):
+    task = demo_task
+    renamed = tmp_path / "another_name"
+    for folder in ("reference_image", "reference_mask", "target_image"):
+        shutil.copytree(task.layout.source / folder, renamed / folder)
+    image_path = task.layout.targets[0]
+    (renamed / "target_image" / image_path.name).rename(renamed / "target_image" / "renamed.png")
+    other = Task(dataset_task(renamed), task.backends, task.cfg)
+    assert other.name != task.name
+    image = read_image(image_path)
+    proposed = task.propose(image_path.name, image, task.store.features(image_path))
+    renamed_path = renamed / "target_image" / "renamed.png"
+    again = other.propose(renamed_path.name, read_image(renamed_path), other.store.features(renamed_path))
+    np.testing.assert_array_equal(again.positive_indices, proposed.positive_indices)
+    np.testing.assert_array_equal(again.negative_indices, proposed.negative_indices)
+
+
 def test_training_samples_report_bad_pairs_and_load_on_demand(demo_task):
     task = demo_task
     train = sorted((task.layout.source / "train_image").iterdir())

@@ -46,7 +46,6 @@ def initial_prompts_of(task: Task, report: StageReport, context: RunContext = ON
                   for pair in layout.reference for p in pair]
     stamp = settings_stamp(out / "settings.txt", {"matching": dataclasses.asdict(cfg.matching),
                                                     "placement": dataclasses.asdict(cfg.placement), "seed": cfg.seed,
-                                                    "task": task.name,  # seeds the placement's draws
                                                     "features": task.store.key, "reference": references})
     for image_path in tqdm(context.mine(layout.targets), desc=f"initial prompts [{task.name}]", unit="image"):
         stem = image_path.stem
