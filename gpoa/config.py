@@ -1,8 +1,15 @@
 """One dataclass tree for every setting, loaded from YAML and overridden with ``--set key=value``.
 
+The defaults ARE the method as measured (docs/results.md): the embedded default backends
+(handcrafted features, classical segmenter), placement prompts, 16 + 16 spread candidates, the
+lookahead with its shield, the agreement prior, the confidence gate and the Double DQN settings
+that ``make demo`` trains with. A config file only says what differs (data, other backends).
+
 ``load_config(path, overrides)`` is the only way stages get a :class:`Config`. Unknown keys and
-values of the wrong type raise :class:`~gpoa.errors.UsageError` naming the key. ``save_config``
-writes the resolved tree beside an output so the run can be repeated with ``--config``.
+values of the wrong type raise :class:`~gpoa.errors.UsageError` naming the key. Every range and
+choice is checked in one place, :func:`check_settings` (``load_config`` calls it, and so does
+every :class:`~gpoa.envs.EpisodeBank` for configs built in code). ``save_config`` writes the
+resolved tree beside an output so the run can be repeated with ``--config``.
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ class SegmenterConfig:
     compactness: float = 12.0
     beta: float = 8.0
     # classical backend: pull of every region towards background when no seed decides it
-    background_prior: float = 0.004
+    background_prior: float = 0.001
 
 
 @dataclass
@@ -77,8 +84,32 @@ class MatchingConfig:
 
 @dataclass
 class PlacementConfig:
-    """matching.method=placement: how prompts are placed (gpoa/placement.py; check_settings there
-    documents every field)."""
+    """matching.method=placement: how prompts are placed (gpoa/placement.py). The defaults are
+    chosen for reasons that hold on any image (the placement module's docstring):
+
+    ``ranking``: which score orders the patches into the region: ``"margin"``, ``"logistic"`` or
+    ``"fusion"`` (mean of the two views' ranks; needs both). Region size and confidence do not
+    depend on it.
+    ``n_positive`` / ``n_negative``: prompts per image (the ideal sampler's 8 + 8).
+    ``min_share`` / ``max_share``: the region holds between these multiples of the reference's
+    foreground share of the patches (at least one patch); inside that range its size is the
+    number of patches with a positive margin. ``min_share`` 1: the margin vote undercounts under
+    appearance changes, so it may only enlarge the region; ``max_share`` 2: objects change size
+    between images of one task, rarely by more than 2x.
+    ``keep_ratio``: a connected piece of the region is kept when its score mass (summed rank score
+    above the region's threshold) is at least this share of the heaviest piece's (1: only the
+    heaviest; 0: all).
+    ``interior_depth``: positives go on patches at least this far (chessboard, patch units) from
+    their piece's edge, or on the piece's deepest patches where none is that deep (1: anywhere).
+    ``ring_inner`` / ``ring_outer``: negatives go on patches whose distance to the kept region is
+    in (ring_inner, ring_outer] (Euclidean, patch units; the ideal sampler's ring is 2.5 patches);
+    the ring widens to every patch beyond ``ring_inner``, then to every patch, when it holds fewer
+    than ``n_negative`` patches below the threshold.
+    ``min_correlation``: the confidence check; below it for every view, pieces are kept with
+    ``uncertain_keep_ratio`` instead of ``keep_ratio`` (0.5: the region explains a quarter of a
+    view's variance; -1 switches the check off).
+    ``regularisation``: L2 weight of the logistic regression (``gpoa.placement.fit_patch_classifier``).
+    """
 
     # patch ranking: "margin" (nearest-neighbour fg - bg similarity), "logistic" or "fusion"
     ranking: str = "margin"
@@ -120,18 +151,19 @@ class GraphConfig:
     """The dual-space graph over candidate prompt patches of one target."""
 
     # next-best-matching patches added as inactive candidates besides the initial prompts, so the
-    # agent can add real candidates (ranked by fg-minus-bg similarity, resp. bg-minus-fg)
-    extra_positive: int = 8
-    extra_negative: int = 8
+    # agent can add real candidates (ranked by fg-minus-bg similarity, resp. bg-minus-fg); 16 + 16
+    # beside the 8 + 8 initial prompts
+    extra_positive: int = 16
+    extra_negative: int = 16
     # draw the negative candidates from patches within this many patches of an initial positive
     # (where a negative delimits the object); 0 draws them from the whole image
-    negative_ring: float = 0.0
+    negative_ring: float = 6.0
     # spread the positive candidates: each one at least this many patches from every positive
     # prompt and every other positive candidate, so that they reach other instances and the
     # unprompted parts of the object instead of crowding the best match; 0 takes the top ones
-    positive_spacing: float = 0.0
+    positive_spacing: float = 3.0
     # the same for the negative candidates (from the negative prompts and each other)
-    negative_spacing: float = 0.0
+    negative_spacing: float = 2.0
     # fill the match-context node columns: the share of the patches within 3 and 6 patches of a
     # node that match the reference foreground better than its background. Tells an object apart
     # from small lookalike fragments (a patch of a long membrane has lookalike neighbours, a patch
@@ -148,7 +180,7 @@ class EnvConfig:
     reward: str = "segmentation"
     # start state of an episode: "initial" (the prompt file), "ideal" (sampled from the mask), "empty"
     start: str = "initial"
-    episode_length: int = 24
+    episode_length: int = 10
     # which toggles are allowed: "toggle" (any node), "activate" (add candidates only) or
     # "deactivate" (remove prompts only; Point Prompt Defender's defender)
     edits: str = "toggle"
@@ -158,20 +190,21 @@ class EnvConfig:
     # with the lookahead: refuse (mask out) every toggle after which the mask's agreement with the
     # predicted region would drop by more than this (soft Dice); -1 switches the shield off. The
     # edits that flood the background are refused on any image, in training and at inference
-    shield: float = -1.0
+    shield: float = 0.02
     # segmentation reward: a loss of Dice counts this many times (1: a change in Dice as it is; 2:
     # the policy edits only where it expects gains to clearly outweigh losses)
-    harm_weight: float = 1.0
+    harm_weight: float = 2.0
     # subtracted from the reward of every toggle (not of STOP): moves that change nothing cost
     # something, so the agent stops once no toggle is worth it instead of filling the episode
-    step_penalty: float = 0.0
+    step_penalty: float = 0.002
     # bounds on active prompts; toggles that would leave them are masked out
     min_positive: int = 1
     max_positive: int = 40
     min_negative: int = 0
     max_negative: int = 40
-    # observation padding: graphs with more nodes are rejected with a clear error
-    max_nodes: int = 512
+    # observation padding: graphs with more nodes are rejected with a clear error (the default
+    # graph has at most 8 + 8 prompts and 16 + 16 candidates)
+    max_nodes: int = 64
     # graph reward weights: positive feature compactness, positive-negative feature separation,
     # positive spatial spread, negative spatial spread, positive-to-nearest-negative distance
     graph_weights: list = field(default_factory=lambda: [5.0, 5.0, 1.0, 1.0, 1.0])
@@ -187,25 +220,26 @@ class AgentConfig:
     # a prior on the policy's scores: toggling a node scores this times the lookahead's change of
     # the mask's agreement with the predicted region (soft Dice, gpoa/envs/mask_view.py) plus what
     # the network adds. The network learns only the correction to "an edit is worth what it does to
-    # the agreement", a signal that means the same on any image; 0: no prior. Needs env.lookahead
-    agreement_prior: float = 0.0
+    # the agreement", a signal that means the same on any image; 0: no prior. Needs env.lookahead.
+    # 1: the lookahead's own unit (an edit is worth its change of agreement, in Dice)
+    agreement_prior: float = 1.0
 
 
 @dataclass
 class DQNConfig:
-    """Double DQN hyperparameters (defaults from the attack-for-defense paper where it gives them)."""
+    """Double DQN hyperparameters (``make demo``'s; the attack-for-defense paper's where it gives them)."""
 
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-3
     batch_size: int = 128
     buffer_size: int = 50000
-    gamma: float = 0.9
+    gamma: float = 0.8
     target_update: int = 100
     epsilon_start: float = 1.0
     epsilon_end: float = 0.1
     # share of train.total_steps over which epsilon decays linearly
     epsilon_fraction: float = 0.5
     learning_starts: int = 256
-    train_frequency: int = 1
+    train_frequency: int = 2
     hidden: int = 128
     # layers of the shared per-node encoder φ (1 or 2)
     node_layers: int = 1
@@ -218,7 +252,7 @@ class PPOConfig:
 
     learning_rate: float = 3e-4
     # steps of every environment per rollout (a rollout holds num_steps x train.parallel_envs transitions)
-    num_steps: int = 64
+    num_steps: int = 32
     num_minibatches: int = 4
     update_epochs: int = 4
     gamma: float = 0.8
@@ -253,11 +287,11 @@ class TrainConfig:
     # run name: checkpoints/<run>/; empty means a time stamp
     run: str = ""
     # the training budget of every learner: environment transitions in all
-    total_steps: int = 20000
+    total_steps: int = 12000
     checkpoints: str = "checkpoints"
     # share of training images held out for the periodic greedy evaluation
     eval_fraction: float = 0.2
-    eval_every: int = 2000
+    eval_every: int = 4000
     # environments stepped together (their decodes are batched per image)
     parallel_envs: int = 8
     # episode records (graph, segmenter embedding, start mask) kept in memory at once; 0 keeps all
@@ -282,8 +316,9 @@ class OptimizeConfig:
     # second gate: on a target whose predicted region has a confidence (how step-like the match
     # scores are on it, gpoa.placement) below this, the policy keeps the start set, since its edits
     # follow that region; 0 turns it off. Needs the segmenter in the loop (the policies of
-    # env.reward=segmentation); ignored for the others
-    min_region_confidence: float = 0.0
+    # env.reward=segmentation); ignored for the others. 0.5: placement's own threshold for a
+    # trustworthy region (placement.min_correlation), not a tuned value
+    min_region_confidence: float = 0.5
     # also write oracle_indices/: the greedy oracle that reads target_mask/ (evaluation yardstick)
     oracle: bool = False
 
@@ -424,52 +459,82 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
 #: fields that must be at least 1 (counts, sizes, periods)
 POSITIVE_FIELDS = ("features.working_size", "features.patch_size", "segmenter.n_segments", "env.episode_length",
                    "env.max_nodes", "dqn.batch_size", "dqn.buffer_size", "dqn.target_update", "dqn.train_frequency",
-                   "dqn.hidden", "train.eval_every", "train.parallel_envs")
+                   "dqn.hidden", "train.eval_every", "train.parallel_envs", "placement.n_positive",
+                   "placement.interior_depth")
 #: fields that must be at least 0
 NON_NEGATIVE_FIELDS = ("matching.max_positive", "matching.max_negative", "segmentation.ideal_positive",
                        "segmentation.ideal_negative", "graph.extra_positive", "graph.extra_negative",
                        "graph.negative_ring", "graph.positive_spacing", "graph.negative_spacing",
                        "env.min_positive", "env.max_positive", "env.min_negative", "env.max_negative",
-                       "env.step_penalty", "env.harm_weight", "train.total_steps", "dqn.learning_starts", "train.bank_capacity", "train.cpu_threads",
-                       "optimize.stop_margin", "optimize.min_region_confidence")
-
+                       "env.step_penalty", "env.harm_weight", "train.total_steps", "dqn.learning_starts",
+                       "train.bank_capacity", "train.cpu_threads", "optimize.stop_margin",
+                       "optimize.min_region_confidence", "placement.n_negative", "placement.ring_inner")
 
 MATCHING_METHODS = ("placement", "nearest")
+#: how placement ranks the patches: one view, or the mean of the two views' ranks
+RANKINGS = ("margin", "logistic", "fusion")
+#: the environment's rewards, start states and edits (gpoa/envs)
+REWARDS = ("segmentation", "graph")
+STARTS = ("initial", "ideal", "empty")
+EDITS = ("toggle", "activate", "deactivate")
+#: the settings that pick one of a few methods, and their choices
+CHOICES = {"matching.method": MATCHING_METHODS, "placement.ranking": RANKINGS, "env.reward": REWARDS,
+           "env.start": STARTS, "env.edits": EDITS}
 
 
-def validate(cfg: Config) -> None:
-    """Range checks that the types alone do not express; raises UsageError naming the key."""
+def check_settings(cfg: Config) -> None:
+    """Raise ValueError, naming the key, for settings that no run can use: the one place where
+    ranges and choices are checked (:func:`load_config` turns the error into a UsageError; every
+    :class:`~gpoa.envs.EpisodeBank` calls it for configs built in code)."""
     def value(key: str):
         section, name = key.split(".")
         return getattr(getattr(cfg, section), name)
 
     for key in POSITIVE_FIELDS:
         if value(key) < 1:
-            raise UsageError(f"config key '{key}' must be at least 1, got {value(key)}")
+            raise ValueError(f"config key '{key}' must be at least 1, got {value(key)}")
     for key in NON_NEGATIVE_FIELDS:
         if value(key) < 0:
-            raise UsageError(f"config key '{key}' must not be negative, got {value(key)}")
-    if cfg.matching.method not in MATCHING_METHODS:
-        raise UsageError(f"config key 'matching.method' must be one of {', '.join(MATCHING_METHODS)}, "
-                         f"got '{cfg.matching.method}'")
-    from gpoa.placement import check_settings
-
-    try:
-        check_settings(cfg.placement)
-    except ValueError as exc:
-        raise UsageError(f"config section 'placement': {exc}") from None
+            raise ValueError(f"config key '{key}' must not be negative, got {value(key)}")
+    for key, choices in CHOICES.items():
+        if value(key) not in choices:
+            raise ValueError(f"config key '{key}' must be one of {', '.join(choices)}, got '{value(key)}'")
     weights = cfg.env.graph_weights
     try:
-        cfg.env.graph_weights = [float(w) for w in weights]
+        numbers = [float(w) for w in weights]
     except (TypeError, ValueError):
-        raise UsageError(f"config key 'env.graph_weights' must be 5 numbers, got {weights!r}") from None
-    if len(cfg.env.graph_weights) != 5:
-        raise UsageError(f"config key 'env.graph_weights' must be 5 numbers, got {len(weights)}")
+        raise ValueError(f"config key 'env.graph_weights' must be 5 numbers, got {weights!r}") from None
+    if len(numbers) != 5:
+        raise ValueError(f"config key 'env.graph_weights' must be 5 numbers, got {len(numbers)}")
     if cfg.agent.agreement_prior and not cfg.env.lookahead:
-        raise UsageError("config key 'agent.agreement_prior' needs env.lookahead: true (the prior reads the "
+        raise ValueError("config key 'agent.agreement_prior' needs env.lookahead: true (the prior reads the "
                          "lookahead's change of agreement); set env.lookahead: true or agent.agreement_prior: 0")
-    if cfg.env.min_positive > cfg.env.max_positive or cfg.env.min_negative > cfg.env.max_negative:
-        raise UsageError("config keys env.min_positive/min_negative must not exceed env.max_positive/max_negative")
+    for kind in ("positive", "negative"):
+        low, high = getattr(cfg.env, f"min_{kind}"), getattr(cfg.env, f"max_{kind}")
+        if low > high:
+            raise ValueError(f"config keys env.min_{kind}={low} and env.max_{kind}={high}: the minimum must not "
+                             "exceed the maximum")
+    placement = cfg.placement
+    if not 0 < placement.min_share <= placement.max_share:
+        raise ValueError(f"config keys placement.min_share={placement.min_share} and placement.max_share="
+                         f"{placement.max_share} must satisfy 0 < min_share <= max_share")
+    for key in ("keep_ratio", "uncertain_keep_ratio"):
+        if not 0 <= getattr(placement, key) <= 1:
+            raise ValueError(f"config key 'placement.{key}' must be in [0, 1], got {getattr(placement, key)}")
+    if not placement.ring_inner < placement.ring_outer:
+        raise ValueError(f"config keys placement.ring_inner={placement.ring_inner} and placement.ring_outer="
+                         f"{placement.ring_outer} must satisfy ring_inner < ring_outer")
+    if placement.regularisation <= 0:
+        raise ValueError(f"config key 'placement.regularisation' must be positive, got {placement.regularisation}")
+
+
+def validate(cfg: Config) -> None:
+    """:func:`check_settings` as a UsageError; the graph weights become floats."""
+    try:
+        check_settings(cfg)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    cfg.env.graph_weights = [float(w) for w in cfg.env.graph_weights]
 
 
 def config_to_dict(cfg: Config) -> dict:

@@ -51,57 +51,10 @@ import numpy as np
 from scipy import ndimage, optimize
 from scipy.stats import rankdata
 
-from gpoa.config import PlacementConfig
+from gpoa.config import RANKINGS, PlacementConfig
 from gpoa.grid import PatchGrid
 from gpoa.matching import ReferenceFeatures, l2_normalise, reference_similarity
 from gpoa.prompts import farthest_point_order
-
-#: how the patches are ranked: one view, or the mean of the two views' ranks
-RANKINGS = ("margin", "logistic", "fusion")
-
-
-def check_settings(settings: PlacementConfig) -> None:
-    """Raise ValueError for placement settings (:class:`gpoa.config.PlacementConfig`) that cannot work.
-
-    The fields, whose defaults are chosen for reasons that hold on any image (module docstring):
-
-    ``ranking``: which score orders the patches into the region: ``"margin"``, ``"logistic"`` or
-    ``"fusion"`` (mean of the two views' ranks; needs both). Region size and confidence do not
-    depend on it.
-    ``n_positive`` / ``n_negative``: prompts per image (the ideal sampler's 8 + 8).
-    ``min_share`` / ``max_share``: the region holds between these multiples of the reference's
-    foreground share of the patches (at least one patch); inside that range its size is the
-    number of patches with a positive margin. ``min_share`` 1: the margin vote undercounts under
-    appearance changes (module docstring), so it may only enlarge the region; ``max_share`` 2:
-    objects change size between images of one task, rarely by more than 2x.
-    ``keep_ratio``: a connected piece of the region is kept when its score mass (summed rank score
-    above the region's threshold) is at least this share of the heaviest piece's (1: only the
-    heaviest; 0: all).
-    ``interior_depth``: positives go on patches at least this far (chessboard, patch units) from
-    their piece's edge, or on the piece's deepest patches where none is that deep (1: anywhere).
-    ``ring_inner`` / ``ring_outer``: negatives go on patches whose distance to the kept region is
-    in (ring_inner, ring_outer] (Euclidean, patch units; the ideal sampler's ring is 2.5 patches);
-    the ring widens to every patch beyond ``ring_inner``, then to every patch, when it holds fewer
-    than ``n_negative`` patches below the threshold.
-    ``min_correlation``: the confidence check; below it for every view, pieces are kept with
-    ``uncertain_keep_ratio`` instead of ``keep_ratio`` (0.5: the region explains a quarter of a
-    view's variance; -1 switches the check off).
-    ``regularisation``: L2 weight of the logistic regression (:func:`fit_patch_classifier`).
-    """
-    if settings.ranking not in RANKINGS:
-        raise ValueError(f"placement ranking must be one of {RANKINGS}, got {settings.ranking!r}")
-    if settings.n_positive < 1 or settings.n_negative < 0:
-        raise ValueError("placement needs n_positive >= 1 and n_negative >= 0")
-    if not 0 < settings.min_share <= settings.max_share:
-        raise ValueError("placement needs 0 < min_share <= max_share")
-    if not (0 <= settings.keep_ratio <= 1 and 0 <= settings.uncertain_keep_ratio <= 1):
-        raise ValueError("placement keep ratios must be in [0, 1]")
-    if settings.interior_depth < 1:
-        raise ValueError("placement interior_depth must be at least 1")
-    if not 0 <= settings.ring_inner < settings.ring_outer:
-        raise ValueError("placement needs 0 <= ring_inner < ring_outer")
-    if settings.regularisation <= 0:
-        raise ValueError("placement regularisation must be positive")
 
 
 # ----- scores ------------------------------------------------------------------------------------

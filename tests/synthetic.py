@@ -29,7 +29,8 @@ def random_graph(seed: int, positives: int = 4, negatives: int = 12, extra: int 
     reference = build_reference([reference_features], [fraction], 0.5)
     order = rng.permutation(GRID.num_patches)
     prompt_set = PromptSet("random", SIZE, GRID, order[:positives], order[positives:positives + negatives])
-    cfg = GraphConfig(extra_positive=extra, extra_negative=extra)
+    cfg = GraphConfig(extra_positive=extra, extra_negative=extra, negative_ring=0.0, positive_spacing=0.0,
+                      negative_spacing=0.0)  # candidates in rank order
     return build_graph(GRID, target, prompt_set, reference, cfg), (target, prompt_set, reference, cfg)
 
 
@@ -113,11 +114,19 @@ class DiscSegmenter:
 
 
 def make_cfg(**env) -> Config:
-    """Default config with 4 + 4 candidates, the graph reward and the given ``env.*`` settings."""
+    """A config for the environment's mechanics on these small scenes, then the given ``env.*``
+    settings: 4 + 4 candidates in rank order (no spacing, no ring), the graph reward, 24 steps, no
+    shield, Dice changes as they are (harm weight 1, no step penalty) and no agreement prior."""
     cfg = Config()
-    cfg.graph.extra_positive = 4
-    cfg.graph.extra_negative = 4
+    cfg.graph = GraphConfig(extra_positive=4, extra_negative=4, negative_ring=0.0, positive_spacing=0.0,
+                            negative_spacing=0.0)
     cfg.env.reward = "graph"
+    cfg.env.episode_length = 24
+    cfg.env.shield = -1.0
+    cfg.env.harm_weight = 1.0
+    cfg.env.step_penalty = 0.0
+    cfg.env.max_nodes = 512
+    cfg.agent.agreement_prior = 0.0
     for key, value in env.items():
         setattr(cfg.env, key, value)
     return cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,17 @@ def test_defaults():
     assert cfg.env.graph_weights == [5.0, 5.0, 1.0, 1.0, 1.0]
     assert cfg.data == ["data/demo/membrane"] and cfg.workspace == "outputs"
     assert cfg.train.bank_capacity == 0 and cfg.optimize.stop_margin == 0.0 and cfg.optimize.oracle is False
+    # the method as measured: placement prompts, spread candidates, the shield, the prior, the gate
+    assert cfg.matching.method == "placement" and cfg.graph.extra_positive == cfg.graph.extra_negative == 16
+    assert cfg.env.shield == 0.02 and cfg.env.harm_weight == 2.0 and cfg.agent.agreement_prior == 1.0
+    assert cfg.optimize.min_region_confidence == 0.5 and cfg.train.total_steps == 12000
+
+
+def test_the_demo_config_sets_no_method_setting_of_its_own():
+    # make demo's configuration is the defaults with its data: what was measured is what Config() gives
+    demo = load_config(REPO / "configs" / "demo.yaml")
+    assert demo.data == ["data/demo/membrane", "data/demo/objects"]
+    assert dataclasses.replace(demo, data=Config().data) == Config()
 
 
 def test_defaults_are_not_shared_between_configs():

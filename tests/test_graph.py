@@ -251,7 +251,8 @@ def test_positive_spacing_spreads_the_positive_candidates():
             kept.append(patch)
     np.testing.assert_array_equal(candidates, expected)
     # without spacing the same count comes from the top of the ranking, crowded together
-    crowded = build_graph(GRID, target, prompt_set, reference, GraphConfig(extra_positive=6, extra_negative=0))
+    crowded = build_graph(GRID, target, prompt_set, reference,
+                          GraphConfig(extra_positive=6, extra_negative=0, positive_spacing=0.0))
     top = crowded.indices[~crowded.initially_active]
     assert GRID.pixel_distance(top, top)[np.triu_indices(6, 1)].min() < spacing
     assert GRID.pixel_distance(candidates, candidates)[np.triu_indices(6, 1)].min() >= spacing - 1e-9

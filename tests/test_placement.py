@@ -7,12 +7,12 @@ import time
 import numpy as np
 import pytest
 
-from gpoa.config import PlacementConfig
+from gpoa.config import PlacementConfig, load_config
+from gpoa.errors import UsageError
 from gpoa.grid import PatchGrid
 from gpoa.matching import build_reference
 from gpoa.placement import (
     PatchScores,
-    check_settings,
     fit_patch_classifier,
     margin_scores,
     place_prompts,
@@ -208,15 +208,20 @@ def test_region_correlation():
     assert region_correlation(np.arange(GRID.num_patches, dtype=float), everything) == 0.0
 
 
-def test_settings_are_checked():
-    with pytest.raises(ValueError):
-        check_settings(PlacementConfig(ranking="best"))
-    with pytest.raises(ValueError):
-        check_settings(PlacementConfig(n_positive=0))
-    with pytest.raises(ValueError):
-        check_settings(PlacementConfig(min_share=2.0, max_share=1.0))
-    with pytest.raises(ValueError):
-        check_settings(PlacementConfig(ring_inner=3.0, ring_outer=2.0))
+@pytest.mark.parametrize("overrides, key", [
+    (["placement.ranking=best"], "placement.ranking"),
+    (["placement.n_positive=0"], "placement.n_positive"),
+    (["placement.min_share=2.0", "placement.max_share=1.0"], "placement.min_share"),
+    (["placement.ring_inner=3.0", "placement.ring_outer=2.0"], "placement.ring_inner"),
+    (["placement.keep_ratio=1.5"], "placement.keep_ratio"),
+    (["placement.regularisation=0"], "placement.regularisation"),
+])
+def test_settings_are_checked_where_every_setting_is(overrides, key):
+    with pytest.raises(UsageError, match=key.replace(".", r"\.")):
+        load_config(overrides=overrides)
+
+
+def test_scores_and_regions_refuse_what_cannot_work():
     with pytest.raises(ValueError, match="logistic view"):
         PatchScores(margin=np.zeros(4)).ranking("fusion")
     with pytest.raises(ValueError, match="patches"):

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from gpoa.config import Config
+from gpoa.config import Config, check_settings
 from gpoa.envs.mask_view import RegionView, region_view
 from gpoa.graph import DualSpaceGraph, build_graph
 from gpoa.matching import l2_normalise, reference_similarity
@@ -25,9 +25,6 @@ from gpoa.prompts import PointPrompts, PromptSet, sample_ideal_prompts
 from gpoa.runtime import stable_seed
 from gpoa.samples import EpisodeSample
 from gpoa.segmenters import Segmenter, decode_cells
-
-REWARDS = ("segmentation", "graph")
-STARTS = ("initial", "ideal", "empty")
 
 
 @dataclass
@@ -53,25 +50,6 @@ class SampleRecord:
     def prompts_of(self, active: np.ndarray, is_positive: np.ndarray) -> PointPrompts:
         """Point prompts of the nodes selected by ``active`` (N,) bool."""
         return PointPrompts.from_xy(self.node_xy[active & is_positive], self.node_xy[active & ~is_positive])
-
-
-def check_config(cfg: Config) -> None:
-    """Raise ValueError for environment settings no episode can run with."""
-    env = cfg.env
-    if env.reward not in REWARDS:
-        raise ValueError(f"env.reward is '{env.reward}'; use one of {', '.join(REWARDS)}")
-    if env.start not in STARTS:
-        raise ValueError(f"env.start is '{env.start}'; use one of {', '.join(STARTS)}")
-    if env.edits not in ("toggle", "activate", "deactivate"):
-        raise ValueError(f"env.edits is '{env.edits}'; use toggle, activate or deactivate")
-    if env.episode_length < 1 or env.max_nodes < 1:
-        raise ValueError("env.episode_length and env.max_nodes must be at least 1")
-    for kind in ("positive", "negative"):
-        low, high = getattr(env, f"min_{kind}"), getattr(env, f"max_{kind}")
-        if not 0 <= low <= high:
-            raise ValueError(f"env.min_{kind}={low} and env.max_{kind}={high} must satisfy 0 <= min <= max")
-    if len(env.graph_weights) != 5:
-        raise ValueError(f"env.graph_weights needs 5 weights, got {env.graph_weights}")
 
 
 def check_sample(sample: EpisodeSample, cfg: Config, segmenter: Optional[Segmenter]) -> None:
@@ -144,7 +122,7 @@ class EpisodeBank:
 
     def __init__(self, sources: Sequence, cfg: Config, segmenter: Optional[Segmenter] = None, seed: int = 0,
                  capacity: Optional[int] = None):
-        check_config(cfg)
+        check_settings(cfg)
         if len(sources) == 0:
             raise ValueError("an episode bank needs at least one sample")
         self.sources = list(sources)

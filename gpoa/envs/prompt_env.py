@@ -28,7 +28,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.utils import seeding
 
-from gpoa.config import Config
+from gpoa.config import EDITS, Config
 from gpoa.envs.bank import EpisodeBank, SampleRecord
 from gpoa.envs.mask_view import LOOKAHEAD_SCALE, cell_statistics, current_columns, lookahead_columns
 from gpoa.graph import MASK_COLUMNS, NODE_FEATURES, DualSpaceGraph
@@ -39,9 +39,6 @@ from gpoa.segmenters import Segmenter, mask_cells
 
 #: The globals that follow the mask (in GLOBAL_FEATURES from "mask_area_fraction" on, without the
 #: reference's); 0 without a segmenter.
-#: the edits an environment allows (env.edits, PromptEnv.set_edits)
-EDITS = ("toggle", "activate", "deactivate")
-
 MASK_GLOBALS = ("mask_area_fraction", "mask_reference_ratio", "mask_match_rank", "top_match_coverage",
                 "region_agreement", "region_confidence")
 
