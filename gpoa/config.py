@@ -14,8 +14,10 @@ resolved tree beside an output so the run can be repeated with ``--config``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -446,7 +448,14 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
         except yaml.YAMLError as exc:
             raise UsageError(f"config file '{path}' is not valid YAML: {exc}".splitlines()[0]) from None
         _apply(cfg, values)
-    for item in overrides or []:
+    return with_overrides(cfg, overrides or [])
+
+
+def with_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
+    """A checked copy of ``cfg`` with each ``key.sub=value`` of ``overrides`` applied in order (what
+    ``--set`` does); ``cfg`` itself is not changed."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
         keys, value = _parse_set(item)
         nested: Any = value
         for k in reversed(keys):

@@ -19,7 +19,8 @@ class UsageError(GPOAError):
 
 
 class InputError(GPOAError):
-    """One input file is unusable. Names the file, the problem and what to do about it."""
+    """One input is unusable. Names the file (or, for an image or mask given in memory, the argument it
+    came from), the problem and what to do about it."""
 
     def __init__(self, path: Union[str, Path, None], problem: str, fix: Optional[str] = None):
         self.path = None if path is None else Path(path)

@@ -95,13 +95,7 @@ def _open(path: Path) -> np.ndarray:
             rawmode = rawmode[0] if isinstance(rawmode, tuple) else str(rawmode)
             if im.mode in ("RGB", "RGBA") and ";16" in rawmode:
                 return _read_16bit_colour(path), im.mode
-            im.load()
-            mode = im.mode
-            if mode == "P":
-                return np.asarray(im), "P"
-            if mode in ("1", "L", "LA", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F"):
-                return np.asarray(im), mode
-            return np.asarray(im.convert("RGB")), "RGB"
+            return _pixels(im)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         if path.suffix.lower() in (".tif", ".tiff"):
             try:
@@ -114,6 +108,17 @@ def _open(path: Path) -> np.ndarray:
                 pass
         raise InputError(path, f"cannot be read as an image ({exc.__class__.__name__}: {exc})",
                          "re-export it as PNG, JPEG, TIFF or BMP") from None
+
+
+def _pixels(im: Image.Image) -> tuple:
+    """(array, mode) of a Pillow image in its own mode (a palette image keeps its indices)."""
+    im.load()
+    mode = im.mode
+    if mode == "P":
+        return np.asarray(im), "P"
+    if mode in ("1", "L", "LA", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F"):
+        return np.asarray(im), mode
+    return np.asarray(im.convert("RGB")), "RGB"
 
 
 def _read_16bit_colour(path: Path) -> np.ndarray:
@@ -150,6 +155,32 @@ def read_image(path: PathLike) -> np.ndarray:
     if mode == "P":
         with Image.open(path) as im:
             array = np.asarray(im.convert("RGB"))
+    return _rgb(array, path)
+
+
+def image_from_pil(im: Image.Image, name: str) -> np.ndarray:
+    """A Pillow image in memory as :func:`read_image` reads the same image from a file: uint8 RGB
+    (H, W, 3). ``name`` (the argument it came from) names it in errors."""
+    array = np.asarray(im.convert("RGB")) if im.mode == "P" else _pixels(im)[0]
+    return _rgb(array, name)
+
+
+def image_from_array(array: np.ndarray, name: str) -> np.ndarray:
+    """An image array in memory, uint8 (H, W, 3) RGB, (H, W, 4) RGBA (alpha dropped) or (H, W) gray,
+    as uint8 RGB (H, W, 3). Another dtype is refused (values in [0, 1] or [0, 65535] would be
+    guessed): InputError naming ``name``, the argument it came from."""
+    array = np.asarray(array)
+    if array.dtype != np.uint8:
+        raise InputError(name, f"is an array of dtype {array.dtype}; images are uint8 RGB (H, W, 3), values 0-255",
+                         "convert it first, e.g. (image * 255).round().astype(np.uint8) for values in [0, 1]")
+    if not (array.ndim == 2 or array.ndim == 3 and array.shape[2] in (3, 4)):
+        raise InputError(name, f"is an array of shape {array.shape}; images are (H, W, 3) RGB, (H, W, 4) RGBA or "
+                               "(H, W) gray", "pass one image at a time, channels last")
+    return _rgb(array, name)
+
+
+def _rgb(array: np.ndarray, path: Union[Path, str]) -> np.ndarray:
+    """uint8 RGB (H, W, 3) of the pixel values of an image file (or in-memory image) ``path``."""
     array = _to_uint8(np.asarray(array))
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
@@ -188,9 +219,32 @@ def read_mask(path: PathLike, expected_size: Optional[tuple] = None) -> np.ndarr
     ``expected_size`` (width, height) is the size of the paired image; a mismatch is an error.
     """
     path = Path(path)
-    array, mode = _open(path)
+    array, _ = _open(path)
+    return _foreground(np.asarray(array), path, expected_size, jpeg=path.suffix.lower() in JPEG_EXTENSIONS)
+
+
+def mask_from_pil(im: Image.Image, name: str, expected_size: Optional[tuple] = None) -> np.ndarray:
+    """A Pillow mask in memory as :func:`read_mask` reads the same PNG: bool (H, W), foreground every
+    nonzero pixel. ``name`` (the argument it came from) names it in errors."""
+    return _foreground(np.asarray(_pixels(im)[0]), name, expected_size, jpeg=False)
+
+
+def mask_from_array(array: np.ndarray, name: str, expected_size: Optional[tuple] = None) -> np.ndarray:
+    """A mask array in memory, bool or integer (H, W), foreground every nonzero pixel, as bool (H, W).
+    A float array is refused (where would 0.5 go?); ``expected_size`` (width, height) is its image's
+    size. InputError naming ``name``, the argument it came from."""
     array = np.asarray(array)
-    jpeg = path.suffix.lower() in JPEG_EXTENSIONS
+    if array.dtype.kind not in "biu":
+        raise InputError(name, f"is an array of dtype {array.dtype}; masks are bool or integer (H, W), foreground "
+                               "= nonzero", "threshold it first, e.g. mask > 0.5")
+    if array.ndim != 2:
+        raise InputError(name, f"is an array of shape {array.shape}; masks are (H, W)",
+                         "pass one single-channel mask per image")
+    return _foreground(array, name, expected_size, jpeg=False)
+
+
+def _foreground(array: np.ndarray, path: Union[Path, str], expected_size: Optional[tuple], jpeg: bool) -> np.ndarray:
+    """The bool (H, W) foreground of the pixel values of mask ``path`` (see :func:`read_mask`)."""
     foreground = _jpeg_foreground if jpeg else (lambda values: values != 0)
     if jpeg:
         _note_jpeg_threshold()

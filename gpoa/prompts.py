@@ -69,7 +69,18 @@ class PromptSet:
         return self.grid.index_to_original_xy(self.negative_indices, self.original_size)
 
     def point_prompts(self) -> PointPrompts:
+        """The point prompts a segmenter takes: positives first, then negatives."""
         return PointPrompts.from_xy(self.positive_points, self.negative_points)
+
+    @property
+    def points(self) -> np.ndarray:
+        """(N, 2) float64 (x, y) original-image pixels of every prompt, as :meth:`point_prompts` orders them."""
+        return self.point_prompts().points
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) int64 labels of :attr:`points`: 1 = positive (object), 0 = negative (background)."""
+        return self.point_prompts().labels
 
     def to_dict(self) -> dict:
         data = {

@@ -9,28 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEMO_CONFIG
+from conftest import DEMO_CONFIG, sets, train
 
 import Generate_initial_prompts
 import main_seg
 import test_GPOA
-import train_GPOA
 from gpoa.agents.network import NodeSetNetwork
 from gpoa.agents.policy_file import POLICY_FORMAT, load_policy, save_policy
 from gpoa.envs import GLOBAL_FEATURES
 from gpoa.graph import NODE_FEATURES
-
-FAST = ["train.total_steps=160", "dqn.learning_starts=32", "dqn.batch_size=16", "train.eval_every=80",
-        "train.parallel_envs=4", "dqn.hidden=32"]
-
-
-def sets(overrides: list) -> list:
-    return [a for o in overrides for a in ("--set", o)]
-
-
-def train(data: Path, checkpoints: Path, *extra) -> int:
-    return train_GPOA.main(["--config", str(DEMO_CONFIG), "--data", str(data), "--run", "tiny",
-                            *sets(FAST + [f"train.checkpoints={checkpoints}"]), *extra])
 
 
 def optimize(data: Path, checkpoints: Path, *extra) -> int:
@@ -39,26 +26,6 @@ def optimize(data: Path, checkpoints: Path, *extra) -> int:
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def trained_master(demo_master, tmp_path_factory):
-    """The membrane demo set with its initial prompts and a tiny trained run (read-only: copy it)."""
-    root = tmp_path_factory.mktemp("trained")
-    data, checkpoints = root / "membrane", root / "checkpoints"
-    shutil.copytree(demo_master / "membrane", data)
-    assert Generate_initial_prompts.main(["--config", str(DEMO_CONFIG), "--data", str(data)]) == 0
-    assert train(data, checkpoints) == 0
-    return data, checkpoints
-
-
-@pytest.fixture
-def trained(trained_master, tmp_path):
-    """A private copy of the trained master (files keep their times, so resuming sees them as they were)."""
-    data, checkpoints = tmp_path / "membrane", tmp_path / "checkpoints"
-    shutil.copytree(trained_master[0], data)
-    shutil.copytree(trained_master[1], checkpoints)
-    return data, checkpoints
 
 
 def test_train_then_optimize_then_segment(trained, capsys):

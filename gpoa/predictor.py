@@ -1,0 +1,214 @@
+"""GPOA from Python: set a reference pair once, then segment as many images as you like.
+
+    from gpoa import GPOAPredictor
+
+    predictor = GPOAPredictor.from_config("configs/demo.yaml", policy="checkpoints/demo/best.pt")
+    predictor.set_reference(image, mask)          # or lists of images and masks (k-shot)
+    result = predictor.predict(target)            # a Prediction
+    result.mask                                   # (H, W) bool
+    result.prompts.optimized.points               # (N, 2) (x, y) pixels; .labels (N,) 1 object, 0 background
+    for result in predictor.predict_many(targets): ...
+
+Like segment-anything's ``SamPredictor``: the models are loaded once (``from_config``), the
+reference is encoded once (``set_reference``), and ``predict`` runs one image. Images are uint8
+arrays (H, W, 3) RGB, (H, W, 4) or (H, W) gray, Pillow images or file paths; masks are bool or
+integer arrays (H, W) (foreground = nonzero), Pillow images or file paths.
+
+``predict`` runs exactly the stages' per-image steps (:mod:`gpoa.inference`): stage 1's initial
+prompts (seeded by the run seed and the image's content), stage 3's policy edit (none with
+``policy=None``: the optimised prompts are the initial ones) and stage 4's decode. For the same
+images, seed and policy it gives the prompts and masks that the four scripts write.
+
+Every bad input raises one :class:`~gpoa.errors.GPOAError` that says what is wrong and how to fix
+it: :class:`~gpoa.errors.InputError` for an image or mask (dtype, shape, a mask of another size than
+its image, an empty reference mask, an unreadable file), :class:`~gpoa.errors.UsageError` for a
+call out of order (``predict`` before ``set_reference``), a config or a policy that cannot be used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+from PIL import Image
+
+from gpoa.backends import Backends
+from gpoa.config import Config, load_config, resolve_device, with_overrides
+from gpoa.errors import InputError, UsageError
+from gpoa.features import patch_features
+from gpoa.inference import (
+    decode_masks,
+    load_optimizer,
+    optimize_sample,
+    propose,
+    reference_features,
+    region_confidence,
+)
+from gpoa.io import (
+    image_from_array,
+    image_from_pil,
+    image_size,
+    mask_from_array,
+    mask_from_pil,
+    read_image,
+    read_mask,
+)
+from gpoa.matching import ReferenceFeatures
+from gpoa.placement import PatchClassifier, fit_patch_classifier
+from gpoa.prompts import PromptSet
+from gpoa.samples import EpisodeSample
+
+#: what an image or a mask may be given as
+ImageLike = Union[np.ndarray, Image.Image, str, Path]
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """The point prompts of one prediction, each a :class:`~gpoa.prompts.PromptSet`: ``.points``
+    (N, 2) float (x, y) pixels of the image, ``.labels`` (N,) int64 (1 object, 0 background),
+    ``.positive_indices`` / ``.negative_indices`` patch indices; ``write_prompt_file`` saves one."""
+
+    initial: PromptSet
+    optimized: PromptSet
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result: ``mask`` (H, W) bool at the image's size, the segmenter's mask of the
+    optimised prompts; ``confidence`` in [0, 1], how step-like the image's match scores are on the
+    region they predict (below ``optimize.min_region_confidence`` the policy keeps the initial
+    prompts); ``prompts`` the initial and the optimised point prompts."""
+
+    mask: np.ndarray
+    confidence: float
+    prompts: Prompts
+
+
+class GPOAPredictor:
+    """One-shot (or k-shot) segmentation with a fixed reference (module docstring).
+
+    ``cfg``: the settings (:func:`gpoa.config.load_config`); ``policy``: a trained policy file, or
+    None for no agent (the initial prompts are segmented); ``device``: ``cpu``, ``cuda``, ``cuda:N``
+    or ``mps``. Models load when first needed and are shared by every image.
+    """
+
+    def __init__(self, cfg: Config, policy: Optional[Union[str, Path]] = None, device: str = "cpu"):
+        self.cfg = cfg
+        self.backends = Backends(cfg, device)
+        self.grid = self.backends.grid
+        self.optimizer = (None if policy is None else
+                          load_optimizer(Path(policy), cfg, self.backends.feature_key, self.grid))
+        self._reference: Optional[ReferenceFeatures] = None
+        self._classifier: Optional[PatchClassifier] = None
+
+    @classmethod
+    def from_config(cls, config: Optional[Union[str, Path, Config]] = None, policy: Optional[Union[str, Path]] = None,
+                    device: str = "auto", seed: Optional[int] = None, overrides: Iterable[str] = ()) -> GPOAPredictor:
+        """A predictor from a YAML file (or a :class:`Config`; None: the defaults, the embedded
+        backends), ``overrides`` (``"key=value"`` as ``--set`` takes them), a ``policy`` file (None: no
+        agent), a ``device`` (``auto``: cuda, then mps, then cpu) and a ``seed`` (None: the config's)."""
+        if isinstance(config, Config):
+            cfg = with_overrides(config, list(overrides))
+        else:
+            cfg = load_config(config, list(overrides))
+        if seed is not None:
+            cfg = dataclasses.replace(cfg, seed=int(seed))
+        return cls(cfg, policy, resolve_device(device))
+
+    # ----- the reference ------------------------------------------------------------------------------
+    def set_reference(self, image: Union[ImageLike, list], mask: Union[ImageLike, list]) -> None:
+        """Encode the reference: one image and its mask, or lists of both (k-shot, every pair used).
+        Each mask has its image's size and some foreground."""
+        images, masks = (list(image), list(mask)) if isinstance(image, (list, tuple)) else ([image], [mask])
+        if isinstance(mask, (list, tuple)) != isinstance(image, (list, tuple)) or len(images) != len(masks):
+            raise UsageError(f"set_reference takes one image and one mask, or two lists of the same length; got "
+                             f"{_count(image)} image(s) and {_count(mask)} mask(s)")
+        if not images:
+            raise UsageError("set_reference needs at least one reference image and its mask")
+        several = len(images) > 1
+        grids, binary = [], []
+        for i, (reference_image, reference_mask) in enumerate(zip(images, masks)):
+            suffix = f" {i}" if several else ""
+            pixels = as_image(reference_image, f"reference image{suffix}")
+            truth = as_mask(reference_mask, f"reference mask{suffix}", image_size(pixels))
+            if not truth.any():
+                raise InputError(_name(reference_mask, f"reference mask{suffix}"), "has no foreground pixels",
+                                 "the reference must contain the object (foreground = nonzero pixels)")
+            grids.append(patch_features(self.backends.extractor, pixels))
+            binary.append(truth)
+        try:
+            reference = reference_features(grids, binary, self.grid, self.cfg)
+        except ValueError as exc:
+            raise InputError(None, f"reference: {exc}") from None
+        self._reference = reference
+        self._classifier = fit_patch_classifier(reference, self.cfg.placement.regularisation)
+
+    # ----- prediction -----------------------------------------------------------------------------------
+    def predict(self, image: ImageLike) -> Prediction:
+        """Segment one image: stage 1's prompts, the policy's edit, the segmenter's mask."""
+        if self._reference is None:
+            raise UsageError("no reference is set: call set_reference(image, mask) before predict()")
+        name = Path(image).name if isinstance(image, (str, Path)) else ""
+        pixels = as_image(image, "image")
+        features = patch_features(self.backends.extractor, pixels)
+        reference, classifier, cfg = self._reference, self._classifier, self.cfg
+        initial = propose(reference, classifier, features, pixels, self.grid, cfg, name)
+        if len(initial.positive_indices) == 0:
+            raise InputError(_name(image, "image"), "no reference foreground patch matched this image (with "
+                                                    f"matching.mutual_nearest={cfg.matching.mutual_nearest})",
+                             "use matching.method=placement, which always places a positive prompt")
+        confidence = region_confidence(reference, classifier, features, self.grid, cfg)
+        segmenter = self.backends.segmenter
+        optimized, embedding = initial, None
+        if self.optimizer is not None:
+            sample = EpisodeSample(Path(name).stem, self.grid, features, initial, reference, image=pixels,
+                                   classifier=classifier)
+            try:
+                result = optimize_sample(self.optimizer, sample, segmenter, cfg.seed)
+            except ValueError as exc:
+                raise InputError(_name(image, "image"), str(exc)) from None
+            optimized, embedding = result.policy.prompt_set, result.embedding
+        mask = decode_masks(segmenter, pixels, [optimized], embedding)[0]
+        return Prediction(mask=mask, confidence=confidence, prompts=Prompts(initial=initial, optimized=optimized))
+
+    def predict_many(self, images: Iterable[ImageLike]) -> Iterator[Prediction]:
+        """:meth:`predict` for each image, in order, one at a time (a generator)."""
+        for image in images:
+            yield self.predict(image)
+
+
+def as_image(value: ImageLike, name: str) -> np.ndarray:
+    """uint8 RGB (H, W, 3) of an image given as an array, a Pillow image or a file path."""
+    if isinstance(value, (str, Path)):
+        return read_image(value)
+    if isinstance(value, Image.Image):
+        return image_from_pil(value, name)
+    if isinstance(value, np.ndarray):
+        return image_from_array(value, name)
+    raise InputError(name, f"is of type {type(value).__name__}", "pass a uint8 array (H, W, 3), a PIL image or a file path")
+
+
+def as_mask(value: ImageLike, name: str, size: tuple) -> np.ndarray:
+    """bool (H, W) of a mask given as an array, a Pillow image or a file path, for an image of ``size``
+    (width, height)."""
+    if isinstance(value, (str, Path)):
+        return read_mask(value, expected_size=size)
+    if isinstance(value, Image.Image):
+        return mask_from_pil(value, name, size)
+    if isinstance(value, np.ndarray):
+        return mask_from_array(value, name, size)
+    raise InputError(name, f"is of type {type(value).__name__}", "pass a bool array (H, W), a PIL image or a file path")
+
+
+def _name(value, name: str):
+    """The file of an input given as a path, else the argument's name (what an error names)."""
+    return value if isinstance(value, (str, Path)) else name
+
+
+def _count(value) -> int:
+    return len(value) if isinstance(value, (list, tuple)) else 1
+
