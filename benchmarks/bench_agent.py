@@ -163,7 +163,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     if not (args.data / "train_image").is_dir():
-        from gpoa.demo_data import write_demo_dataset
+        from gpoa.synth.demo import write_demo_dataset
 
         write_demo_dataset(args.data.parent, seed=0, families=[args.data.name])
     paper = paper_scale(args.repeats)

@@ -370,7 +370,7 @@ def save_random_dinov2(model_name: str, size: int, folder: Path) -> FeaturesConf
 
 def sample_image(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """One generated demo image (objects family, 400-560 x 300-420 px) and its object mask."""
-    from gpoa.demo_data import make_objects_image
+    from gpoa.synth.demo import make_objects_image
 
     return make_objects_image(np.random.default_rng(seed))
 
@@ -560,7 +560,7 @@ class Check:
     def pipeline_config(self, real: bool, n_train: int, n_targets: int) -> Config:
         """``configs/demo.yaml`` on a freshly generated membrane dataset, with a tiny training budget,
         every output in the scratch folder and (``real``) the random DINOv2 and SAM checkpoints."""
-        from gpoa.demo_data import write_demo_dataset
+        from gpoa.synth.demo import write_demo_dataset
 
         settings = self.settings
         root = self.workdir / f"pipeline_{'real' if real else 'embedded'}"

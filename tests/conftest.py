@@ -11,7 +11,7 @@ import torch
 
 import Generate_initial_prompts
 import train_GPOA
-from gpoa.demo_data import write_demo_dataset
+from gpoa.synth.demo import write_demo_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gpoa.demo_data import FAMILIES, image_seed, main, write_demo_dataset
 from gpoa.errors import UsageError
 from gpoa.io import read_image, read_mask
 from gpoa.layout import DatasetLayout, dataset_task
+from gpoa.synth.demo import FAMILIES, image_seed, main, write_demo_dataset
 
 SPLIT_FOLDERS = (("reference_image", "reference_mask"), ("train_image", "train_mask"),
                  ("target_image", "target_mask"))

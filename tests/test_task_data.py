@@ -13,7 +13,7 @@ from PIL import Image
 from gpoa.errors import UsageError
 from gpoa.io import read_image, read_mask
 from gpoa.layout import DatasetLayout, resolve_tasks
-from gpoa.task_data import (
+from gpoa.synth.corpus import (
     MIN_OBJECT_FRACTION,
     SHAPE_KINDS,
     TASK_DATA_VERSION,

@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from gpoa.cli import exit_code_of
+from gpoa.cli import exit_code_of, whole_number
 from gpoa.datasets import BENCHMARKS, convert
-from gpoa.demo_data import whole_number
 
 
 def build_parser() -> argparse.ArgumentParser:
