@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 from synthetic import DISTRACTOR, OBJECT, OUTLIER, DiscSegmenter, make_cfg, node_of, scene, truth_mask
 
-from gpoa.ablation import ABLATION_COLUMNS, PPDRun, ablation_row
 from gpoa.agents.adversarial import (
     ATTACKER,
     DEFENDER,
@@ -22,6 +21,7 @@ from gpoa.agents.adversarial import (
 from gpoa.agents.greedy import GreedyPolicy, run_greedy
 from gpoa.config import DQNConfig
 from gpoa.envs import GLOBAL_FEATURES, EpisodeBank, PromptEnv, VecPromptEnv
+from gpoa.experiments.ablation import ABLATION_COLUMNS, PPDRun, ablation_row
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

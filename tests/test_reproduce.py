@@ -14,7 +14,7 @@ import reproduce
 from gpoa.backends import Backends
 from gpoa.config import Config
 from gpoa.datasets import convert
-from gpoa.reproduce import DomainIndex, Group, group_task
+from gpoa.experiments.reproduce import DomainIndex, Group, group_task
 
 #: small grid and budgets: the fake images are 40 x 32 pixels
 FAST = ["features.working_size=224", "segmenter.n_segments=200", "train.total_steps=48", "train.eval_every=48",

@@ -1,6 +1,6 @@
 """Point Prompt Defender's ablation on one target: ideal → attacked → defended, and initial → defended.
 
-Shared by ``benchmarks/bench_ppd.py`` and the table runner (:mod:`gpoa.reproduce`). On the graph
+Shared by ``benchmarks/bench_ppd.py`` and the table runner (:mod:`gpoa.experiments.reproduce`). On the graph
 the training episodes use:
 
 - **ideal**: prompts sampled from the truth mask (the training episodes' start);
