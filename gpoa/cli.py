@@ -1,4 +1,11 @@
-"""Command line shared by the stage scripts: ``--config``, ``--data``, ``--set``, ``--device``.
+"""The ``gpoa`` command and what every command line shares: ``--config``, ``--data``, ``--set``, ``--device``.
+
+    gpoa prompts | train | optimize | segment   the four stages (also Generate_initial_prompts.py,
+                                                train_GPOA.py, test_GPOA.py and main_seg.py)
+    gpoa convert NAME --src RAW --out DIR        a benchmark into GPOA's domain layout
+    gpoa reproduce TABLE ... --root DATA         the papers' tables (also reproduce.py)
+    gpoa demo-data --out data/demo               the demo families (also python -m gpoa.demo_data)
+    gpoa corpus --out data/tasks --tasks 80      a corpus of generated tasks (python -m gpoa.task_data)
 
 Exit codes: 0 every image done; 1 some images failed (the rest were processed, failures listed);
 2 usage or config error (one line on stderr says what and how to fix it).
@@ -8,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Callable, Optional
 
@@ -42,7 +50,7 @@ def whole_number(minimum: int) -> Callable[[str], int]:
 
 
 def stage_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=EPILOG,
+    parser = argparse.ArgumentParser(prog=prog, description=textwrap.fill(description, 100), epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="FILE", help="YAML config file (default: built-in defaults)")
     parser.add_argument("--data", metavar="DIR", action="append",
@@ -114,3 +122,122 @@ def exit_code_of(prog: str, work: Callable[[], object]) -> int:
     report = result[0] if isinstance(result, tuple) else result
     print(report.summary(), file=sys.stderr if report.exit_code else sys.stdout)
     return report.exit_code
+
+
+# ----- the commands -------------------------------------------------------------------------------
+def prompts(argv: Optional[Sequence[str]] = None, prog: str = "gpoa prompts") -> int:
+    """Stage 1 (:func:`gpoa.stages.initial_prompts.generate_initial_prompts`)."""
+    from gpoa.stages.initial_prompts import generate_initial_prompts
+
+    parser = stage_parser(prog, "Stage 1: match the reference pair(s) onto every target image and write initial "
+                                "point prompts (initial_indices/<stem>.json, overlays/; patch features cached in "
+                                "cache/).")
+    return run_stage(parser, generate_initial_prompts, argv)
+
+
+def train(argv: Optional[Sequence[str]] = None, prog: str = "gpoa train") -> int:
+    """Stage 2 (:func:`gpoa.stages.train.train_policy`)."""
+    from gpoa.stages.train import train_policy
+
+    parser = stage_parser(prog, "Stage 2: train ONE prompt-editing policy over every task given (Double DQN by "
+                                "default; --set agent.learner=ppo|ppd). With env.reward=segmentation (default) it "
+                                "learns from the training pairs, with env.reward=graph from the target prompt files "
+                                "alone. Writes checkpoints/<run>/best.pt, last.pt, log.csv and the curves.")
+    parser.add_argument("--run", metavar="NAME", help="run name: checkpoints/NAME/ (default: a time stamp)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the last checkpoint of --run (or of the most recent run)")
+
+    def overrides(args):
+        return ([f"train.run={args.run}"] if args.run else []) + (["train.resume=true"] if args.resume else [])
+
+    return run_stage(parser, train_policy, argv, overrides)
+
+
+def optimize(argv: Optional[Sequence[str]] = None, prog: str = "gpoa optimize") -> int:
+    """Stage 3 (:func:`gpoa.stages.optimize.optimize_prompts`)."""
+    from gpoa.stages.optimize import optimize_prompts
+
+    parser = stage_parser(prog, "Stage 3: optimise every initial prompt file with a trained policy (greedy, "
+                                "deterministic): optimized_indices/ (+ traces/) and the random_subset, topk and "
+                                "lookahead_rule baselines that stage 4 evaluates beside it.")
+    parser.add_argument("--policy", metavar="PATH", help="policy checkpoint (default: most recent run's best.pt)")
+    return run_stage(parser, optimize_prompts, argv,
+                     lambda args: [f"optimize.policy={args.policy}"] if args.policy else [])
+
+
+def segment(argv: Optional[Sequence[str]] = None, prog: str = "gpoa segment") -> int:
+    """Stage 4 (:func:`gpoa.stages.segmentation.segment_and_evaluate`)."""
+    from gpoa.stages.segmentation import segment_and_evaluate
+
+    parser = stage_parser(prog, "Stage 4: segment every target with each prompt set found (initial, optimized, "
+                                "every other <name>_indices/, each --prompts folder and, with target masks, the "
+                                "'ideal' set) and evaluate: masks, overlays, metrics.csv, summary.csv, summary.md.")
+    parser.add_argument("--prompts", metavar="DIR", action="append", default=[],
+                        help="another folder of <stem>.json prompt files to evaluate (repeatable)")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: DATASET/results)")
+
+    def overrides(args):
+        extra = [f"segmentation.prompts={','.join(args.prompts)}"] if args.prompts else []
+        return extra + ([f"segmentation.out={args.out}"] if args.out else [])
+
+    return run_stage(parser, segment_and_evaluate, argv, overrides)
+
+
+def convert(argv: Optional[Sequence[str]] = None, prog: str = "gpoa convert") -> int:
+    from gpoa.datasets.__main__ import main as convert_main
+
+    return convert_main(argv, prog)
+
+
+def reproduce(argv: Optional[Sequence[str]] = None, prog: str = "gpoa reproduce") -> int:
+    from gpoa.experiments.reproduce import main as reproduce_main
+
+    return reproduce_main(argv, prog)
+
+
+def demo_data(argv: Optional[Sequence[str]] = None, prog: str = "gpoa demo-data") -> int:
+    from gpoa.synth.demo import main as demo_main
+
+    return demo_main(argv, prog)
+
+
+def corpus(argv: Optional[Sequence[str]] = None, prog: str = "gpoa corpus") -> int:
+    from gpoa.synth.corpus import main as corpus_main
+
+    return corpus_main(argv, prog)
+
+
+#: the subcommands of ``gpoa``: name → (command, one line of help)
+COMMANDS = {
+    "prompts": (prompts, "stage 1: initial point prompts for every target"),
+    "train": (train, "stage 2: train one prompt-editing policy over every task given"),
+    "optimize": (optimize, "stage 3: a trained policy edits every initial prompt file"),
+    "segment": (segment, "stage 4: masks of every prompt set, and the metrics where masks exist"),
+    "convert": (convert, "convert a benchmark's download into GPOA's domain layout"),
+    "reproduce": (reproduce, "the papers' tables"),
+    "demo-data": (demo_data, "write the two synthetic demo families"),
+    "corpus": (corpus, "write a corpus of generated one-shot tasks to train a policy on"),
+}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``gpoa COMMAND [options]``: run one of :data:`COMMANDS` (``gpoa COMMAND --help`` for its options)."""
+    from gpoa import __version__
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    listing = "\n".join(f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items())
+    usage = (f"usage: gpoa COMMAND [options]   (gpoa COMMAND --help for its options)\n\n"
+             f"GPOA {__version__}: one-shot segmentation with point prompts that a trained agent edits.\n\n"
+             f"commands:\n{listing}\n")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage, file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"gpoa {__version__}")
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"gpoa: error: unknown command '{argv[0]}'; choose one of {', '.join(COMMANDS)} (gpoa --help)",
+              file=sys.stderr)
+        return 2
+    command, _ = COMMANDS[argv[0]]
+    return command(argv[1:], prog=f"gpoa {argv[0]}")

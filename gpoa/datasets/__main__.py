@@ -12,10 +12,10 @@ from gpoa.cli import exit_code_of, whole_number
 from gpoa.datasets import BENCHMARKS, convert
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m gpoa.datasets") -> argparse.ArgumentParser:
     layouts = "\n\n".join(f"{b.name} ({b.title}):\n{b.layout}" for b in BENCHMARKS.values())
     parser = argparse.ArgumentParser(
-        prog="python -m gpoa.datasets", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Convert a segmentation benchmark's official download into GPOA's domain layout "
                     "(DIR/<domain>/image/, mask/, ignore/) with its fixed-seed episodes (DIR/episodes.json) "
                     "and a record (DIR/dataset.json). Reruns resume; the source is never modified.",
@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m gpoa.datasets") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     return exit_code_of(parser.prog, lambda: convert(args.name, args.src, args.out, seed=args.seed,
                                                      episodes=args.episodes, split_file=args.split_file,
