@@ -35,7 +35,7 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(PY) -m ruff check gpoa tests benchmarks *.py
+	$(PY) -m ruff check gpoa tests benchmarks examples *.py
 
 bench: setup
 	$(PY) benchmarks/bench_features.py
