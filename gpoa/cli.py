@@ -49,6 +49,18 @@ def whole_number(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def run_generator(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
+                  write: Callable[[argparse.Namespace], object]) -> int:
+    """Parse ``argv`` and run ``write(args)`` (a data generator's command line): a UsageError is one
+    line on stderr and exit code 2."""
+    args = parser.parse_args(argv)
+    try:
+        write(args)
+    except UsageError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    return 0
+
+
 def stage_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=textwrap.fill(description, 100), epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -49,7 +49,6 @@ import argparse
 import colorsys
 import io
 import json
-import sys
 import time
 import zlib
 from collections.abc import Sequence
@@ -61,7 +60,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from gpoa.cli import whole_number
+from gpoa.cli import run_generator, whole_number
 from gpoa.errors import UsageError
 from gpoa.io import atomic_write_bytes, atomic_write_json, write_mask
 from gpoa.layout import DatasetLayout
@@ -985,13 +984,5 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m gpoa.task_
     parser.add_argument("--seed", type=whole_number(0), default=0, help="random seed; same seed, same files (default 0)")
     parser.add_argument("--train", type=whole_number(0), default=8, help="training pairs per task (default 8)")
     parser.add_argument("--targets", type=whole_number(1), default=4, help="target pairs per task (default 4)")
-    args = parser.parse_args(argv)
-    try:
-        write_task_corpus(args.out, args.tasks, args.seed, args.train, args.targets, report=print)
-    except UsageError as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_generator(parser, argv, lambda args: write_task_corpus(args.out, args.tasks, args.seed, args.train,
+                                                                     args.targets, report=print))

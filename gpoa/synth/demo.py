@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import zlib
 from collections.abc import Sequence
@@ -41,7 +40,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from gpoa.cli import whole_number
+from gpoa.cli import run_generator, whole_number
 from gpoa.errors import UsageError
 from gpoa.io import atomic_write_json, write_mask, write_png
 from gpoa.layout import DatasetLayout
@@ -545,13 +544,5 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m gpoa.demo_
     parser.add_argument("--targets", type=whole_number(1), default=30, help="target pairs per family (default 30)")
     parser.add_argument("--families", type=_families, default=list(FAMILIES),
                         help=f"comma-separated families (default {','.join(FAMILIES)})")
-    args = parser.parse_args(argv)
-    try:
-        write_demo_dataset(args.out, args.seed, args.train, args.targets, args.families, report=print)
-    except UsageError as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_generator(parser, argv, lambda args: write_demo_dataset(args.out, args.seed, args.train, args.targets,
+                                                                      args.families, report=print))
