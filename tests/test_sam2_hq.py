@@ -326,7 +326,7 @@ FAST = ["features.backend=handcrafted", "features.working_size=224", "placement.
         "placement.n_negative=3", "segmentation.ideal_positive=3", "segmentation.ideal_negative=3",
         "graph.extra_positive=2", "graph.extra_negative=2", "env.episode_length=2",
         "train.total_steps=8", "train.eval_every=8", "train.parallel_envs=2", "dqn.learning_starts=4",
-        "dqn.batch_size=4", "dqn.hidden=16"]
+        "dqn.batch_size=4", "dqn.hidden=16", "dqn.buffer_size=64", "env.max_nodes=32"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
