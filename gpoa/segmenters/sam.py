@@ -6,11 +6,9 @@ The model comes from ``segment_anything.sam_model_registry[model_type]`` and its
 decoder on batches of prompt sets against that embedding.
 
 Batching: prompt sets with the same number of points share one prompt-encoder + mask-decoder
-call (one call per distinct size). Sets of different sizes are not padded into one call because
-SAM's "not a point" label (-1) is a learned token, not an ignored one: extra padding tokens take
-part in the decoder's attention and change the masks, so a set's mask would depend on the other
-sets in its batch. Grouped this way every set gets exactly the mask ``SamPredictor.predict`` gives
-it alone (up to float rounding).
+call (:func:`gpoa.segmenters.common.decode_by_size`, which says why sets are not padded into one
+call), so every set gets exactly the mask ``SamPredictor.predict`` gives it alone (up to float
+rounding). The checkpoint must fit the model exactly (:func:`gpoa.segmenters.common.load_strict`).
 """
 
 from __future__ import annotations

@@ -166,9 +166,10 @@ def load_sam2(model_type: str, checkpoint: str) -> torch.nn.Module:
     state = read_state_dict(checkpoint, "SAM 2", download)
     from sam2.build_sam import build_sam2
 
+    def explain(missing: list, unexpected: list, mismatched: list) -> Optional[str]:
+        if set(missing) == SAM21_ONLY_KEYS and not unexpected and not mismatched:
+            return f"is a SAM 2.0 checkpoint (it lacks SAM 2.1's {', '.join(missing)}); GPOA builds SAM 2.1: {download}"
+        return None
+
     model = build_sam2(spec.config, ckpt_path=None, device="cpu", hydra_overrides_extra=list(spec.overrides))
-    return load_strict(model, state, checkpoint, "SAM 2", model_type, download,
-                       explain=lambda missing, unexpected, mismatched: (
-                           f"is a SAM 2.0 checkpoint (it lacks SAM 2.1's {', '.join(missing)}); GPOA builds SAM "
-                           f"2.1 models: {download}" if set(missing) == SAM21_ONLY_KEYS and not unexpected
-                           and not mismatched else None))
+    return load_strict(model, state, checkpoint, "SAM 2", model_type, download, explain=explain)
