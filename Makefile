@@ -9,11 +9,15 @@ CONFIG := configs/demo.yaml
 
 .PHONY: setup demo test lint bench clean-demo
 
+# gpoa is installed with its optional SAM 2.1 and HQ-SAM backends (extras sam2, hq), so their tests
+# run. sam2 is an sdist built against the installed torch (no build isolation) and, with
+# SAM2_BUILD_CUDA=0, without its CUDA extension; setuptools >= 70.1 builds wheels by itself.
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -r requirements.txt
-	$(PY) -m pip install --no-deps -e .
+	$(PY) -m pip install 'setuptools>=70.1'
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install --no-build-isolation -e '.[sam2,hq]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -2,28 +2,33 @@
 
     python benchmarks/gpu_check.py                                   # CPU laptop: --small, well under a minute
     python benchmarks/gpu_check.py --device cuda --out gpu.json      # a lent GPU: real sizes
-    python benchmarks/gpu_check.py --device cuda --real --out gpu.json   # + the pipeline on SAM/DINOv2
+    python benchmarks/gpu_check.py --device cuda --real --out gpu.json   # + the pipeline on DINOv2 and each SAM
+    python benchmarks/gpu_check.py --device cuda --segmenters sam2,sam_hq  # only SAM 2 and HQ-SAM
 
 No weights are needed: every model is RANDOMLY INITIALISED at its real size, saved to a temporary
 checkpoint and loaded through the project's own loaders and wrappers
-(:class:`gpoa.features.dinov2.DinoV2Extractor`, :class:`gpoa.segmenters.sam.SamSegmenter`, built by
+(:class:`gpoa.features.dinov2.DinoV2Extractor`, the ``sam``, ``sam2`` and ``sam_hq`` segmenters, built by
 ``build_feature_extractor`` / ``build_segmenter`` as the stages build them), so what is timed is
 the project's code path. Random weights cost exactly what trained ones cost; the masks they give are
 meaningless, which does not matter here.
 
 Models. Default (real sizes): DINOv2 ViT-L/14 (timm ``vit_large_patch14_dinov2``) at 560 px, SAM
-``vit_h`` and ``vit_l`` (segment-anything's registry) at 1024 px. ``--small`` (the CPU smoke test;
-on by default when the device is the CPU): DINOv2 ViT-S/14 at 112 px and a tiny SAM (a 2-block,
-64-wide image encoder at 256 px with SAM's real prompt encoder and mask decoder), 1 and 8 prompt
-sets, 1 repeat.
+``vit_h`` and ``vit_l`` (segment-anything's registry), SAM 2.1 ``hiera_l`` and ``hiera_t`` (the
+``sam2`` package) and HQ-SAM ``vit_l`` (segment-anything-hq), all at 1024 px. ``--segmenters``
+picks the backends (default ``sam,sam2,sam_hq``; one whose package is not installed gives a
+"skipped" row). ``--small`` (the CPU smoke test; on by default when the device is the CPU):
+DINOv2 ViT-S/14 at 112 px and each backend's tiny model (:mod:`gpoa.segmenters.tiny`: the real
+prompt encoder and mask decoder behind a tiny image encoder; SAM and HQ-SAM at 256 px, SAM 2 at
+its fixed 1024 px with a 64-wide decoder), 1 and 8 prompt sets, 1 repeat.
 
 What each number means. Every time is the median over ``--repeats`` calls after one warm-up call
 (``benchmarks/timing.py``), the device synchronised, in seconds per image:
 
 - ``features``: ``DinoV2Extractor.extract`` of one image (resize to the working size, ViT forward,
   L2 normalisation, copy to the host) — the backbone's share of stage 1's cost per image.
-- ``sam embed``: ``SamSegmenter.embed`` of one image (SAM's image encoder, once per image).
-- ``sam decode``: one ``SamSegmenter.decode`` call against that embedding with ``batch`` prompt
+- ``sam embed`` (``sam2 embed``, ``sam_hq embed``): the segmenter's ``embed`` of one image (the
+  image encoder, once per image).
+- ``sam decode`` (``sam2 decode``, ``sam_hq decode``): one ``decode`` call against that embedding with ``batch`` prompt
   sets of 16 points (8 positive, 8 negative) — one prompt-encoder + mask-decoder pass, masks
   upsampled to the image and copied to the host. This is the batched call the training
   environments make (``gpoa/envs/vec_env.py``: one decode per image with every environment's
@@ -34,8 +39,10 @@ What each number means. Every time is the median over ``--repeats`` calls after 
   wall time divided by the images it handled (``batch``: targets for stages 1, 3 and 4, training
   images for stage 2; model loading included, as in a real run); the note gives the stage's total.
   Run with the embedded backends (handcrafted features, classical segmenter: CPU code, only the
-  policy network uses the GPU) and, with ``--real``, once more with the random DINOv2 and SAM
-  ``vit_l`` checkpoints (``configs/sam_dinov2.yaml``'s backends; with ``--small`` the tiny models).
+  policy network uses the GPU) and, with ``--real``, once more per segmenter backend with the
+  random DINOv2 and that backend's paper-size model: SAM ``vit_l``, SAM 2.1 ``hiera_l``, HQ-SAM
+  ``vit_l`` (the backends of ``configs/sam_dinov2.yaml``, ``configs/sam2_dinov2.yaml`` and
+  ``configs/samhq_dinov2.yaml``; with ``--small`` the tiny models).
   ``--train-steps`` sets stage 2's budget, ``--skip-pipeline`` leaves the pass out.
 
 Precision: ``fp32``, then the same calls inside ``torch.autocast`` — bf16 on CUDA when the GPU
@@ -52,8 +59,9 @@ when every row was measured (OOM and unsupported-dtype rows included), 1 when a 
 another error (its note says which), 2 for a usage error.
 
 On a lent GPU with little device time: the real-size run builds, saves and reloads about 5 GB of
-random weights (SAM vit_h and vit_l, DINOv2 ViT-L; typically well under a minute) before the
-timings, which take a few seconds each; ``--skip-pipeline`` saves the pass's minute or two.
+random weights (SAM vit_h and vit_l, DINOv2 ViT-L) and about 2.5 GB more for SAM 2.1 hiera_l and
+hiera_t and HQ-SAM vit_l (typically a minute in all) before the timings, which take a few seconds
+each; ``--skip-pipeline`` saves the passes' minute or two each, ``--segmenters`` leaves backends out.
 ``--threads 1`` steadies CPU timings on a machine other work keeps busy.
 """
 
@@ -70,7 +78,6 @@ import traceback
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -78,18 +85,19 @@ import numpy as np
 import torch
 from timing import time_ms
 
-from gpoa.config import Config, FeaturesConfig, SegmenterConfig, load_config, resolve_device
+from gpoa.config import Config, FeaturesConfig, load_config, resolve_device
 from gpoa.errors import UsageError
 from gpoa.features import FeatureExtractor, build_feature_extractor
 from gpoa.io import atomic_write_json
 from gpoa.prompts import PointPrompts
-from gpoa.segmenters import Segmenter, build_segmenter
+from gpoa.segmenters import OPTIONAL_PACKAGES, Segmenter, build_segmenter
+from gpoa.segmenters.tiny import TINY_MODEL_TYPES, save_random_segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
-#: registry name of the tiny SAM of --small (added to segment-anything's registry in this process only)
-TINY_SAM = "vit_tiny_gpu_check"
-TINY_SAM_IMG_SIZE = 256
+#: the segmenter backends the check can time, and their models at real sizes (the first of each is the
+#: one the --real pipeline runs: the paper's size)
+SEGMENTER_MODELS = {"sam": ("vit_l", "vit_h"), "sam2": ("hiera_l", "hiera_t"), "sam_hq": ("vit_l",)}
 POINTS_PER_SET = 16  # 8 positive + 8 negative, the demo config's initial prompt count
 PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -102,7 +110,8 @@ class Settings:
     device: str
     small: bool
     repeats: int
-    sam_models: tuple
+    segmenters: tuple
+    segmenter_models: tuple
     dinov2_model: str
     dinov2_size: int
     decode_batches: tuple
@@ -111,15 +120,38 @@ class Settings:
     train_steps: int
 
     @property
-    def pipeline_sam(self) -> str:
-        """The SAM the --real pipeline runs: the paper's vit_l (the tiny SAM with --small)."""
-        return TINY_SAM if self.small else "vit_l"
+    def pipeline_segmenters(self) -> tuple:
+        """(backend, model_type) of each --real pipeline pass: the first model of each backend."""
+        first: dict = {}
+        for backend, model_type in self.segmenter_models:
+            first.setdefault(backend, model_type)
+        return tuple(first.items())
+
+    @property
+    def missing(self) -> tuple:
+        """The requested backends whose package is not installed (they get a "skipped" row)."""
+        models = {backend for backend, _ in self.segmenter_models}
+        return tuple(backend for backend in self.segmenters if backend not in models)
+
+
+def installed(backend: str) -> bool:
+    """Whether the package of segmenter ``backend`` can be imported here."""
+    import importlib.util
+
+    package = OPTIONAL_PACKAGES[backend][0] if backend in OPTIONAL_PACKAGES else "segment_anything"
+    return importlib.util.find_spec(package) is not None
 
 
 def resolve_settings(device: str, small: Optional[bool] = None, repeats: Optional[int] = None,
-                     pipeline: bool = True, real: bool = False, train_steps: Optional[int] = None) -> Settings:
+                     pipeline: bool = True, real: bool = False, train_steps: Optional[int] = None,
+                     segmenters: Sequence[str] = tuple(SEGMENTER_MODELS)) -> Settings:
     """The check's settings for ``device`` (``auto`` resolved: cuda → mps → cpu). ``small`` defaults
-    to on for the CPU and off elsewhere; ``repeats`` to 1 when small, else 5."""
+    to on for the CPU and off elsewhere; ``repeats`` to 1 when small, else 5. ``segmenters``: the
+    backends to time (of :data:`SEGMENTER_MODELS`); those not installed are listed in ``missing``."""
+    unknown = [backend for backend in segmenters if backend not in SEGMENTER_MODELS]
+    if unknown or not segmenters:
+        raise UsageError(f"--segmenters takes a comma-separated list of {', '.join(SEGMENTER_MODELS)}, got "
+                         f"'{','.join(segmenters)}'")
     device = resolve_device(device)
     small = device == "cpu" if small is None else small
     repeats = (1 if small else 5) if repeats is None else repeats
@@ -128,8 +160,10 @@ def resolve_settings(device: str, small: Optional[bool] = None, repeats: Optiona
     train_steps = (24 if small else 96) if train_steps is None else train_steps
     if train_steps < 1:
         raise UsageError(f"--train-steps must be at least 1, got {train_steps}")
-    return Settings(device=device, small=small, repeats=repeats,
-                    sam_models=(TINY_SAM,) if small else ("vit_h", "vit_l"),
+    segmenters = tuple(dict.fromkeys(segmenters))
+    models = tuple((backend, model_type) for backend in segmenters if installed(backend)
+                   for model_type in ((TINY_MODEL_TYPES[backend],) if small else SEGMENTER_MODELS[backend]))
+    return Settings(device=device, small=small, repeats=repeats, segmenters=segmenters, segmenter_models=models,
                     dinov2_model="vit_small_patch14_dinov2" if small else "vit_large_patch14_dinov2",
                     dinov2_size=112 if small else 560,
                     decode_batches=(1, 8) if small else (1, 8, 32, 128),
@@ -283,7 +317,8 @@ def format_table(rows: Sequence[Row], memory_kind: str) -> str:
 def header_line(settings: Settings) -> str:
     decode = "/".join(str(b) for b in settings.decode_batches)
     return (f"gpoa gpu check: torch {torch.__version__} | device {settings.device} ({device_name(settings.device)}) "
-            f"| {'small' if settings.small else 'real sizes'}: SAM {', '.join(settings.sam_models)}, "
+            f"| {'small' if settings.small else 'real sizes'}: "
+            f"{', '.join(f'{backend} {model}' for backend, model in settings.segmenter_models) or 'no segmenter'}, "
             f"DINOv2 {settings.dinov2_model} @ {settings.dinov2_size} px, decode batches {decode}, "
             f"{settings.repeats} repeat(s) | pipeline: "
             + (("embedded" + (" + real" if settings.real_pipeline else "")
@@ -310,51 +345,6 @@ def _first_line(message: object) -> str:
 
 
 # ----- random real-size models behind the project's loaders ---------------------------------------
-def build_tiny_sam(checkpoint: Optional[str] = None, img_size: int = TINY_SAM_IMG_SIZE) -> torch.nn.Module:
-    """A tiny SAM: a 2-block, 64-wide ViT image encoder at ``img_size`` px (16 px patches) with
-    SAM's real prompt encoder and mask decoder (256 wide, as in every SAM size). Random weights;
-    ``checkpoint`` is there for segment-anything's registry signature and must be ``None``."""
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    if checkpoint is not None:
-        raise ValueError("the tiny SAM is built with random weights; load a checkpoint through gpoa's load_sam")
-    prompt_dim, patch = 256, 16
-    grid = img_size // patch
-    return Sam(
-        image_encoder=ImageEncoderViT(depth=2, embed_dim=64, img_size=img_size, mlp_ratio=4,
-                                      norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=2,
-                                      patch_size=patch, qkv_bias=True, use_rel_pos=True, global_attn_indexes=(1,),
-                                      window_size=8, out_chans=prompt_dim),
-        prompt_encoder=PromptEncoder(embed_dim=prompt_dim, image_embedding_size=(grid, grid),
-                                     input_image_size=(img_size, img_size), mask_in_chans=16),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3,
-                                 transformer=TwoWayTransformer(depth=2, embedding_dim=prompt_dim, mlp_dim=2048,
-                                                               num_heads=8),
-                                 transformer_dim=prompt_dim, iou_head_depth=3, iou_head_hidden_dim=256),
-        pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
-
-
-def register_tiny_sam() -> None:
-    """Make :data:`TINY_SAM` a model type of segment-anything's registry (this process only), so
-    ``segmenter.model_type`` can name it and gpoa's ``load_sam`` builds it like any other."""
-    import segment_anything
-
-    segment_anything.sam_model_registry.setdefault(TINY_SAM, build_tiny_sam)
-
-
-def save_random_sam(model_type: str, folder: Path) -> SegmenterConfig:
-    """A randomly initialised SAM of ``model_type`` saved to ``folder`` → the segmenter config that loads it."""
-    import segment_anything
-
-    register_tiny_sam()
-    path = folder / f"sam_{model_type}_random.pth"
-    if not path.is_file():
-        model = segment_anything.sam_model_registry[model_type](checkpoint=None)
-        torch.save(model.state_dict(), path)
-        del model
-    return SegmenterConfig(backend="sam", model_type=model_type, checkpoint=str(path), multimask="single")
-
-
 def save_random_dinov2(model_name: str, size: int, folder: Path) -> FeaturesConfig:
     """A randomly initialised timm DINOv2 ``model_name`` at ``size`` px saved to ``folder`` → the
     features config that loads it (through gpoa's checkpoint conversion, as a real one would be)."""
@@ -467,22 +457,23 @@ class Check:
 
         self.measure("features", label, precision, 1, extract)
 
-    def sam(self, model_type: str) -> None:
-        """SAM image embedding of one image, then batched decodes against it, in each precision."""
-        label = f"sam {model_type}" + (f" @ {TINY_SAM_IMG_SIZE}px" if model_type == TINY_SAM else "")
-        segmenter = self.load("sam embed", label, lambda: build_segmenter(
-            Config(segmenter=save_random_sam(model_type, self.workdir)), device=self.device))
+    def segmenter(self, backend: str, model_type: str) -> None:
+        """A segmenter's image embedding of one image, then batched decodes against it, in each precision."""
+        label = f"{backend} {model_type}"
+        segmenter = self.load(f"{backend} embed", label, lambda: build_segmenter(
+            Config(segmenter=save_random_segmenter(backend, model_type, self.workdir)), device=self.device))
         if segmenter is not None:
             for dtype in self.precisions:
-                self.time_sam(segmenter, label, dtype)
+                self.time_segmenter(segmenter, backend, label, dtype)
                 free_memory(self.device)
         del segmenter
         free_memory(self.device)
 
-    def time_sam(self, segmenter: Segmenter, label: str, dtype: torch.dtype) -> None:
+    def time_segmenter(self, segmenter: Segmenter, backend: str, label: str, dtype: torch.dtype) -> None:
         precision = precision_name(dtype)
+        embed_row, decode_row = f"{backend} embed", f"{backend} decode"
         if dtype != torch.float32 and self.refusal:
-            for component in ("sam embed", "sam decode"):
+            for component in (embed_row, decode_row):
                 self.add(Row(component, label, precision, 1, None, None, self.refusal))
             return
 
@@ -492,9 +483,9 @@ class Check:
             with precision_context(self.device, dtype):
                 kept["embedding"] = segmenter.embed(self.image)
 
-        if not self.measure("sam embed", label, precision, 1, embed):
+        if not self.measure(embed_row, label, precision, 1, embed):
             for batch in self.settings.decode_batches:
-                self.add(Row("sam decode", label, precision, batch, None, None, "skipped: no embedding"))
+                self.add(Row(decode_row, label, precision, batch, None, None, "skipped: no embedding"))
             return
         embedding = kept.pop("embedding")
         sets = random_prompt_sets(self.mask, max(self.settings.decode_batches))
@@ -503,12 +494,18 @@ class Check:
                 with precision_context(self.device, dtype):
                     segmenter.decode(embedding, batch_sets)
 
-            self.measure("sam decode", label, precision, batch, decode)
+            self.measure(decode_row, label, precision, batch, decode)
 
-    def pipeline(self, real: bool) -> None:
-        """Stages 1-4 once over a generated demo dataset: the embedded backends, or (``real``) the
-        random DINOv2 and SAM checkpoints. A stage that fails ends the pass (the next ones need its
-        outputs); its row and the skipped ones say so."""
+    def not_installed(self, backend: str) -> None:
+        """The row of a requested backend whose package is not installed (not a failure)."""
+        package, install = OPTIONAL_PACKAGES[backend]
+        self.add(Row(f"{backend} embed", backend, "fp32", 1, None, None,
+                     f"skipped: the package '{package}' is not installed ({install})"))
+
+    def pipeline(self, segmenter: Optional[tuple] = None) -> None:
+        """Stages 1-4 once over a generated demo dataset: the embedded backends, or the random
+        DINOv2 and ``segmenter`` = (backend, model_type) checkpoints. A stage that fails ends the
+        pass (the next ones need its outputs); its row and the skipped ones say so."""
         from gpoa.runtime import seed_everything
         from gpoa.stages.initial_prompts import generate_initial_prompts
         from gpoa.stages.optimize import optimize_prompts
@@ -517,7 +514,7 @@ class Check:
 
         settings = self.settings
         n_train, n_targets = (3, 2) if settings.small else (6, 6)
-        label = (f"{settings.dinov2_model} + sam {settings.pipeline_sam}" if real else "handcrafted + classical")
+        label = (f"{settings.dinov2_model} + {' '.join(segmenter)}" if segmenter else "handcrafted + classical")
         stages = (("pipeline 1 initial prompts", generate_initial_prompts, n_targets),
                   ("pipeline 2 train", train_policy, n_train),
                   ("pipeline 3 optimize", optimize_prompts, n_targets),
@@ -529,7 +526,7 @@ class Check:
                 self.add(Row(later, label, "fp32", count, None, None, "skipped: an earlier step failed"))
 
         try:
-            cfg = self.pipeline_config(real, n_train, n_targets)
+            cfg = self.pipeline_config(segmenter, n_train, n_targets)
         except Exception as exc:  # report, keep the rows of the other measurements
             give_up(0, describe_error(exc).replace("error:", "error while preparing the pass:", 1))
             return
@@ -557,22 +554,23 @@ class Check:
             torch.set_num_threads(threads)
             free_memory(self.device)
 
-    def pipeline_config(self, real: bool, n_train: int, n_targets: int) -> Config:
+    def pipeline_config(self, segmenter: Optional[tuple], n_train: int, n_targets: int) -> Config:
         """``configs/demo.yaml`` on a freshly generated membrane dataset, with a tiny training budget,
-        every output in the scratch folder and (``real``) the random DINOv2 and SAM checkpoints."""
+        every output in the scratch folder and (``segmenter`` = (backend, model_type)) the random
+        DINOv2 and segmenter checkpoints."""
         from gpoa.synth.demo import write_demo_dataset
 
         settings = self.settings
-        root = self.workdir / f"pipeline_{'real' if real else 'embedded'}"
+        root = self.workdir / f"pipeline_{segmenter[0] if segmenter else 'embedded'}"
         overrides = [f"workspace={root / 'workspace'}", f"train.checkpoints={root / 'checkpoints'}",
                      "train.run=gpu_check", f"train.total_steps={settings.train_steps}",
                      f"train.eval_every={settings.train_steps}", "train.parallel_envs=4",
                      f"dqn.learning_starts={min(32, settings.train_steps)}", "dqn.batch_size=16"]
-        if real:
+        if segmenter:
             features = save_random_dinov2(settings.dinov2_model, settings.dinov2_size, self.workdir)
-            segmenter = save_random_sam(settings.pipeline_sam, self.workdir)
+            random_segmenter = save_random_segmenter(*segmenter, self.workdir)
             overrides += [f"features.{key}={value}" for key, value in asdict(features).items()]
-            overrides += [f"segmenter.{key}={getattr(segmenter, key)}"
+            overrides += [f"segmenter.{key}={getattr(random_segmenter, key)}"
                           for key in ("backend", "model_type", "checkpoint", "multimask")]
         cfg = load_config(DEMO_CONFIG, overrides)
         with contextlib.redirect_stdout(sys.stderr):
@@ -582,13 +580,17 @@ class Check:
         return cfg
 
     def run(self) -> list:
+        settings = self.settings
         self.features()
-        for model_type in self.settings.sam_models:
-            self.sam(model_type)
-        if self.settings.pipeline:
-            self.pipeline(real=False)
-            if self.settings.real_pipeline:
-                self.pipeline(real=True)
+        for backend, model_type in settings.segmenter_models:
+            self.segmenter(backend, model_type)
+        for backend in settings.missing:
+            self.not_installed(backend)
+        if settings.pipeline:
+            self.pipeline()
+            if settings.real_pipeline:
+                for segmenter in settings.pipeline_segmenters:
+                    self.pipeline(segmenter)
         return self.rows
 
 
@@ -617,7 +619,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, metavar="FILE.json", help="also write the numbers as JSON")
     parser.add_argument("--skip-pipeline", action="store_true", help="do not run the four-stage pass")
     parser.add_argument("--real", action="store_true",
-                        help="also run the four-stage pass with the random DINOv2 and SAM checkpoints")
+                        help="also run the four-stage pass with the random DINOv2 and each segmenter's checkpoint")
+    parser.add_argument("--segmenters", default=",".join(SEGMENTER_MODELS), metavar="LIST",
+                        help=f"comma-separated segmenter backends to time (default {','.join(SEGMENTER_MODELS)})")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (default 0: torch's own choice); 1 is steadier on a busy machine")
     parser.add_argument("--train-steps", type=int, default=None,
@@ -629,7 +633,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         settings = resolve_settings(args.device, small=args.small, repeats=args.repeats,
-                                    pipeline=not args.skip_pipeline, real=args.real, train_steps=args.train_steps)
+                                    pipeline=not args.skip_pipeline, real=args.real, train_steps=args.train_steps,
+                                    segmenters=[name.strip() for name in args.segmenters.split(",") if name.strip()])
     except UsageError as exc:
         print(f"gpu_check.py: error: {exc}", file=sys.stderr)
         return 2

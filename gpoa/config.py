@@ -43,20 +43,25 @@ class FeaturesConfig:
 
 @dataclass
 class SegmenterConfig:
-    """Promptable segmenter. ``classical`` is the embedded default; ``sam`` is the paper's."""
+    """Promptable segmenter. ``classical`` is the embedded default; ``sam`` is the paper's; ``sam2``
+    (SAM 2.1) and ``sam_hq`` (HQ-SAM) are the same door for their models (checkpoints/README.md)."""
 
     backend: str = "classical"
-    # sam backend: vit_b, vit_l or vit_h (segment-anything's registry)
+    # the model size: sam vit_b, vit_l or vit_h (segment-anything's registry); sam2 hiera_t,
+    # hiera_s, hiera_b+ or hiera_l (SAM 2.1's configs); sam_hq vit_b, vit_l, vit_h or vit_tiny
     model_type: str = "vit_l"
     checkpoint: str = "checkpoints/sam_vit_l_0b3195.pth"
-    # which of SAM's masks to keep: "single" (one-mask output), "best" (highest predicted IoU of
-    # the three), or "0", "1", "2" (a fixed multimask index)
+    # which mask to keep per prompt set: "single" (the one-mask output), "best" (highest predicted
+    # IoU of the three), or "0", "1", "2" (a fixed multimask index; sam and sam2). sam_hq takes
+    # single or best: it adds its HQ mask to the kept SAM mask, one mask per set either way
     multimask: str = "single"
-    # sam backend: "exact" decodes prompt sets of equal size together (one mask-decoder call per
-    # distinct size; each mask equals SamPredictor.predict of its set alone); "pad" makes one call
-    # for all sets, padding shorter ones with SAM's "not a point" label -1. SAM attends to the pad
-    # tokens, so a padded set's mask can differ slightly from its unpadded mask.
+    # sam, sam2 and sam_hq: "exact" decodes prompt sets of equal size together (one mask-decoder
+    # call per distinct size; each mask equals the official predictor's for its set alone); "pad"
+    # makes one call for all sets, padding shorter ones with the "not a point" label -1. The models
+    # attend to the pad tokens, so a padded set's mask can differ slightly from its unpadded mask.
     sam_batching: str = "exact"
+    # sam_hq: keep the HQ mask alone instead of SAM's mask plus the HQ mask (HQ-SAM's default: off)
+    hq_token_only: bool = False
     # classical backend: superpixels per image, and the edge sharpness of the region graph
     n_segments: int = 900
     compactness: float = 12.0

@@ -37,10 +37,11 @@ def measured(row: dict) -> bool:
 
 
 def check_model_rows(rows: list) -> None:
-    """Features, SAM embed and SAM decode (batches 1 and 8) in fp32, measured; the bf16 autocast rows
-    measured or, where this torch refuses bf16 on the CPU, saying so."""
+    """Features, and each segmenter's embed and decode (batches 1 and 8) in fp32, measured; the bf16
+    autocast rows measured or, where this torch refuses bf16 on the CPU, saying so."""
     by_key = {(r["component"], r["precision"], r["batch"]): r for r in rows}
-    expected = [("features", 1), ("sam embed", 1), ("sam decode", 1), ("sam decode", 8)]
+    expected = [("features", 1)] + [(f"{backend} {what}", batch) for backend in ("sam", "sam2", "sam_hq")
+                                    for what, batch in (("embed", 1), ("decode", 1), ("decode", 8))]
     for component, batch in expected:
         fp32 = by_key[(component, "fp32", batch)]
         assert measured(fp32), fp32
@@ -78,12 +79,19 @@ def test_cpu_smoke_run_with_the_pipeline(tmp_path):
 def test_settings_default_to_small_on_the_cpu_and_real_sizes_otherwise():
     small = gpu_check.resolve_settings("cpu")
     assert small.small and small.repeats == 1 and small.decode_batches == (1, 8)
-    assert small.sam_models == (gpu_check.TINY_SAM,) and small.dinov2_size == 112
+    assert small.segmenter_models == (("sam", "vit_tiny_random"), ("sam2", "hiera_tiny_random"),
+                                      ("sam_hq", "vit_tiny_random")) and small.dinov2_size == 112
+    assert small.pipeline_segmenters == small.segmenter_models and small.missing == ()
     assert small.dinov2_model == "vit_small_patch14_dinov2"
     real = gpu_check.resolve_settings("cpu", small=False)
-    assert real.sam_models == ("vit_h", "vit_l") and real.decode_batches == (1, 8, 32, 128)
+    assert real.segmenter_models == (("sam", "vit_l"), ("sam", "vit_h"), ("sam2", "hiera_l"), ("sam2", "hiera_t"),
+                                     ("sam_hq", "vit_l"))
+    assert real.decode_batches == (1, 8, 32, 128)
     assert real.dinov2_model == "vit_large_patch14_dinov2" and real.dinov2_size == 560 and real.repeats == 5
-    assert real.pipeline_sam == "vit_l"
+    # the --real pipeline runs the paper's size of each backend
+    assert real.pipeline_segmenters == (("sam", "vit_l"), ("sam2", "hiera_l"), ("sam_hq", "vit_l"))
+    only = gpu_check.resolve_settings("cpu", small=False, segmenters=["sam2"])
+    assert only.segmenter_models == (("sam2", "hiera_l"), ("sam2", "hiera_t")) and only.segmenters == ("sam2",)
     auto = gpu_check.resolve_settings("auto")
     assert auto.device in ("cuda", "mps", "cpu") and auto.small == (auto.device == "cpu")
 
@@ -93,6 +101,8 @@ def test_usage_errors_exit_2(capsys):
     assert "--repeats must be at least 1" in capsys.readouterr().err
     assert gpu_check.main(["--device", "tpu"]) == 2
     assert "unknown device 'tpu'" in capsys.readouterr().err
+    assert gpu_check.main(["--device", "cpu", "--segmenters", "sam,sam3"]) == 2
+    assert "--segmenters takes a comma-separated list of sam, sam2, sam_hq, got 'sam,sam3'" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert gpu_check.main(["--device", "cuda"]) == 2
 
@@ -156,7 +166,18 @@ def test_refused_autocast_gives_rows_not_a_crash(check):
 
     check.refusal = "bf16 autocast is not supported on cpu: test"
     check.time_features(NeverCalled(), "dinov2", torch.bfloat16)
-    check.time_sam(NeverCalled(), "sam", torch.bfloat16)
+    check.time_segmenter(NeverCalled(), "sam2", "sam2 hiera_l", torch.bfloat16)
     assert [(r.component, r.precision, r.note) for r in check.rows] == [
-        ("features", "bf16", check.refusal), ("sam embed", "bf16", check.refusal),
-        ("sam decode", "bf16", check.refusal)]
+        ("features", "bf16", check.refusal), ("sam2 embed", "bf16", check.refusal),
+        ("sam2 decode", "bf16", check.refusal)]
+
+
+def test_a_backend_whose_package_is_missing_gets_a_skipped_row(monkeypatch, tmp_path):
+    monkeypatch.setattr(gpu_check, "installed", lambda backend: backend != "sam_hq")
+    settings = gpu_check.resolve_settings("cpu", small=False)
+    assert settings.missing == ("sam_hq",) and all(b != "sam_hq" for b, _ in settings.segmenter_models)
+    check = gpu_check.Check(settings, tmp_path)
+    check.not_installed("sam_hq")
+    row = check.rows[0]
+    assert row.component == "sam_hq embed" and row.seconds_per_image is None and not row.failed
+    assert row.note == "skipped: the package 'segment_anything_hq' is not installed (pip install '.[hq]')"

@@ -2,12 +2,15 @@
 many point-prompt sets against that embedding, batched.
 
 ``build_segmenter(cfg, device)`` is the one door: ``segmenter.backend`` picks ``classical`` (the
-embedded default: superpixel region graph + random-walker propagation, no download) or ``sam``
-(segment-anything from a local checkpoint).
+embedded default: superpixel region graph + random-walker propagation, no download), ``sam``
+(segment-anything), ``sam2`` (SAM 2.1, the ``sam2`` package) or ``sam_hq`` (HQ-SAM,
+segment-anything-hq), each from a local checkpoint (checkpoints/README.md).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Sequence
 from typing import Any, Optional, Protocol, runtime_checkable
 
@@ -71,14 +74,32 @@ def mask_cells(masks: np.ndarray, shape: tuple) -> np.ndarray:
     return cells[0] if single else cells
 
 
+#: ``segmenter.backend`` → (module, class) of the segmenter
+BACKENDS = {
+    "classical": ("gpoa.segmenters.classical", "ClassicalSegmenter"),
+    "sam": ("gpoa.segmenters.sam", "SamSegmenter"),
+    "sam2": ("gpoa.segmenters.sam2", "Sam2Segmenter"),
+    "sam_hq": ("gpoa.segmenters.sam_hq", "SamHqSegmenter"),
+}
+#: the backends whose package is an optional extra of gpoa: (import name, the command that installs it)
+OPTIONAL_PACKAGES = {
+    "sam2": ("sam2", "SAM2_BUILD_CUDA=0 pip install --no-build-isolation '.[sam2]'"),
+    "sam_hq": ("segment_anything_hq", "pip install '.[hq]'"),
+}
+
+
 def build_segmenter(cfg: Config, device: str = "cpu") -> Segmenter:
+    """The segmenter ``cfg.segmenter.backend`` names, on ``device`` (a model backend loads its model now)."""
     backend = cfg.segmenter.backend
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown segmenter.backend '{backend}'; use one of {', '.join(BACKENDS)}")
+    if backend in OPTIONAL_PACKAGES:
+        package, install = OPTIONAL_PACKAGES[backend]
+        if importlib.util.find_spec(package) is None:
+            raise UsageError(f"segmenter.backend={backend} needs the Python package '{package}', which is not "
+                             f"installed; run {install} in the GPOA folder (make setup does)")
+    module, name = BACKENDS[backend]
+    segmenter_class = getattr(importlib.import_module(module), name)
     if backend == "classical":
-        from gpoa.segmenters.classical import ClassicalSegmenter
-
-        return ClassicalSegmenter(cfg.segmenter)
-    if backend == "sam":
-        from gpoa.segmenters.sam import SamSegmenter
-
-        return SamSegmenter(cfg.segmenter, device=device)
-    raise UsageError(f"unknown segmenter.backend '{backend}'; use 'classical' or 'sam'")
+        return segmenter_class(cfg.segmenter)
+    return segmenter_class(cfg.segmenter, device=device)
