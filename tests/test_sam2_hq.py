@@ -22,7 +22,7 @@ import main_seg
 import test_GPOA
 import train_GPOA
 from gpoa.config import Config, SegmenterConfig, load_config
-from gpoa.demo_data import write_demo_dataset
+from gpoa.synth.demo import write_demo_dataset
 from gpoa.errors import UsageError
 from gpoa.prompts import PointPrompts
 from gpoa.segmenters import Segmenter, build_segmenter
