@@ -42,6 +42,7 @@ from gpoa.placement import (
     reference_foreground_share,
     score_patches,
 )
+from gpoa.presence import mask_presence_score
 from gpoa.prompts import PromptSet
 from gpoa.runtime import content_seed
 from gpoa.samples import EpisodeSample
@@ -108,6 +109,8 @@ class Optimizer:
     run_cfg: Config
     in_loop: bool
     source: str
+    # below this presence score (gpoa.presence) a target is called absent; None: no target is
+    presence_threshold: Optional[float] = None
 
 
 def load_optimizer(policy_path: Path, cfg: Config, feature_key: str, grid: PatchGrid) -> Optimizer:
@@ -138,8 +141,23 @@ def load_optimizer(policy_path: Path, cfg: Config, feature_key: str, grid: Patch
     gates = "".join(f" [{name}={value:g}]" for name, value in (("stop_margin", greedy.stop_margin),
                                                                 ("min_region_confidence", greedy.min_confidence))
                     if value)
+    presence = presence_threshold(cfg, meta)
+    if presence is not None:
+        gates += f" [presence_threshold={presence:g}]"
     return Optimizer(policy_path, policy.learner, greedy, rule, run_cfg, in_loop,
-                     f"gpoa-{policy.learner}:{policy_path}{gates}")
+                     f"gpoa-{policy.learner}:{policy_path}{gates}", presence)
+
+
+def presence_threshold(cfg: Config, policy_extra: Optional[dict] = None) -> Optional[float]:
+    """The presence threshold inference applies: ``optimize.presence_threshold`` when set, else the one
+    the policy fitted on its training corpus (``policy_extra``, the policy file's ``extra``); None with
+    ``optimize.presence`` false or when neither has one."""
+    if not cfg.optimize.presence:
+        return None
+    if cfg.optimize.presence_threshold is not None:
+        return float(cfg.optimize.presence_threshold)
+    fitted = (policy_extra or {}).get("presence_threshold")
+    return None if fitted is None else float(fitted)
 
 
 def action_trace(actions: list, graph: DualSpaceGraph) -> list:
@@ -176,6 +194,9 @@ class Optimization:
     baselines: dict = field(default_factory=dict)
     rule: Optional[Edit] = None
     oracle: Optional[Edit] = None
+    # the presence score of the initial prompts' mask and the decision (True without a threshold)
+    presence_score: Optional[float] = None
+    present: bool = True
 
 
 def baselines(initial: PromptSet, optimized: PromptSet, margin: np.ndarray, rng: np.random.Generator) -> dict:
@@ -228,6 +249,19 @@ def optimize_sample(optimizer: Optimizer, sample: EpisodeSample, segmenter: Opti
         result.oracle = Edit(oracle_env.prompt_set(source="oracle"), oracle_actions, oracle_env.graph, oracle_info)
     if optimizer.in_loop:
         result.embedding = bank.record(0).embedding
+    if optimizer.presence_threshold is not None:
+        if optimizer.in_loop and run_cfg.env.start == "initial":
+            mask = bank.start_mask(bank.record(0))[0]  # the initial prompts' mask, decoded for the episode
+        else:
+            if sample.image is None:
+                raise ValueError(f"sample '{sample.name}' has no image; the presence decision decodes it")
+            result.embedding = result.embedding if result.embedding is not None else segmenter.embed(sample.image)
+            mask = decode_masks(segmenter, sample.image, [sample.prompt_set], result.embedding)[0]
+        result.presence_score = mask_presence_score(mask, sample.reference, sample.target_features)
+        result.present = result.presence_score >= optimizer.presence_threshold
+        decision = {"present": bool(result.present), "presence_score": round(result.presence_score, 4)}
+        result.policy.prompt_set = dataclasses.replace(result.policy.prompt_set,
+                                                       extra={**result.policy.prompt_set.extra, **decision})
     return result
 
 

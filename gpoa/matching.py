@@ -35,7 +35,8 @@ class ReferenceFeatures:
 
     ``features`` (M, D) unit-norm; ``foreground`` / ``background`` (M,) bool patch labels;
     ``foreground_share`` the share of the reference image area inside its mask (the expected object
-    size); ``instances`` how many objects a reference image holds (:func:`count_instances`); ``foreground_prototype`` / ``background_prototype`` (D,) unit-norm class means (computed once).
+    size); ``instances`` how many objects a reference image holds (:func:`count_instances`); ``foreground_prototype`` / ``background_prototype`` (D,) unit-norm class means and
+    ``foreground_self_similarity`` (computed once).
     """
 
     features: np.ndarray
@@ -52,6 +53,18 @@ class ReferenceFeatures:
     @cached_property
     def background_prototype(self) -> np.ndarray:
         return l2_normalise(self.features[self.background].mean(axis=0))
+
+    @cached_property
+    def foreground_self_similarity(self) -> float:
+        """How alike the object's own patches are: the median, over foreground patches, of the best
+        cosine similarity to another foreground patch (1.0 with a single foreground patch). The
+        presence score (:mod:`gpoa.presence`) is measured against it."""
+        foreground = self.features[self.foreground]
+        if len(foreground) < 2:
+            return 1.0
+        similarity = foreground @ foreground.T
+        np.fill_diagonal(similarity, -np.inf)
+        return float(np.median(similarity.max(axis=1)))
 
 
 def count_instances(mask: np.ndarray, min_share: float = 0.1) -> int:

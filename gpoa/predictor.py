@@ -5,7 +5,8 @@
     predictor = GPOAPredictor.from_config("configs/demo.yaml", policy="checkpoints/demo/best.pt")
     predictor.set_reference(image, mask)          # or lists of images and masks (k-shot)
     result = predictor.predict(target)            # a Prediction
-    result.mask                                   # (H, W) bool
+    result.mask                                   # (H, W) bool, empty where the object is absent
+    result.present                                # False: the object is not in the image (gpoa.presence)
     result.prompts.optimized.points               # (N, 2) (x, y) pixels; .labels (N,) 1 object, 0 background
     for result in predictor.predict_many(targets): ...
 
@@ -17,7 +18,8 @@ integer arrays (H, W) (foreground = nonzero), Pillow images or file paths.
 ``predict`` runs exactly the stages' per-image steps (:mod:`gpoa.inference`): stage 1's initial
 prompts (seeded by the run seed and the image's content), stage 3's policy edit (none with
 ``policy=None``: the optimised prompts are the initial ones) and stage 4's decode. For the same
-images, seed and policy it gives the prompts and masks that the four scripts write.
+images, seed and policy it gives the prompts and masks that the four scripts write, the presence
+decision included (a policy carries the threshold it fitted on its training corpus).
 
 Every bad input raises one :class:`~gpoa.errors.GPOAError` that says what is wrong and how to fix
 it: :class:`~gpoa.errors.InputError` for an image or mask (dtype, shape, a mask of another size than
@@ -44,6 +46,7 @@ from gpoa.inference import (
     decode_masks,
     load_optimizer,
     optimize_sample,
+    presence_threshold,
     propose,
     reference_features,
     region_confidence,
@@ -59,6 +62,7 @@ from gpoa.io import (
 )
 from gpoa.matching import ReferenceFeatures
 from gpoa.placement import PatchClassifier, fit_patch_classifier
+from gpoa.presence import mask_presence_score
 from gpoa.prompts import PromptSet
 from gpoa.samples import EpisodeSample
 
@@ -79,13 +83,18 @@ class Prompts:
 @dataclass(frozen=True)
 class Prediction:
     """One image's result: ``mask`` (H, W) bool at the image's size, the segmenter's mask of the
-    optimised prompts; ``confidence`` in [0, 1], how step-like the image's match scores are on the
-    region they predict (below ``optimize.min_region_confidence`` the policy keeps the initial
-    prompts); ``prompts`` the initial and the optimised point prompts."""
+    optimised prompts, empty when the object is called absent; ``present`` whether it is (always
+    True without a presence threshold: no decision is made); ``presence_score`` the initial mask's
+    presence score (:mod:`gpoa.presence`; None without a threshold); ``confidence`` in [0, 1], how
+    step-like the image's match scores are on the region they predict (below
+    ``optimize.min_region_confidence`` the policy keeps the initial prompts); ``prompts`` the initial
+    and the optimised point prompts."""
 
     mask: np.ndarray
     confidence: float
     prompts: Prompts
+    present: bool = True
+    presence_score: Optional[float] = None
 
 
 class GPOAPredictor:
@@ -102,6 +111,9 @@ class GPOAPredictor:
         self.grid = self.backends.grid
         self.optimizer = (None if policy is None else
                           load_optimizer(Path(policy), cfg, self.backends.feature_key, self.grid))
+        # the policy's (or, without one, the config's) presence threshold; None: no target is called absent
+        self.presence_threshold = (presence_threshold(cfg) if self.optimizer is None
+                                   else self.optimizer.presence_threshold)
         self._reference: Optional[ReferenceFeatures] = None
         self._classifier: Optional[PatchClassifier] = None
 
@@ -163,7 +175,7 @@ class GPOAPredictor:
                              "use matching.method=placement, which always places a positive prompt")
         confidence = region_confidence(reference, classifier, features, self.grid, cfg)
         segmenter = self.backends.segmenter
-        optimized, embedding = initial, None
+        optimized, embedding, present, score = initial, None, True, None
         if self.optimizer is not None:
             sample = EpisodeSample(Path(name).stem, self.grid, features, initial, reference, image=pixels,
                                    classifier=classifier)
@@ -172,8 +184,15 @@ class GPOAPredictor:
             except ValueError as exc:
                 raise InputError(_name(image, "image"), str(exc)) from None
             optimized, embedding = result.policy.prompt_set, result.embedding
-        mask = decode_masks(segmenter, pixels, [optimized], embedding)[0]
-        return Prediction(mask=mask, confidence=confidence, prompts=Prompts(initial=initial, optimized=optimized))
+            present, score = result.present, result.presence_score
+        elif self.presence_threshold is not None:  # no policy: the same decision on the initial prompts' mask
+            embedding = segmenter.embed(pixels)
+            score = mask_presence_score(decode_masks(segmenter, pixels, [initial], embedding)[0], reference, features)
+            present = score >= self.presence_threshold
+        mask = (decode_masks(segmenter, pixels, [optimized], embedding)[0] if present
+                else np.zeros(pixels.shape[:2], dtype=bool))
+        return Prediction(mask=mask, confidence=confidence, prompts=Prompts(initial=initial, optimized=optimized),
+                          present=bool(present), presence_score=score)
 
     def predict_many(self, images: Iterable[ImageLike]) -> Iterator[Prediction]:
         """:meth:`predict` for each image, in order, one at a time (a generator)."""

@@ -19,7 +19,8 @@ import bench_domains  # noqa: E402
 
 HEADLINE = re.compile(r"^domains=(\d+) mean_gain=([+-]\d\.\d{3}) worst_gain=([+-]\d\.\d{3}) worst_domain=(\S+) "
                       r"gain_vs_topk=([+-]\d\.\d{3}) initial_mean=(\d\.\d{3}) optimized_mean=(\d\.\d{3}) "
-                      r"oracle_mean=(\d\.\d{3})$")
+                      r"oracle_mean=(\d\.\d{3}) rule_mean=(\d\.\d{3}) capture=(-?\d+\.\d{3}|nan)"
+                      r"( absent_empty_share=(\d\.\d{3}) present_kept_share=(\d\.\d{3}))?$")
 
 
 def as_domain(dataset: Path, out: Path) -> Path:
@@ -95,6 +96,13 @@ def test_headline_line_matches_the_csv(benchmark_run):
     assert mean_gain == pytest.approx(sum(gains.values()) / 2, abs=1.5e-3)
     assert worst_domain == min(gains, key=gains.get) and worst_gain == pytest.approx(min(gains.values()), abs=1.5e-3)
     assert float(match[6]) == pytest.approx(by[("MEAN", "initial")], abs=1.5e-3)
+    assert float(match[9]) == pytest.approx(by[("MEAN", "lookahead_rule")], abs=1.5e-3)
+    initial, optimized, oracle = (by[("MEAN", name)] for name in ("initial", "optimized", "oracle"))
+    if oracle - initial > 1e-3:
+        assert float(match[10]) == pytest.approx((optimized - initial) / (oracle - initial), abs=2e-2)
+    assert match[11] is None  # no --absent: no presence shares
+    header = next(line for line in (out / "domains.md").read_text().splitlines() if line.startswith("| domain"))
+    assert header.endswith("| gain | capture |")
 
 
 def test_benchmark_never_writes_into_its_inputs(benchmark_run):
@@ -137,3 +145,61 @@ def test_reference_option_makes_another_pair_the_one_shot(benchmark_run, capsys)
     assert HEADLINE.match(capsys.readouterr().out.strip().splitlines()[-1])
     assert bench_domains.main(args + ["--reference", "99"]) == 2
     assert "no reference number 99" in capsys.readouterr().err
+
+
+def test_shots_take_the_first_pairs_as_references_and_score_the_same_targets(benchmark_run, capsys):
+    domains, out, _, _ = benchmark_run
+    policy = str(out.parent / "checkpoints" / "tiny" / "best.pt")
+    stems = sorted(p.stem for p in (domains / "membrane" / "image").iterdir())  # 7 pairs: 5 in the pool, 2 targets
+    targets = {}
+    for shots in (1, 3):
+        folder = out.parent / f"shots{shots}"
+        args = [str(domains), "--out", str(folder), "--policy", policy, "--targets", "2", "--config", str(DEMO_CONFIG),
+                "--shots", str(shots)]
+        assert bench_domains.main(args) == 0
+        assert f"{shots}-shot" in (folder / "domains.md").read_text()
+        assert HEADLINE.match(capsys.readouterr().out.strip().splitlines()[-1])
+        targets[shots] = sorted(p.stem for p in (folder / "membrane" / "initial_indices").glob("*.json"))
+    assert targets[1] == targets[3] == stems[5:]
+    base = [str(domains), "--out", str(out.parent / "bad"), "--policy", policy, "--config", str(DEMO_CONFIG)]
+    assert bench_domains.main(base + ["--shots", "6"]) == 2
+    assert "--shots must be 1 to 5" in capsys.readouterr().err
+    assert bench_domains.main(base + ["--shots", "2", "--reference", "1"]) == 2
+
+
+def test_absent_adds_other_domains_images_and_reports_the_presence_shares(benchmark_run, capsys):
+    domains, out, _, before = benchmark_run
+    folder = out.parent / "absent"
+    args = [str(domains), "--out", str(folder), "--policy", str(out.parent / "checkpoints" / "tiny" / "best.pt"),
+            "--targets", "2", "--config", str(DEMO_CONFIG), "--absent", "2"]
+    assert bench_domains.main(args) == 0
+    match = HEADLINE.match(capsys.readouterr().out.strip().splitlines()[-1])
+    assert match and match[11] is not None
+    rows = {domain: __import__("json").loads((folder / domain / "results" / "metrics.json").read_text())
+            for domain in ("membrane", "objects")}
+    optimized = [r for domain in rows for r in rows[domain] if r["prompt_set"] == "optimized"]
+    added = [r for r in optimized if r["image"].startswith("absent__")]
+    own = [r for r in optimized if not r["image"].startswith("absent__")]
+    assert len(added) == 4 and len(own) == 4  # 2 images of the other domain added to each domain's 2 targets
+    assert all(r["image"].startswith("absent__objects__") for r in rows["membrane"] if r["image"].startswith("absent__"))
+    assert float(match[12]) == pytest.approx(sum(r["prediction_area"] == 0 for r in added) / 4, abs=1e-3)
+    assert float(match[13]) == pytest.approx(sum(r["prediction_area"] > 0 for r in own) / 4, abs=1e-3)
+    with open(folder / "domains.csv") as handle:  # the rows are over each domain's own targets
+        table = [r for r in csv.DictReader(handle) if r["domain"] != "MEAN"]
+    assert all(r["images"] == "2" for r in table)
+    assert snapshot(domains) == before  # the added images are links in the output folder
+
+
+def test_the_policy_carries_a_presence_threshold_and_the_prompt_files_the_decision(benchmark_run):
+    _, out, _, _ = benchmark_run
+    extra = torch.load(out.parent / "checkpoints" / "tiny" / "best.pt", map_location="cpu", weights_only=True)["extra"]
+    fit = extra["presence_fit"]
+    # the demo families hold their object in every image: the absent examples are each image with the other
+    # family's reference
+    assert fit["absent"] == fit["present"] > 0
+    threshold = extra["presence_threshold"]
+    for domain in ("membrane", "objects"):
+        for path in sorted((out / domain / "optimized_indices").glob("*.json")):
+            content = __import__("json").loads(path.read_text())
+            assert content["present"] == (content["presence_score"] >= threshold)
+            assert f"presence_threshold={threshold:g}" in content["source"]

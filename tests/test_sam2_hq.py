@@ -22,7 +22,6 @@ import main_seg
 import test_GPOA
 import train_GPOA
 from gpoa.config import Config, SegmenterConfig, load_config
-from gpoa.synth.demo import write_demo_dataset
 from gpoa.errors import UsageError
 from gpoa.prompts import PointPrompts
 from gpoa.segmenters import Segmenter, build_segmenter
@@ -30,6 +29,7 @@ from gpoa.segmenters.sam2 import SAM2_MODELS, Sam2Segmenter
 from gpoa.segmenters.sam_hq import OFFICIAL_CHECKPOINTS as HQ_CHECKPOINTS
 from gpoa.segmenters.sam_hq import SamHqSegmenter, import_sam_hq
 from gpoa.segmenters.tiny import TINY_MODEL_TYPES, build_random, register_tiny_model, save_random_segmenter
+from gpoa.synth.demo import write_demo_dataset
 
 BACKENDS = ("sam2", "sam_hq")
 CLASSES = {"sam2": Sam2Segmenter, "sam_hq": SamHqSegmenter}

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_domains.py ROOT [ROOT ...] --out DIR [--policy PATH] [--targets N]
                                        [--config FILE] [--set KEY=VALUE ...] [--device NAME]
-                                       [--reference K]
+                                       [--reference K | --shots K] [--absent N]
 
 Each ROOT is a folder of domains (``<domain>/image/<stem>.*`` + ``<domain>/mask/<stem>.png``, the
 layout of real-dev), one such domain, or a dataset folder in the stages' layout (e.g.
@@ -10,7 +10,14 @@ layout of real-dev), one such domain, or a dataset folder in the stages' layout 
 folders. Protocol per domain: sort the stems; the first pair is the reference, the others are the
 targets (at most N). ``--reference K`` makes the K-th stem of every domain folder the reference
 instead (the others, in order, are the targets): how much the numbers depend on which pair is the
-one shot. Nothing is written into ROOT: every output goes to ``DIR/<domain>/``.
+one shot. ``--shots K`` (1 to 5) makes the first K pairs of every domain folder its references
+(k-shot) and the pairs after the first 5 its targets, so K = 1..5 score the same targets.
+``--absent N`` adds to every domain N images drawn (fixed seed) from the targets of the other
+domains given, with an empty truth mask: the per-domain rows and means stay over the domain's own
+targets, and the last line says how many of the added images got an empty mask
+(``absent_empty_share``) and how many of the domains' own targets kept a non-empty one
+(``present_kept_share``), both for the optimised prompts (:mod:`gpoa.presence`). Nothing is
+written into ROOT: every output goes to ``DIR/<domain>/``.
 
 It runs the stages' own code (stage 1, stage 3 with the oracle, stage 4) with the models loaded
 once (``--shard i/N`` or torchrun splits every domain's targets over processes; the one that
@@ -20,10 +27,14 @@ lookahead_rule (when the policy sees the lookahead), oracle, ideal — then the 
 is machine-readable:
 
 ``domains=<n> mean_gain=<+x.xxx> worst_gain=<+x.xxx> worst_domain=<name> gain_vs_topk=<+x.xxx>
-initial_mean=<x.xxx> optimized_mean=<x.xxx> oracle_mean=<x.xxx>``
+initial_mean=<x.xxx> optimized_mean=<x.xxx> oracle_mean=<x.xxx> rule_mean=<x.xxx> capture=<x.xxx>``
 
-(gains: optimized − initial Dice per domain, then averaged; Dice as a fraction). Exit code 1 when
-some image failed (the others were measured), 2 on a usage error.
+and, with ``--absent``, `` absent_empty_share=<x.xxx> present_kept_share=<x.xxx>``
+(gains: optimized − initial Dice per domain, then averaged; Dice as a fraction; ``rule_mean`` the
+mean of the hand-made ``lookahead_rule``; ``capture`` = (optimized_mean − initial_mean) /
+(oracle_mean − initial_mean), the share of the gain the greedy oracle reaches over the same
+candidates that the policy takes; ``domains.md`` has it per domain). Exit code 1 when some image
+failed (the others were measured), 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -40,10 +51,10 @@ from gpoa.backends import Backends
 from gpoa.config import load_config, resolve_device
 from gpoa.distributed import rank_device
 from gpoa.errors import UsageError
-from gpoa.evaluation import MEAN_TASK, mean_over_tasks, to_csv
-from gpoa.io import atomic_write_text
-from gpoa.layout import resolve_tasks
-from gpoa.runtime import RunContext, StageReport, is_fresh, seed_everything
+from gpoa.evaluation import MEAN_TASK, mean_over_tasks, summarise, to_csv
+from gpoa.io import atomic_write_text, image_size, read_image, write_mask
+from gpoa.layout import TaskLayout, resolve_tasks
+from gpoa.runtime import RunContext, StageReport, is_fresh, seed_everything, stable_seed
 from gpoa.stages.initial_prompts import generate_initial_prompts
 from gpoa.stages.optimize import optimize_prompts
 from gpoa.stages.segmentation import segment_and_evaluate
@@ -57,17 +68,91 @@ DEFAULT_POLICY = ROOT / "checkpoints" / "demo" / "best.pt"
 DEFAULT_CONFIG = ROOT / "configs" / "demo.yaml"
 
 
-def benchmark_tasks(roots: list, out: Path, max_targets: int, cfg, backends: Backends, reference: int = 0) -> list:
+#: with --shots, the targets are the pairs after this many, whatever K
+SHOT_POOL = 5
+#: the folder of a task's output that holds the images added by --absent (links) and their empty masks
+ABSENT = "absent"
+
+
+def benchmark_tasks(roots: list, out: Path, max_targets: int, cfg, backends: Backends, reference: int = 0,
+                    shots: int = 0, absent: int = 0) -> list:
     """The tasks of ``roots`` with every output under ``out/<task>``, at most ``max_targets`` targets
-    and the ``reference``-th pair of each domain folder as its reference."""
+    and the ``reference``-th pair of each domain folder as its reference; with ``shots`` K > 0 the
+    first K pairs as references and the pairs after the first :data:`SHOT_POOL` as targets; with
+    ``absent`` N > 0, N images of the other tasks' targets added to each task's (see
+    :func:`add_absent_targets`)."""
+    if shots and reference:
+        raise UsageError("--shots takes the first K pairs as the references and --reference picks one; use one of them")
+    if shots and not 1 <= shots <= SHOT_POOL:
+        raise UsageError(f"--shots must be 1 to {SHOT_POOL} (the targets are the pairs after the first {SHOT_POOL}), "
+                         f"got {shots}")
     tasks = []
-    for layout in resolve_tasks(roots, out, max_targets, reference_index=reference):
+    for layout in resolve_tasks(roots, out, None if shots else max_targets, reference_index=reference):
+        if shots:
+            layout = k_shot_layout(layout, shots)
         targets = layout.targets[:max_targets]
         layout = dataclasses.replace(layout, root=out / layout.name, targets=targets,
                                      target_masks={p.stem: layout.target_masks[p.stem] for p in targets
                                                    if p.stem in layout.target_masks})
         tasks.append(Task(layout, backends, cfg))
+    if absent:
+        tasks = add_absent_targets(tasks, absent, cfg.seed)
     return tasks
+
+
+def k_shot_layout(layout: TaskLayout, shots: int) -> TaskLayout:
+    """A domain folder's task with its first ``shots`` pairs (stems sorted) as references and the
+    pairs after the first :data:`SHOT_POOL` as targets (the same targets for every K)."""
+    if layout.kind != "domain":
+        raise UsageError(f"--shots K picks the references of a domain folder (image/ + mask/), but '{layout.source}' "
+                         "is a dataset folder with its own reference_image/; leave it out")
+    pairs = layout.reference + [(p, layout.target_masks[p.stem]) for p in layout.targets]
+    if len(pairs) <= SHOT_POOL:
+        raise UsageError(f"domain '{layout.source}' has {len(pairs)} pairs; --shots needs more than {SHOT_POOL} (the "
+                         f"first {SHOT_POOL} are the reference pool, the others the targets)")
+    targets = [image for image, _ in pairs[SHOT_POOL:]]
+    return dataclasses.replace(layout, reference=pairs[:shots], targets=targets,
+                               target_masks={p.stem: mask for p, mask in pairs[SHOT_POOL:]},
+                               train=pairs[shots:SHOT_POOL],
+                               ignore_masks={p.stem: layout.ignore_masks[p.stem] for p in targets
+                                             if p.stem in layout.ignore_masks})
+
+
+def add_absent_targets(tasks: list, count: int, seed: int) -> list:
+    """Each task with ``count`` more targets: images drawn (a generator seeded by ``seed`` and the task's
+    name) from the other tasks' targets, each linked into ``<task output>/absent/image/`` as
+    ``absent__<task>__<stem>`` with an empty truth mask in ``absent/mask/``. The inputs are never
+    written to. Stems of the added targets start with ``absent__``."""
+    if len(tasks) < 2:
+        raise UsageError("--absent draws images from the other domains given; give at least two domains")
+    pool = sorted(((task.name, path) for task in tasks for path in task.layout.targets), key=lambda t: (t[0], t[1].stem))
+    result = []
+    for task in tasks:
+        others = [item for item in pool if item[0] != task.name]
+        rng = np.random.default_rng(stable_seed(seed, "absent", task.name))
+        chosen = [others[i] for i in sorted(rng.choice(len(others), size=min(count, len(others)), replace=False))]
+        folder = task.layout.root / ABSENT
+        targets, masks = list(task.layout.targets), dict(task.layout.target_masks)
+        for source, path in chosen:
+            stem = f"{ABSENT}__{source}__{path.stem}"
+            link = folder / "image" / f"{stem}{path.suffix}"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(path.resolve())
+            mask = folder / "mask" / f"{stem}.png"
+            width, height = image_size(read_image(path))
+            write_mask(mask, np.zeros((height, width), dtype=bool))
+            targets.append(link)
+            masks[stem] = mask
+        result.append(Task(dataclasses.replace(task.layout, targets=targets, target_masks=masks), task.backends,
+                           task.cfg))
+    return result
+
+
+def is_absent(stem: str) -> bool:
+    """Whether a target stem is one that :func:`add_absent_targets` added."""
+    return stem.startswith(f"{ABSENT}__")
 
 
 def domain_rows(summary: list) -> list:
@@ -77,6 +162,35 @@ def domain_rows(summary: list) -> list:
                for s in per_task if s["task"] == domain and s["prompt_set"] == name]
     return [{"domain": s["task"], **{k: s[k] for k in COLUMNS[1:]}}
             for s in ordered + mean_over_tasks(per_task, PROMPT_SETS)]
+
+
+def present_summary(tasks: list) -> list:
+    """Stage 4's summary rows of every task, recomputed over its own targets only (the ones
+    :func:`add_absent_targets` added left out), from the full-precision ``metrics.json``."""
+    summary = []
+    for task in tasks:
+        rows = json.loads((task.layout.results / "metrics.json").read_text())
+        own = [row for row in rows if not is_absent(row["image"])]
+        summary += summarise(own, list(dict.fromkeys(row["prompt_set"] for row in rows)))
+    return summary
+
+
+def presence_shares(tasks: list, prompt_set: str = "optimized") -> dict:
+    """``absent_empty_share`` (added images whose ``prompt_set`` mask is empty) and
+    ``present_kept_share`` (own targets whose mask is not), over every task's ``metrics.json``."""
+    rows = [row for task in tasks for row in json.loads((task.layout.results / "metrics.json").read_text())
+            if row["prompt_set"] == prompt_set]
+    absent = [row["prediction_area"] == 0 for row in rows if is_absent(row["image"])]
+    kept = [row["prediction_area"] > 0 for row in rows if not is_absent(row["image"])]
+    return {"absent_empty_share": float(np.mean(absent)) if absent else float("nan"),
+            "present_kept_share": float(np.mean(kept)) if kept else float("nan")}
+
+
+def capture(optimized: float, initial: float, oracle: float) -> float:
+    """The share of the oracle's reachable gain that the policy takes: (optimized − initial) /
+    (oracle − initial); nan when the oracle gains nothing."""
+    reach = oracle - initial
+    return (optimized - initial) / reach if reach > 1e-9 else float("nan")
 
 
 def headline(rows: list) -> dict:
@@ -94,35 +208,47 @@ def headline(rows: list) -> dict:
         values = [by[(d, name)] for d in domains if (d, name) in by]
         return float(np.mean(values)) if values else float("nan")
 
+    initial, optimized, oracle = mean("initial"), mean("optimized"), mean("oracle")
     return {"domains": len(domains), "mean_gain": float(np.mean(list(gains.values()))),
             "worst_gain": gains[worst], "worst_domain": worst,
             "gain_vs_topk": float(np.mean(vs_topk)) if vs_topk else float("nan"),
-            "initial_mean": mean("initial"), "optimized_mean": mean("optimized"), "oracle_mean": mean("oracle"),
-            "gains": gains}
+            "initial_mean": initial, "optimized_mean": optimized, "oracle_mean": oracle,
+            "rule_mean": mean("lookahead_rule"), "capture": capture(optimized, initial, oracle), "gains": gains}
 
 
 def headline_line(h: dict) -> str:
-    return (f"domains={h['domains']} mean_gain={h['mean_gain']:+.3f} worst_gain={h['worst_gain']:+.3f} "
+    line = (f"domains={h['domains']} mean_gain={h['mean_gain']:+.3f} worst_gain={h['worst_gain']:+.3f} "
             f"worst_domain={h['worst_domain']} gain_vs_topk={h['gain_vs_topk']:+.3f} "
             f"initial_mean={h['initial_mean']:.3f} optimized_mean={h['optimized_mean']:.3f} "
-            f"oracle_mean={h['oracle_mean']:.3f}")
+            f"oracle_mean={h['oracle_mean']:.3f} rule_mean={h['rule_mean']:.3f} capture={h['capture']:.3f}")
+    if "absent_empty_share" in h:
+        line += f" absent_empty_share={h['absent_empty_share']:.3f} present_kept_share={h['present_kept_share']:.3f}"
+    return line
 
 
-def markdown(rows: list, h: dict, policy: Path, config: str, targets: int, reference: int = 0) -> str:
-    """Dice (%) per domain (rows) and prompt set (columns), the gain, and the headline."""
+def markdown(rows: list, h: dict, policy: Path, config: str, targets: int, reference: int = 0, shots: int = 0,
+             absent: int = 0) -> str:
+    """Dice (%) per domain (rows) and prompt set (columns), the gain, the capture, and the headline."""
     present = [name for name in PROMPT_SETS if any(r["prompt_set"] == name for r in rows)]
     by = {(r["domain"], r["prompt_set"]): r for r in rows}
+    setting = (f", reference: pair {reference} of each domain (stems sorted)" if reference else "") \
+        + (f", {shots}-shot: the first {shots} pairs are the references, the targets those after the first "
+           f"{SHOT_POOL}" if shots else "") \
+        + (f", {absent} images of the other domains added to each as targets without the object (the rows are "
+           "over the domain's own targets)" if absent else "")
     lines = [f"# Cross-domain benchmark\n\npolicy `{policy}`, config `{config}`, at most {targets} targets per "
-             "domain" + (f", reference: pair {reference} of each domain (stems sorted)" if reference else "")
-             + "; Dice in % (mean over targets; MEAN = mean over domains), gain = optimized − initial.\n",
-             "| domain | targets | " + " | ".join(present) + " | gain |",
-             "| --- | ---: | " + " | ".join("---:" for _ in present) + " | ---: |"]
+             f"domain{setting}; Dice in % (mean over targets; MEAN = mean over domains), gain = optimized − "
+             "initial, capture = gain / (oracle − initial).\n",
+             "| domain | targets | " + " | ".join(present) + " | gain | capture |",
+             "| --- | ---: | " + " | ".join("---:" for _ in present) + " | ---: | ---: |"]
     for domain in dict.fromkeys(r["domain"] for r in rows):
         cells = [f"{100 * by[(domain, n)]['dice_mean']:.1f}" if (domain, n) in by else "" for n in present]
         images = by.get((domain, "initial"), next(r for r in rows if r["domain"] == domain))["images"]
-        gain = (by[(domain, "optimized")]["dice_mean"] - by[(domain, "initial")]["dice_mean"]
-                if (domain, "optimized") in by and (domain, "initial") in by else float("nan"))
-        lines.append(f"| {domain} | {images} | " + " | ".join(cells) + f" | {100 * gain:+.1f} |")
+        dice = {n: by[(domain, n)]["dice_mean"] for n in ("initial", "optimized", "oracle") if (domain, n) in by}
+        gain = dice["optimized"] - dice["initial"] if {"initial", "optimized"} <= dice.keys() else float("nan")
+        share = capture(dice["optimized"], dice["initial"], dice["oracle"]) if len(dice) == 3 else float("nan")
+        lines.append(f"| {domain} | {images} | " + " | ".join(cells) + f" | {100 * gain:+.1f} | "
+                     + ("–" if np.isnan(share) else f"{share:.2f}") + " |")
     return "\n".join(lines) + f"\n\n`{headline_line(h)}`\n"
 
 
@@ -136,6 +262,11 @@ def main(argv=None, prog: str = "bench_domains.py") -> int:
     parser.add_argument("--targets", type=int, default=10, metavar="N", help="at most N targets per domain")
     parser.add_argument("--reference", type=int, default=0, metavar="K",
                         help="the K-th pair of each domain folder (stems sorted, from 0) is the reference")
+    parser.add_argument("--shots", type=int, default=0, metavar="K",
+                        help=f"k-shot: the first K pairs (1 to {SHOT_POOL}) are the references, the pairs after the "
+                             f"first {SHOT_POOL} the targets")
+    parser.add_argument("--absent", type=int, default=0, metavar="N",
+                        help="add N images of the other domains to each domain's targets, with empty truth masks")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), metavar="FILE", help="YAML config")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config field (repeatable)")
@@ -152,7 +283,9 @@ def main(argv=None, prog: str = "bench_domains.py") -> int:
         device = rank_device(resolve_device(cfg.device if args.device == "auto" else args.device))
         seed_everything(cfg.seed)
         backends = Backends(cfg, device)
-        tasks = benchmark_tasks(args.roots, out, args.targets, cfg, backends, args.reference)
+        if args.absent < 0:
+            raise UsageError(f"--absent must be 0 or more, got {args.absent}")
+        tasks = benchmark_tasks(args.roots, out, args.targets, cfg, backends, args.reference, args.shots, args.absent)
         print(f"[bench] {len(tasks)} domain(s): {', '.join(t.name for t in tasks)}; policy {args.policy}")
         report = StageReport("bench")
         report.merge(generate_initial_prompts(cfg, device, tasks))
@@ -167,13 +300,17 @@ def main(argv=None, prog: str = "bench_domains.py") -> int:
             print(f"[bench] shard {context.rank}/{context.world} done; domains.csv is written by the shard that "
                   "finishes last")
             return report.exit_code
-        rows = domain_rows([row for path in summaries for row in json.loads(path.read_text())])
-        h = headline(rows)
+        if args.absent:
+            rows = domain_rows(present_summary(tasks))
+            h = {**headline(rows), **presence_shares(tasks)}
+        else:
+            rows = domain_rows([row for path in summaries for row in json.loads(path.read_text())])
+            h = headline(rows)
     except UsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     atomic_write_text(out / "domains.csv", to_csv(rows, COLUMNS))
-    table = markdown(rows, h, Path(args.policy), args.config, args.targets, args.reference)
+    table = markdown(rows, h, Path(args.policy), args.config, args.targets, args.reference, args.shots, args.absent)
     atomic_write_text(out / "domains.md", table)
     print("\n" + table)
     if report.failed:

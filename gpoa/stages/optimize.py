@@ -87,7 +87,8 @@ def optimize_task(task: Task, backends: Backends, optimizer: Optimizer, report: 
         report.skipped.append((f"{task.name}/{stem}", "exists"))
         return True
 
-    sources = task.prompt_file_samples(layout.initial_indices, report, with_images=in_loop or oracle,
+    with_images = in_loop or oracle or optimizer.presence_threshold is not None  # presence decodes the image
+    sources = task.prompt_file_samples(layout.initial_indices, report, with_images=with_images,
                                        with_truth=oracle, skip=done_before)
     for lazy in tqdm(sources, desc=f"optimize [{task.name}]", unit="image"):
         name = f"{task.name}/{lazy.name}"

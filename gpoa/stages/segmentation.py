@@ -5,11 +5,13 @@ task: ``initial_indices/`` → ``initial``, ``optimized_indices/`` → ``optimiz
 ``<task root>/<name>_indices/`` → ``<name>``, each folder of ``segmentation.prompts``
 (``--prompts DIR``; with several tasks ``DIR/<task>/``) → its folder name, and, where the target has
 a mask, ``ideal`` (prompts sampled from the ground truth). Each target is embedded once and all
-its prompt sets are decoded in one call.
+its prompt sets are decoded in one call. A prompt file that says ``"present": false`` (stage 3's
+presence decision, :mod:`gpoa.presence`) gets an empty mask.
 
 Writes to ``segmentation.out`` (default: the task's ``results/``; with several tasks
 ``OUT/<task>/``): ``masks/<set>/<stem>.png`` (0/255, original size), ``overlays/<set>/<stem>.png``,
-``metrics.csv`` (one row per image and prompt set, with raw pixel counts), ``summary.csv``,
+``metrics.csv`` (one row per image and prompt set, with raw pixel counts; ``metrics.json`` the same
+rows at full precision), ``summary.csv``,
 ``summary.md`` and the resolved ``config.yaml``. A mask already written and newer than its prompt
 file is reused.
 """
@@ -195,8 +197,12 @@ def segment_task(task: Task, backends: Backends, extra_prompts: list, out: Path,
                     pass
             to_decode.append(name)
         if to_decode:
-            decoded = decode_masks(segmenter, image, [prompt_sets[n][0] for n in to_decode])
-            for name, mask in zip(to_decode, decoded):
+            # a prompt file that calls the object absent (stage 3's presence decision) gets an empty mask
+            absent = [n for n in to_decode if prompt_sets[n][0].extra.get("present") is False]
+            present = [n for n in to_decode if n not in absent]
+            decoded = list(decode_masks(segmenter, image, [prompt_sets[n][0] for n in present])) if present else []
+            decoded += [np.zeros(image.shape[:2], dtype=bool) for _ in absent]
+            for name, mask in zip(present + absent, decoded):
                 prompt_set = prompt_sets[name][0]
                 masks[name] = mask
                 write_mask(out / "masks" / name / f"{stem}.png", mask)
@@ -222,6 +228,7 @@ def segment_task(task: Task, backends: Backends, extra_prompts: list, out: Path,
         rows = merged
     summary = summarise(rows, order)
     atomic_write_text(out / "metrics.csv", to_csv(rows, ROW_COLUMNS))
+    atomic_write_json(out / "metrics.json", rows)  # the same rows at full precision, for tables built on top
     atomic_write_text(out / "summary.csv", to_csv(summary, SUMMARY_COLUMNS))
     atomic_write_json(out / "summary.json", summary)  # full precision, for tables built on top
     table = markdown_table(summary)

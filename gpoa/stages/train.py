@@ -41,7 +41,9 @@ from gpoa.distributed import barrier, process_group, rank_device
 from gpoa.envs import GLOBAL_FEATURES, EpisodeBank, PromptEnv, VecPromptEnv
 from gpoa.errors import UsageError
 from gpoa.graph import NODE_FEATURES
+from gpoa.inference import propose
 from gpoa.io import atomic_write_bytes
+from gpoa.presence import fit_presence_threshold, mask_presence_score
 from gpoa.runtime import RunContext, StageReport, stable_seed
 from gpoa.tasks import load_tasks
 from gpoa.viz import plot_curves
@@ -155,6 +157,43 @@ def episode_sources(cfg: Config, tasks: list, report: StageReport) -> tuple:
     return training, held_out
 
 
+def fit_presence(bank: EpisodeBank, tasks: list, cfg: Config) -> dict:
+    """The presence threshold (:mod:`gpoa.presence`) fitted on the training images of ``bank`` at the
+    equal error rate, with what it scores there: ``{"presence_threshold": t, "presence_fit": {...}}``.
+
+    Present examples: the training images that hold the object; absent examples: those that do not
+    (the generated corpus has some) and, with several tasks, every image that holds its object paired
+    with the next task's reference (its prompts proposed and decoded as for a target). The masks are
+    the initial prompts', as at inference. Raises ValueError when there is no absent example.
+    """
+    present, absent = [], []
+    references = {task.name: task for task in tasks}
+    names = sorted(references)
+    for index in tqdm(range(len(bank)), desc="presence threshold", unit="image"):
+        record = bank.record(index)
+        sample = record.sample
+        masks, _ = bank.decode_prompts(record, [sample.prompt_set.point_prompts()])
+        score = mask_presence_score(masks[0], sample.reference, sample.target_features)
+        if not sample.truth_mask.any():
+            absent.append(score)
+            continue
+        present.append(score)
+        if len(names) > 1:  # the same image as a target of another task: its object is not there
+            other = references[names[(names.index(sample.task) + 1) % len(names)]]
+            prompts = propose(other.reference, other.classifier, sample.target_features, sample.image, sample.grid,
+                              cfg)
+            masks, _ = bank.decode_prompts(record, [prompts.point_prompts()])
+            absent.append(mask_presence_score(masks[0], other.reference, sample.target_features))
+    threshold = fit_presence_threshold(present, absent)
+    fit = {"present": len(present), "absent": len(absent),
+           "false_absent": float(np.mean(np.asarray(present) < threshold)),
+           "false_present": float(np.mean(np.asarray(absent) >= threshold))}
+    print(f"[train] presence threshold {threshold:+.4f} on {fit['present']} present and {fit['absent']} absent "
+          f"training images (called absent: {100 * fit['false_absent']:.1f} % of present, called present: "
+          f"{100 * fit['false_present']:.1f} % of absent)")
+    return {"presence_threshold": threshold, "presence_fit": fit}
+
+
 def _run_dir(cfg: Config) -> Path:
     checkpoints = Path(cfg.train.checkpoints)
     if cfg.train.resume:
@@ -252,6 +291,12 @@ def _train(cfg: Config, device: str, tasks: Optional[list], context: RunContext)
     meta = {"config": config_to_dict(run_cfg), "grid": backends.grid.to_dict(), "reward": cfg.env.reward,
             "segmenter_in_loop": segmenter is not None, "feature_cache_key": backends.feature_key,
             "tasks": [task.name for task in tasks]}
+    if main and segmenter is not None:  # the presence threshold this policy's inference applies
+        try:
+            meta.update(fit_presence(bank, tasks, cfg))
+        except ValueError as exc:  # e.g. no image without the object and a single task
+            print(f"[train] no presence threshold fitted ({exc}); inference calls no target absent unless "
+                  "optimize.presence_threshold is set")
     recent = {"return": [], "dice": []}
     # steps (logs, evaluation, the bar) count transitions over all ranks
     bar = tqdm(total=cfg.train.total_steps, initial=agent.global_step * world, desc=f"train {learner.name}",
