@@ -84,7 +84,7 @@ class Prompts:
 class Prediction:
     """One image's result: ``mask`` (H, W) bool at the image's size, the segmenter's mask of the
     optimised prompts, empty when the object is called absent; ``present`` whether it is (always
-    True without a presence threshold: no decision is made); ``presence_score`` the initial mask's
+    True when presence is off or there is no threshold: no decision is made); ``presence_score`` the initial mask's
     presence score (:mod:`gpoa.presence`; None without a threshold); ``confidence`` in [0, 1], how
     step-like the image's match scores are on the region they predict (below
     ``optimize.min_region_confidence`` the policy keeps the initial prompts); ``prompts`` the initial

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shutil
 import sys
@@ -171,11 +172,11 @@ def test_absent_adds_other_domains_images_and_reports_the_presence_shares(benchm
     domains, out, _, before = benchmark_run
     folder = out.parent / "absent"
     args = [str(domains), "--out", str(folder), "--policy", str(out.parent / "checkpoints" / "tiny" / "best.pt"),
-            "--targets", "2", "--config", str(DEMO_CONFIG), "--absent", "2"]
+            "--targets", "2", "--config", str(DEMO_CONFIG), "--absent", "2", "--set", "optimize.presence=true"]
     assert bench_domains.main(args) == 0
     match = HEADLINE.match(capsys.readouterr().out.strip().splitlines()[-1])
     assert match and match[11] is not None
-    rows = {domain: __import__("json").loads((folder / domain / "results" / "metrics.json").read_text())
+    rows = {domain: json.loads((folder / domain / "results" / "metrics.json").read_text())
             for domain in ("membrane", "objects")}
     optimized = [r for domain in rows for r in rows[domain] if r["prompt_set"] == "optimized"]
     added = [r for r in optimized if r["image"].startswith("absent__")]
@@ -188,18 +189,24 @@ def test_absent_adds_other_domains_images_and_reports_the_presence_shares(benchm
         table = [r for r in csv.DictReader(handle) if r["domain"] != "MEAN"]
     assert all(r["images"] == "2" for r in table)
     assert snapshot(domains) == before  # the added images are links in the output folder
+    threshold = torch.load(out.parent / "checkpoints" / "tiny" / "best.pt", map_location="cpu",
+                           weights_only=True)["extra"]["presence_threshold"]
+    for domain in ("membrane", "objects"):  # every optimised prompt file records the decision
+        files = sorted((folder / domain / "optimized_indices").glob("*.json"))
+        assert len(files) == 4
+        for path in files:
+            content = json.loads(path.read_text())
+            assert content["present"] == (content["presence_score"] >= threshold)
+            assert f"presence_threshold={threshold:g}" in content["source"]
 
 
-def test_the_policy_carries_a_presence_threshold_and_the_prompt_files_the_decision(benchmark_run):
+def test_the_policy_carries_a_presence_threshold_fitted_on_its_training_images(benchmark_run):
     _, out, _, _ = benchmark_run
     extra = torch.load(out.parent / "checkpoints" / "tiny" / "best.pt", map_location="cpu", weights_only=True)["extra"]
     fit = extra["presence_fit"]
     # the demo families hold their object in every image: the absent examples are each image with the other
     # family's reference
     assert fit["absent"] == fit["present"] > 0
-    threshold = extra["presence_threshold"]
-    for domain in ("membrane", "objects"):
-        for path in sorted((out / domain / "optimized_indices").glob("*.json")):
-            content = __import__("json").loads(path.read_text())
-            assert content["present"] == (content["presence_score"] >= threshold)
-            assert f"presence_threshold={threshold:g}" in content["source"]
+    assert 0.0 <= fit["false_absent"] <= 1.0 and isinstance(extra["presence_threshold"], float)
+    for path in sorted((out / "membrane" / "optimized_indices").glob("*.json")):  # presence is off by default
+        assert "present" not in json.loads(path.read_text())

@@ -88,21 +88,21 @@ def test_the_predictor_calls_another_familys_image_absent_and_paints_no_mask(dem
     reference = sorted((membrane / "reference_image").glob("*.png"))[0]
     own = sorted((membrane / "target_image").glob("*.png"))[:2]
     other = sorted((objects / "target_image").glob("*.png"))[:2]
-    scores = GPOAPredictor.from_config(DEMO_CONFIG, overrides=["optimize.presence_threshold=-10"])
+    scores = GPOAPredictor.from_config(DEMO_CONFIG, overrides=["optimize.presence=true", "optimize.presence_threshold=-10"])
     scores.set_reference(reference, membrane / "reference_mask" / reference.name)
     present = [scores.predict(p) for p in own]
     absent = [scores.predict(p) for p in other]
     assert all(r.present and r.mask.any() for r in present + absent)  # -10: nothing is called absent
     cut = (min(r.presence_score for r in present) + max(r.presence_score for r in absent)) / 2
     assert max(r.presence_score for r in absent) < cut < min(r.presence_score for r in present)
-    predictor = GPOAPredictor.from_config(DEMO_CONFIG, overrides=[f"optimize.presence_threshold={cut}"])
+    predictor = GPOAPredictor.from_config(DEMO_CONFIG, overrides=["optimize.presence=true", f"optimize.presence_threshold={cut}"])
     predictor.set_reference(reference, membrane / "reference_mask" / reference.name)
     for path, before in zip(own + other, present + absent):
         result = predictor.predict(path)
         assert result.present == (path in own)
         assert result.presence_score == pytest.approx(before.presence_score)
         assert result.mask.any() == result.present
-    off = GPOAPredictor.from_config(DEMO_CONFIG, overrides=[f"optimize.presence_threshold={cut}", "optimize.presence=false"])
+    off = GPOAPredictor.from_config(DEMO_CONFIG, overrides=[f"optimize.presence_threshold={cut}"])  # off by default
     off.set_reference(reference, membrane / "reference_mask" / reference.name)
     result = off.predict(other[0])
     assert result.present and result.presence_score is None and result.mask.any()
