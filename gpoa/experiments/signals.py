@@ -1,6 +1,6 @@
-"""Which label-free signal predicts the Dice of a decoded mask: every statistic of
-:mod:`gpoa.quality` (and a fitted estimator) against the truth, among the one-toggle edits of the
-initial prompts.
+"""Which label-free signal predicts the Dice of a decoded mask, among one-toggle edits of the initial prompts.
+
+Every statistic of :mod:`gpoa.quality` (and an estimator fitted on other tasks) against the truth.
 
     python benchmarks/bench_signals.py ROOT [ROOT ...] --out DIR [--fit CORPUS ...] [--targets N]
                                        [--config FILE] [--set KEY=VALUE ...] [--device NAME]
@@ -45,7 +45,6 @@ measured), 2 on a usage error.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,7 +60,7 @@ from gpoa.envs import EpisodeBank, PromptEnv
 from gpoa.errors import InputError, UsageError
 from gpoa.evaluation import MEAN_TASK, to_csv
 from gpoa.experiments import domains as bench_domains
-from gpoa.io import atomic_write_json, atomic_write_text, read_mask
+from gpoa.io import atomic_write_json, read_mask
 from gpoa.metrics import dice_batch
 from gpoa.quality import QUALITY_STATISTICS, MaskContext, MaskVariants, QualityEstimator, quality_statistics
 from gpoa.runtime import StageReport, seed_everything
@@ -241,17 +240,9 @@ def markdown(rows: Sequence[dict], h: dict, config: str, targets: int, fit: Sequ
 
 # ----- the command line ------------------------------------------------------------------------------
 def main(argv=None, prog: str = "bench_signals.py") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.strip().splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("roots", nargs="+", metavar="ROOT", help="folder of domains, a domain, or a dataset folder")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (signals.csv, signals.md, ...)")
+    parser = bench_domains.roots_parser(prog, __doc__, "signals.csv, signals.md, estimator.json")
     parser.add_argument("--fit", action="extend", nargs="+", default=[], metavar="CORPUS",
                         help="fit the estimator on these tasks (e.g. data/tasks); never on a ROOT")
-    parser.add_argument("--targets", type=int, default=10, metavar="N", help="at most N targets per domain")
-    parser.add_argument("--config", default=str(bench_domains.DEFAULT_CONFIG), metavar="FILE", help="YAML config")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config field (repeatable)")
-    parser.add_argument("--device", default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--alpha", type=float, default=10.0, metavar="A",
                         help="the estimator's ridge penalty (standardised inputs; in units of rows)")
     args = parser.parse_args(argv)
@@ -290,11 +281,5 @@ def main(argv=None, prog: str = "bench_signals.py") -> int:
         return 2
     if estimator is not None:
         atomic_write_json(out / "estimator.json", {"fit": list(args.fit), **estimator.to_dict()})
-    atomic_write_text(out / "signals.csv", to_csv(rows, COLUMNS))
-    table = markdown(rows, h, args.config, args.targets, args.fit)
-    atomic_write_text(out / "signals.md", table)
-    print("\n" + table)
-    if report.failed:
-        print(report.summary(), file=sys.stderr)
-    print(headline_line(h))
-    return report.exit_code
+    return bench_domains.write_tables(out / "signals", to_csv(rows, COLUMNS),
+                                      markdown(rows, h, args.config, args.targets, args.fit), headline_line(h), report)
