@@ -9,7 +9,8 @@ Every statistic of :mod:`gpoa.quality` (and an estimator fitted on other tasks) 
 ROOT and CORPUS as in ``bench_domains.py`` (a folder of domains, one domain, a dataset folder or a
 folder of them; the first sorted pair of a domain folder is the reference, at most N targets per
 domain). Stage 1 runs with the config's settings (outputs under ``DIR/<domain>/``, the corpora's
-under ``DIR/fit/<task>/``); nothing is written into ROOT or CORPUS.
+under ``DIR/fit/<task>/``); nothing is written into ROOT or CORPUS. ``--fit`` takes the arguments
+up to the next option: put the ROOTs first.
 
 For every target with a truth mask: a :class:`~gpoa.envs.PromptEnv` of the config starts from the
 initial prompts; the current mask and each *variant* — the prompts with one node toggled, for
