@@ -31,11 +31,11 @@ SIGNALS = [*QUALITY_STATISTICS, "estimator", "oracle"]
 @pytest.fixture(scope="module")
 def signals_run(tmp_path_factory):
     """Two measured tasks (seed 7) with two targets each, one of whose truth masks has the wrong
-    size, and an estimator fitted on two other tasks (seed 0)."""
+    size, and an estimator fitted on another task (seed 0)."""
     root = tmp_path_factory.mktemp("signals")
     held, corpus = root / "held", root / "corpus"
     write_task_corpus(held, n_tasks=2, seed=7, n_train=0, n_targets=2)
-    write_task_corpus(corpus, n_tasks=2, seed=0, n_train=0, n_targets=2)
+    write_task_corpus(corpus, n_tasks=1, seed=0, n_train=0, n_targets=2)
     bad = sorted((held / "task_001" / "target_mask").glob("*.png"))[0]
     width, height = Image.open(bad).size
     Image.new("L", (width + 3, height), 0).save(bad)
