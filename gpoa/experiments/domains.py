@@ -252,14 +252,25 @@ def markdown(rows: list, h: dict, policy: Path, config: str, targets: int, refer
     return "\n".join(lines) + f"\n\n`{headline_line(h)}`\n"
 
 
-def main(argv=None, prog: str = "bench_domains.py") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.strip().splitlines()[0],
+def roots_parser(prog: str, doc: str, outputs: str) -> argparse.ArgumentParser:
+    """The command line an experiment over ROOTs shares: ``roots``, ``--out`` (help: ``outputs``),
+    ``--targets``, ``--config``, ``--set`` and ``--device``; ``doc`` its module docstring."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.strip().splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("roots", nargs="+", metavar="ROOT", help="folder of domains, a domain, or a dataset folder")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (domains.csv, domains.md, ...)")
+    parser.add_argument("--out", required=True, metavar="DIR", help=f"output folder ({outputs})")
+    parser.add_argument("--targets", type=int, default=10, metavar="N", help="at most N targets per domain")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), metavar="FILE", help="YAML config")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config field (repeatable)")
+    parser.add_argument("--device", default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:N or mps")
+    return parser
+
+
+def main(argv=None, prog: str = "bench_domains.py") -> int:
+    parser = roots_parser(prog, __doc__, "domains.csv, domains.md, ...")
     parser.add_argument("--policy", default=str(DEFAULT_POLICY), metavar="PATH",
                         help="policy checkpoint (default: the one make demo trains, checkpoints/demo/best.pt)")
-    parser.add_argument("--targets", type=int, default=10, metavar="N", help="at most N targets per domain")
     parser.add_argument("--reference", type=int, default=0, metavar="K",
                         help="the K-th pair of each domain folder (stems sorted, from 0) is the reference")
     parser.add_argument("--shots", type=int, default=0, metavar="K",
@@ -267,10 +278,6 @@ def main(argv=None, prog: str = "bench_domains.py") -> int:
                              f"first {SHOT_POOL} the targets")
     parser.add_argument("--absent", type=int, default=0, metavar="N",
                         help="add N images of the other domains to each domain's targets, with empty truth masks")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), metavar="FILE", help="YAML config")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config field (repeatable)")
-    parser.add_argument("--device", default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--shard", default="", metavar="I/N",
                         help="handle the I-th of N shares of every domain's targets (torchrun: RANK / WORLD_SIZE)")
     args = parser.parse_args(argv)
@@ -309,11 +316,19 @@ def main(argv=None, prog: str = "bench_domains.py") -> int:
     except UsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    atomic_write_text(out / "domains.csv", to_csv(rows, COLUMNS))
-    table = markdown(rows, h, Path(args.policy), args.config, args.targets, args.reference, args.shots, args.absent)
-    atomic_write_text(out / "domains.md", table)
+    return write_tables(out / "domains", to_csv(rows, COLUMNS),
+                        markdown(rows, h, Path(args.policy), args.config, args.targets, args.reference,
+                                  args.shots, args.absent),
+                        headline_line(h), report)
+
+
+def write_tables(stem: Path, csv_text: str, table: str, line: str, report: StageReport) -> int:
+    """Write ``<stem>.csv`` and the Markdown ``table`` as ``<stem>.md`` (atomically), print the table,
+    ``report``'s failures (stderr) and the machine-readable ``line`` last; returns the exit code."""
+    atomic_write_text(stem.with_suffix(".csv"), csv_text)
+    atomic_write_text(stem.with_suffix(".md"), table)
     print("\n" + table)
     if report.failed:
         print(report.summary(), file=sys.stderr)
-    print(headline_line(h))
+    print(line)
     return report.exit_code

@@ -57,16 +57,25 @@ def mask_cells(masks: np.ndarray, shape: tuple) -> np.ndarray:
     """Masks (B, H, W) or (H, W) bool → share of each cell of a ``shape`` = (rows, cols) grid inside
     them, (B, rows, cols) or (rows, cols) float32; cell i of an axis of n pixels spans pixels
     [ceil(i n / rows), ceil((i + 1) n / rows)), the cells of :func:`decode_cells`."""
-    masks = np.asarray(masks)
-    single = masks.ndim == 2
-    masks = masks[None] if single else masks
+    return cell_means(np.asarray(masks).astype(np.uint8, copy=False), shape)
+
+
+def cell_means(values: np.ndarray, shape: tuple) -> np.ndarray:
+    """Mean of ``values`` (B, H, W) or (H, W) — uint8, or any real numbers — over each cell of a
+    ``shape`` = (rows, cols) grid: (B, rows, cols) or (rows, cols) float32, the cells of
+    :func:`mask_cells` (exact sums for uint8 values, float64 sums otherwise)."""
+    values = np.asarray(values)
+    single = values.ndim == 2
+    values = values[None] if single else values
+    if values.dtype != np.uint8:
+        values = values.astype(np.float64, copy=False)
     rows, cols = int(shape[0]), int(shape[1])
-    height, width = masks.shape[1:]
+    height, width = values.shape[1:]
     row_edges = -(-np.arange(rows + 1) * height // rows)
     col_edges = -(-np.arange(cols + 1) * width // cols)
-    # corners of the cells in each mask's summed-area table (cv2.integral: a zero first row and column)
+    # corners of the cells in each plane's summed-area table (cv2.integral: a zero first row and column)
     grid = np.ix_(row_edges, col_edges)
-    corners = np.stack([cv2.integral(np.ascontiguousarray(mask, dtype=np.uint8))[grid] for mask in masks])
+    corners = np.stack([cv2.integral(np.ascontiguousarray(plane))[grid] for plane in values])
     corners = corners.astype(np.float64)
     sums = corners[:, 1:, 1:] - corners[:, :-1, 1:] - corners[:, 1:, :-1] + corners[:, :-1, :-1]
     counts = np.diff(row_edges)[:, None] * np.diff(col_edges)[None, :]
