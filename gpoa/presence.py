@@ -53,16 +53,23 @@ def presence_scores(cells: np.ndarray, reference: ReferenceFeatures, target_feat
     target = l2_normalise(target.reshape(-1, target.shape[-1]).astype(np.float32))
     if cells.shape[1] != len(target):
         raise ValueError(f"masks have {cells.shape[1]} patch cells but the target has {len(target)} patches")
-    foreground = reference.features[reference.foreground]
-    similarity = foreground @ target.T  # (M_f, P)
-    scores = np.full(len(cells), EMPTY_SCORE)
-    for b, share in enumerate(cells):
-        inside = share >= 0.5
-        if not inside.any():
-            inside = share > 0
-        if inside.any():
-            scores[b] = float(similarity[:, inside].max(axis=1).mean()) - reference.foreground_self_similarity
-    return scores
+    cover = target @ reference.features[reference.foreground].T  # (P, M_f)
+    # a mask's patches: those at least half inside it, or, for a mask smaller than every patch, those it touches
+    inside = np.where((cells >= 0.5).any(axis=1, keepdims=True), cells >= 0.5, cells > 0)
+    covered = reference_coverage(cover, inside)
+    return np.where(np.isnan(covered), EMPTY_SCORE, covered - reference.foreground_self_similarity)
+
+
+def reference_coverage(cover: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """How well B masks cover the reference object: for each mask (``inside`` (B, P) bool, its patches),
+    the mean over the reference foreground patches of their best similarity ``cover`` (P, M_f) to a
+    patch inside it; (B,) float64, nan for a mask with no patch. Nothing of size B x P x M_f is formed."""
+    out = np.full(len(inside), np.nan)
+    for b, row in enumerate(np.asarray(inside, dtype=bool)):
+        patches = np.flatnonzero(row)
+        if len(patches):
+            out[b] = float(cover[patches].max(axis=0).mean(dtype=np.float64))
+    return out
 
 
 def mask_presence_score(mask: np.ndarray, reference: ReferenceFeatures, target_features: np.ndarray) -> float:

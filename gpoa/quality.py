@@ -29,6 +29,7 @@ from scipy import ndimage
 
 from gpoa.envs.mask_view import RegionView, cell_statistics
 from gpoa.matching import l2_normalise, reference_similarity
+from gpoa.presence import reference_coverage
 from gpoa.samples import EpisodeSample
 from gpoa.segmenters import cell_means
 
@@ -280,13 +281,7 @@ def chamfer_reference(cells, context: MaskContext) -> np.ndarray:
     P x M_fg per mask, and nothing of size B x P x M_fg is formed.
     """
     inside = cells.inside if isinstance(cells, MaskSet) else _grid_cells(cells, context) >= INSIDE
-    cover = context.reference_cover
-    out = np.zeros(len(inside))
-    for b, row in enumerate(inside):
-        patches = np.flatnonzero(row)
-        if len(patches):
-            out[b] = float(cover[patches].max(axis=0).mean(dtype=np.float64))
-    return out
+    return np.nan_to_num(reference_coverage(context.reference_cover, inside), nan=0.0)
 
 
 _STATISTICS = dict(zip(QUALITY_STATISTICS, (
