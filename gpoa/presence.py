@@ -21,7 +21,8 @@ features are known: :func:`fit_presence_threshold` on a policy's training corpus
 corpus has images without the object, and pairing an image with another task's reference gives
 more), at the equal error rate — the threshold where the share of present images called absent
 equals the share of absent images called present. It is stored in the policy file
-(``presence_threshold``); ``optimize.presence_threshold`` overrides it.
+(``presence_threshold``); ``optimize.presence_threshold`` overrides it. Inference applies it only
+with ``optimize.presence=true`` (off by default: thin objects, such as the demo's membrane, score low).
 
 Shapes: P = rows * cols patches of the target grid, D the feature size, M_f reference foreground
 patches. Scores are in cosine-similarity units.
