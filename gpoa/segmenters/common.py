@@ -160,3 +160,19 @@ def mask_choice(multimask: str, iou: torch.Tensor) -> torch.Tensor:
         return iou.argmax(dim=1)
     index = 0 if multimask == "single" else int(multimask)
     return torch.full((iou.shape[0],), index, dtype=torch.long, device=iou.device)
+
+
+class SizeGroupedDecoder:
+    """The ``decode`` every SAM-family backend shares: :func:`decode_by_size` over the backend's own
+    ``_decode_same_size(embedding, group)`` (G prompt sets of N > 0 points each → (bool (G, H, W),
+    float32 (G,))), with ``self.cfg.sam_batching``. The embedding carries ``original_size`` (H, W)."""
+
+    def decode(self, embedding, prompt_sets: Sequence[PointPrompts]) -> tuple[np.ndarray, np.ndarray]:
+        """One mask per prompt set: (masks bool (B, H, W) at the original size, scores float32 (B,)).
+
+        Points are (x, y) original-image pixels, labels 1 = positive, 0 = negative. An empty
+        prompt set is not sent to the model: its mask is empty and its score 0. Sets are batched
+        by size (:func:`decode_by_size`).
+        """
+        return decode_by_size(prompt_sets, embedding.original_size,
+                              lambda group: self._decode_same_size(embedding, group), self.cfg.sam_batching)

@@ -24,8 +24,8 @@ from gpoa.config import SegmenterConfig
 from gpoa.prompts import PointPrompts
 from gpoa.segmenters.common import (
     BATCHING_CHOICES,
+    SizeGroupedDecoder,
     check_choice,
-    decode_by_size,
     download_hint,
     is_hq_key,
     load_strict,
@@ -58,7 +58,7 @@ class SamEmbedding:
     input_size: tuple
 
 
-class SamSegmenter:
+class SamSegmenter(SizeGroupedDecoder):
     """segment-anything's SAM from ``cfg.checkpoint`` (type ``cfg.model_type``) on ``device``.
 
     ``cfg.multimask`` picks the mask kept per prompt set: ``single`` (SAM's one-mask output),
@@ -106,17 +106,6 @@ class SamSegmenter:
         """The embedding of the image the predictor holds."""
         return SamEmbedding(features=self.predictor.features, original_size=tuple(self.predictor.original_size),
                             input_size=tuple(self.predictor.input_size))
-
-    def decode(self, embedding: SamEmbedding,
-               prompt_sets: Sequence[PointPrompts]) -> tuple[np.ndarray, np.ndarray]:
-        """One mask per prompt set: (masks bool (B, H, W) at the original size, scores float32 (B,)).
-
-        Points are (x, y) original-image pixels, labels 1 = positive, 0 = negative. An empty
-        prompt set is not sent to the model: its mask is empty and its score 0. Sets are batched
-        by size (:func:`~gpoa.segmenters.common.decode_by_size`).
-        """
-        return decode_by_size(prompt_sets, embedding.original_size,
-                              lambda group: self._decode_same_size(embedding, group), self.cfg.sam_batching)
 
     def _decode_same_size(self, embedding: SamEmbedding,
                           prompt_sets: Sequence[PointPrompts]) -> tuple[np.ndarray, np.ndarray]:

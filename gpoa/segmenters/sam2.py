@@ -31,8 +31,8 @@ from gpoa.config import SegmenterConfig
 from gpoa.prompts import PointPrompts
 from gpoa.segmenters.common import (
     BATCHING_CHOICES,
+    SizeGroupedDecoder,
     check_choice,
-    decode_by_size,
     download_hint,
     load_strict,
     mask_choice,
@@ -81,7 +81,7 @@ class Sam2Embedding:
     original_size: tuple
 
 
-class Sam2Segmenter:
+class Sam2Segmenter(SizeGroupedDecoder):
     """SAM 2.1 of size ``cfg.model_type`` from ``cfg.checkpoint`` on ``device``.
 
     ``cfg.multimask`` picks the mask kept per prompt set: ``single`` (SAM 2's one-mask output, with
@@ -121,17 +121,6 @@ class Sam2Segmenter:
                                       original_size=tuple(image.shape[:2]))
         self.predictor.reset_predictor()
         return embedding
-
-    def decode(self, embedding: Sam2Embedding,
-               prompt_sets: Sequence[PointPrompts]) -> tuple[np.ndarray, np.ndarray]:
-        """One mask per prompt set: (masks bool (B, H, W) at the original size, scores float32 (B,)).
-
-        Points are (x, y) original-image pixels, labels 1 = positive, 0 = negative. An empty
-        prompt set is not sent to the model: its mask is empty and its score 0. Sets are batched
-        by size (:func:`~gpoa.segmenters.common.decode_by_size`).
-        """
-        return decode_by_size(prompt_sets, embedding.original_size,
-                              lambda group: self._decode_same_size(embedding, group), self.cfg.sam_batching)
 
     def _decode_same_size(self, embedding: Sam2Embedding,
                           prompt_sets: Sequence[PointPrompts]) -> tuple[np.ndarray, np.ndarray]:
