@@ -175,7 +175,7 @@ class GPOAPredictor:
                              "use matching.method=placement, which always places a positive prompt")
         confidence = region_confidence(reference, classifier, features, self.grid, cfg)
         segmenter = self.backends.segmenter
-        optimized, embedding, present, score = initial, None, True, None
+        optimized, embedding, present, score, decoded = initial, None, True, None, None
         if self.optimizer is not None:
             sample = EpisodeSample(Path(name).stem, self.grid, features, initial, reference, image=pixels,
                                    classifier=classifier)
@@ -186,11 +186,15 @@ class GPOAPredictor:
             optimized, embedding = result.policy.prompt_set, result.embedding
             present, score = result.present, result.presence_score
         elif self.presence_threshold is not None:  # no policy: the same decision on the initial prompts' mask
-            embedding = segmenter.embed(pixels)
-            score = mask_presence_score(decode_masks(segmenter, pixels, [initial], embedding)[0], reference, features)
+            decoded = decode_masks(segmenter, pixels, [initial])[0]  # also the result: optimized is initial
+            score = mask_presence_score(decoded, reference, features)
             present = score >= self.presence_threshold
-        mask = (decode_masks(segmenter, pixels, [optimized], embedding)[0] if present
-                else np.zeros(pixels.shape[:2], dtype=bool))
+        if not present:
+            mask = np.zeros(pixels.shape[:2], dtype=bool)
+        elif decoded is not None:
+            mask = decoded
+        else:
+            mask = decode_masks(segmenter, pixels, [optimized], embedding)[0]
         return Prediction(mask=mask, confidence=confidence, prompts=Prompts(initial=initial, optimized=optimized),
                           present=bool(present), presence_score=score)
 
