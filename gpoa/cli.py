@@ -19,8 +19,8 @@ import textwrap
 from collections.abc import Sequence
 from typing import Callable, Optional
 
+from gpoa.commandline import exit_code_of
 from gpoa.config import Config, load_config, resolve_device
-from gpoa.errors import UsageError
 
 EPILOG = """\
 config:
@@ -33,32 +33,6 @@ config:
 exit codes:
   0 all images done, 1 some images failed (the others were processed), 2 usage/config error
 """
-
-
-def whole_number(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer of at least ``minimum``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def run_generator(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
-                  write: Callable[[argparse.Namespace], object]) -> int:
-    """Parse ``argv`` and run ``write(args)`` (a data generator's command line): a UsageError is one
-    line on stderr and exit code 2."""
-    args = parser.parse_args(argv)
-    try:
-        write(args)
-    except UsageError as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    return 0
 
 
 def stage_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -115,25 +89,6 @@ def run_stage(parser: argparse.ArgumentParser, stage: Callable, argv: Optional[S
         return stage(cfg, device)
 
     return exit_code_of(parser.prog, work)
-
-
-def exit_code_of(prog: str, work: Callable[[], object]) -> int:
-    """Run ``work`` and turn its outcome into the exit code of the module docstring.
-
-    ``work()`` returns a report (``summary()``, ``exit_code``) or a tuple starting with one; a
-    :class:`~gpoa.errors.UsageError` is one line on stderr and exit code 2; Ctrl-C says how to resume.
-    """
-    try:
-        result = work()
-    except UsageError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    report = result[0] if isinstance(result, tuple) else result
-    print(report.summary(), file=sys.stderr if report.exit_code else sys.stdout)
-    return report.exit_code
 
 
 # ----- the commands -------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from gpoa.cli import exit_code_of, whole_number
+from gpoa.commandline import exit_code_of, whole_number
 from gpoa.datasets import BENCHMARKS, convert
 
 

@@ -62,7 +62,7 @@ from tqdm import tqdm
 
 from gpoa.agents.policy_file import load_policy
 from gpoa.backends import Backends
-from gpoa.cli import exit_code_of
+from gpoa.commandline import exit_code_of
 from gpoa.config import Config, config_to_dict, load_config, resolve_device
 from gpoa.distributed import rank_device
 from gpoa.errors import InputError, UsageError

@@ -6,13 +6,13 @@ embedded default, no download) or ``dinov2`` (DINOv2 through timm, from a local 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from gpoa.config import Config, FeaturesConfig
+from gpoa.config import Config
 from gpoa.errors import UsageError
+from gpoa.features.keys import feature_cache_key  # noqa: F401 - the package's door to it
 from gpoa.grid import PatchGrid
 
 
@@ -26,21 +26,6 @@ class FeatureExtractor(Protocol):
     def extract(self, image: np.ndarray) -> np.ndarray:
         """uint8 RGB image (H, W, 3) of any size → float32 patch features (rows, cols, D)."""
         ...
-
-
-def feature_cache_key(cfg: FeaturesConfig) -> str:
-    """Name of the feature cache for this config: backend, model, weights file and grid.
-
-    Computable without loading a model, so later stages read cached features without the backbone.
-    """
-    grid = f"{cfg.working_size}-{cfg.patch_size}"
-    if cfg.backend == "dinov2":
-        return f"dinov2-{cfg.model}-{Path(cfg.checkpoint).stem}-{grid}"
-    if cfg.backend == "handcrafted":
-        from gpoa.features.handcrafted import VERSION
-
-        return f"handcrafted-v{VERSION}-{grid}"
-    return f"{cfg.backend}-{grid}"
 
 
 def patch_features(extractor: FeatureExtractor, image: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 
 from gpoa.config import FeaturesConfig
 from gpoa.errors import UsageError
-from gpoa.features import feature_cache_key
+from gpoa.features.keys import feature_cache_key
 from gpoa.grid import PatchGrid
 
 DOWNLOAD_PAGE = "https://github.com/facebookresearch/dinov2#pretrained-models"

@@ -34,11 +34,8 @@ import cv2
 import numpy as np
 
 from gpoa.config import FeaturesConfig
-from gpoa.features import feature_cache_key
+from gpoa.features.keys import feature_cache_key
 from gpoa.grid import PatchGrid
-
-#: version of the descriptor definition: bump it whenever the features change (for the cache key)
-VERSION = 1
 
 ORIENTATION_BINS = 8
 #: L* thresholds of the dark and bright pixel shares

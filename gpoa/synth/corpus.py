@@ -60,7 +60,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from gpoa.cli import run_generator, whole_number
+from gpoa.commandline import run_generator, whole_number
 from gpoa.errors import UsageError
 from gpoa.io import atomic_write_bytes, atomic_write_json, write_mask
 from gpoa.layout import DatasetLayout

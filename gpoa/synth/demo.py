@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from gpoa.cli import run_generator, whole_number
+from gpoa.commandline import run_generator, whole_number
 from gpoa.errors import UsageError
 from gpoa.io import atomic_write_json, write_mask, write_png
 from gpoa.layout import DatasetLayout
