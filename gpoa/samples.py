@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -39,6 +40,12 @@ class EpisodeSample:
     def load(self) -> EpisodeSample:
         return self
 
+    @property
+    def content(self) -> str:
+        """A digest of the image (or, without it, of the features): what seeds a per-image draw."""
+        values = np.ascontiguousarray(self.image if self.image is not None else self.target_features)
+        return hashlib.sha256(f"{values.dtype.str}{values.shape}".encode() + values.tobytes()).hexdigest()[:24]
+
 
 @dataclass
 class LazySample:
@@ -51,6 +58,8 @@ class LazySample:
     name: str
     task: str
     loader: Callable[[], EpisodeSample]
+    #: a digest of the image file's bytes (what seeds a per-image draw; never the name)
+    content: str = ""
 
     def load(self) -> EpisodeSample:
         return self.loader()

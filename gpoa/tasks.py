@@ -18,7 +18,7 @@ import numpy as np
 from gpoa.backends import Backends
 from gpoa.config import Config
 from gpoa.errors import InputError, UsageError
-from gpoa.features.store import FeatureStore
+from gpoa.features.store import FeatureStore, file_digest
 from gpoa.inference import propose, reference_features
 from gpoa.io import check_prompts_fit_image, image_size, read_image, read_mask, read_prompt_file
 from gpoa.layout import TaskLayout, resolve_tasks
@@ -93,7 +93,8 @@ class Task:
             except InputError as exc:
                 report.fail(name, str(exc))
                 continue
-            samples.append(LazySample(image_path.stem, self.name, self._training_loader(image_path, mask_path)))
+            samples.append(LazySample(image_path.stem, self.name, self._training_loader(image_path, mask_path),
+                                       content=file_digest(image_path)))
         return samples
 
     def _training_loader(self, image_path: Path, mask_path: Path) -> Callable[[], EpisodeSample]:
@@ -131,7 +132,8 @@ class Task:
                 continue
             mask_path = self.layout.target_mask(stem) if with_truth else None
             samples.append(LazySample(stem, self.name, self._target_loader(prompt_path, prompt_set, image_path,
-                                                                              mask_path, with_images)))
+                                                                              mask_path, with_images),
+                                      content=file_digest(image_path)))
         return samples
 
     def _target_loader(self, prompt_path: Path, prompt_set: PromptSet, image_path: Path, mask_path: Optional[Path],

@@ -22,7 +22,7 @@ from gpoa.graph import DualSpaceGraph, build_graph
 from gpoa.matching import l2_normalise, reference_similarity
 from gpoa.metrics import dice_batch
 from gpoa.prompts import PointPrompts, PromptSet, sample_ideal_prompts
-from gpoa.runtime import stable_seed
+from gpoa.runtime import content_seed
 from gpoa.samples import EpisodeSample
 from gpoa.segmenters import Segmenter, decode_cells
 
@@ -83,11 +83,11 @@ def with_ideal(prompt_set: PromptSet, positive: np.ndarray, negative: np.ndarray
 
 def build_record(sample: EpisodeSample, cfg: Config, seed: int) -> SampleRecord:
     """The record of one sample: its graph in the start state ``env.start`` (``ideal`` prompts are
-    drawn with a generator seeded by ``seed``, the task and the sample name, so a record rebuilt
-    after eviction is the same)."""
+    drawn with a generator seeded by ``seed`` and the truth mask's content, never a name, so a
+    record rebuilt after eviction is the same)."""
     prompt_set = sample.prompt_set
     if cfg.env.start == "ideal":
-        rng = np.random.default_rng(stable_seed(seed, "ideal-start", sample.task, sample.name))
+        rng = np.random.default_rng(content_seed(seed, "ideal-start", np.asarray(sample.truth_mask, bool)))
         positive, negative = sample_ideal_prompts(sample.grid, np.asarray(sample.truth_mask, bool),
                                                   cfg.segmentation.ideal_positive,
                                                   cfg.segmentation.ideal_negative, rng)

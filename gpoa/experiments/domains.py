@@ -52,6 +52,7 @@ from gpoa.config import load_config, resolve_device
 from gpoa.distributed import rank_device
 from gpoa.errors import UsageError
 from gpoa.evaluation import MEAN_TASK, mean_over_tasks, summarise, to_csv
+from gpoa.features.store import file_digest
 from gpoa.io import atomic_write_text, image_size, read_image, write_mask
 from gpoa.layout import TaskLayout, resolve_tasks
 from gpoa.runtime import RunContext, StageReport, is_fresh, seed_everything, stable_seed
@@ -119,17 +120,18 @@ def k_shot_layout(layout: TaskLayout, shots: int) -> TaskLayout:
 
 
 def add_absent_targets(tasks: list, count: int, seed: int) -> list:
-    """Each task with ``count`` more targets: images drawn (a generator seeded by ``seed`` and the task's
-    name) from the other tasks' targets, each linked into ``<task output>/absent/image/`` as
+    """Each task with ``count`` more targets: images drawn (a generator seeded by ``seed`` and the content
+    of the task's reference image, never a name) from the other tasks' targets (ordered by content), each linked into ``<task output>/absent/image/`` as
     ``absent__<task>__<stem>`` with an empty truth mask in ``absent/mask/``. The inputs are never
     written to. Stems of the added targets start with ``absent__``."""
     if len(tasks) < 2:
         raise UsageError("--absent draws images from the other domains given; give at least two domains")
-    pool = sorted(((task.name, path) for task in tasks for path in task.layout.targets), key=lambda t: (t[0], t[1].stem))
+    pool = sorted(((task.name, path) for task in tasks for path in task.layout.targets),
+                  key=lambda item: file_digest(item[1]))
     result = []
     for task in tasks:
         others = [item for item in pool if item[0] != task.name]
-        rng = np.random.default_rng(stable_seed(seed, "absent", task.name))
+        rng = np.random.default_rng(stable_seed(seed, "absent", file_digest(task.layout.reference[0][0])))
         chosen = [others[i] for i in sorted(rng.choice(len(others), size=min(count, len(others)), replace=False))]
         folder = task.layout.root / ABSENT
         targets, masks = list(task.layout.targets), dict(task.layout.target_masks)

@@ -94,7 +94,7 @@ def optimize_task(task: Task, backends: Backends, optimizer: Optimizer, report: 
         name = f"{task.name}/{lazy.name}"
         try:
             sample = lazy.load()
-            rng = np.random.default_rng(stable_seed(cfg.seed, "random_subset", sample.name))
+            rng = np.random.default_rng(stable_seed(cfg.seed, "random_subset", lazy.content))
             result = optimize_sample(optimizer, sample, backends.segmenter, cfg.seed, baseline_rng=rng, rule=True,
                                      oracle=oracle)
         except (InputError, ValueError) as exc:

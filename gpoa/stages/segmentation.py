@@ -52,7 +52,7 @@ from gpoa.io import (
 )
 from gpoa.layout import TaskLayout
 from gpoa.prompts import PromptSet, sample_ideal_prompts
-from gpoa.runtime import ONE_PROCESS, RunContext, StageReport, is_fresh, settings_stamp, stable_seed
+from gpoa.runtime import ONE_PROCESS, RunContext, StageReport, content_seed, is_fresh, settings_stamp
 from gpoa.tasks import Task, load_tasks
 from gpoa.viz import overlay_mask
 
@@ -178,7 +178,7 @@ def segment_task(task: Task, backends: Backends, extra_prompts: list, out: Path,
                 continue
             prompt_sets[name] = (prompt_set, prompt_path)
         if truth is not None:
-            rng = np.random.default_rng(stable_seed(cfg.seed, "ideal", stem))
+            rng = np.random.default_rng(content_seed(cfg.seed, "ideal", truth))
             positive, negative = sample_ideal_prompts(grid, truth, cfg.segmentation.ideal_positive,
                                                       cfg.segmentation.ideal_negative, rng)
             prompt_sets[IDEAL] = (PromptSet(image_path.name, size, grid, positive, negative, source=IDEAL), None)

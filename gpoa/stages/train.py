@@ -65,10 +65,11 @@ def resolve_policy(cfg: Config) -> Path:
     return latest_run(Path(cfg.train.checkpoints)) / BEST
 
 
-def split_samples(samples: list, eval_fraction: float, seed: int, task: str = "") -> tuple:
-    """(training samples, held-out samples) of one task: a deterministic shuffle, at least one image in
-    each when there are two or more."""
-    order = np.random.default_rng(stable_seed(seed, "split", task)).permutation(len(samples))
+def split_samples(samples: list, eval_fraction: float, seed: int) -> tuple:
+    """(training samples, held-out samples) of one task: a deterministic shuffle drawn from the run
+    ``seed`` and each image's content (``sample.content``), never from a name, so renaming a task or
+    an image does not move the split; at least one image in each part when there are two or more."""
+    order = sorted(range(len(samples)), key=lambda i: (stable_seed(seed, "split", samples[i].content), i))
     held = int(round(eval_fraction * len(samples)))
     held = min(max(held, 1 if eval_fraction > 0 else 0), len(samples) - 1)
     return [samples[i] for i in sorted(order[held:])], [samples[i] for i in sorted(order[:held])]
@@ -151,7 +152,7 @@ def episode_sources(cfg: Config, tasks: list, report: StageReport) -> tuple:
             samples = task.prompt_file_samples(task.layout.initial_indices, report, with_images=False)
         if not samples:
             continue
-        train_part, eval_part = split_samples(samples, cfg.train.eval_fraction, cfg.seed, task.name)
+        train_part, eval_part = split_samples(samples, cfg.train.eval_fraction, cfg.seed)
         training += train_part
         held_out += eval_part
     return training, held_out
