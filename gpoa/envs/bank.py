@@ -41,6 +41,8 @@ class SampleRecord:
     start_dice: Optional[float] = None
     # the environments' mask view of the start state, by (edits, lookahead, shield) setting
     start_observations: dict = field(default_factory=dict)
+    # (N, env.domain_inputs) float32 node columns of a taught policy's domain encoder (gpoa.domain); None without
+    domain_columns: Optional[np.ndarray] = None
 
     def prompts(self, graph: DualSpaceGraph) -> PointPrompts:
         """The active nodes of ``graph`` (a clone of this record's) as point prompts: positives,
@@ -108,7 +110,24 @@ def build_record(sample: EpisodeSample, cfg: Config, seed: int) -> SampleRecord:
     view = region_view(sample, graph, nearest_foreground - nearest_background,
                        cfg.placement)
     return SampleRecord(sample, graph, sample.grid.index_to_original_xy(graph.indices, original_size),
-                        sample.grid.patch_centre_pixels(graph.indices, original_size), view)
+                        sample.grid.patch_centre_pixels(graph.indices, original_size), view,
+                        domain_columns=domain_columns(sample, graph, cfg.env.domain_inputs))
+
+
+def domain_columns(sample: EpisodeSample, graph: DualSpaceGraph, count: int) -> Optional[np.ndarray]:
+    """The ``count`` (``env.domain_inputs``) domain columns of ``graph``'s nodes, (N, count) float32
+    (:mod:`gpoa.domain`), None when ``count`` is 0. ValueError when the sample lacks its encoder or
+    classifier, or the encoder gives another number of columns."""
+    if not count:
+        return None
+    if sample.domain is None or sample.classifier is None:
+        raise ValueError(f"sample '{sample.name}' has no domain encoder (or no patch classifier), but env.domain_inputs "
+                         f"is {count}: only a taught policy (gpoa teach) observes domain columns")
+    columns = sample.domain.columns(sample.target_features, sample.classifier, graph.indices)
+    if columns.shape[1] != count:
+        raise ValueError(f"the domain encoder of sample '{sample.name}' gives {columns.shape[1]} node columns, but "
+                         f"env.domain_inputs is {count}")
+    return columns
 
 
 class EpisodeBank:

@@ -66,7 +66,8 @@ class PromptEnv(gymnasium.Env):
     Observation (dict):
 
     - ``"nodes"`` (max_nodes, F) float32 in [-1, 2]: :meth:`DualSpaceGraph.node_features` (columns
-      :data:`gpoa.graph.NODE_FEATURES`), zero rows past the graph's N nodes;
+      :data:`gpoa.graph.NODE_FEATURES`), then ``env.domain_inputs`` columns of a taught policy's
+      domain encoder (:mod:`gpoa.domain`; none by default), zero rows past the graph's N nodes;
     - ``"valid"`` (max_nodes,) int8: 1 for the N real nodes;
     - ``"globals"`` (G,) float32: :data:`GLOBAL_FEATURES`.
 
@@ -108,7 +109,8 @@ class PromptEnv(gymnasium.Env):
         global_low = np.zeros(len(GLOBAL_FEATURES), np.float32)
         global_low[GLOBAL_FEATURES.index("mask_reference_ratio")] = -1.0
         self.observation_space = spaces.Dict({
-            "nodes": spaces.Box(low=-1.0, high=2.0, shape=(env.max_nodes, len(NODE_FEATURES)), dtype=np.float32),
+            "nodes": spaces.Box(low=-1.0, high=2.0, shape=(env.max_nodes, len(NODE_FEATURES) + env.domain_inputs),
+                                dtype=np.float32),
             "valid": spaces.MultiBinary(env.max_nodes),
             "globals": spaces.Box(low=global_low, high=global_high, dtype=np.float32),
         })
@@ -153,6 +155,12 @@ class PromptEnv(gymnasium.Env):
     @property
     def done(self) -> bool:
         return self._done
+
+    @property
+    def toggled(self) -> np.ndarray:
+        """(N,) bool: the nodes toggled in this episode (each may be toggled once); with the active
+        nodes, what makes one state of an episode differ from another."""
+        return self._toggled
 
     def prompt_set(self, source: str = "env") -> PromptSet:
         """The active prompts of the current episode as a :class:`PromptSet`."""
@@ -328,8 +336,12 @@ class PromptEnv(gymnasium.Env):
     # ----- what the agent sees ------------------------------------------------------------------
     def observation(self) -> dict:
         graph, env = self.graph, self.cfg.env
-        nodes = np.zeros((self.max_nodes, len(NODE_FEATURES)), dtype=np.float32)
-        graph.node_features(self._mask_columns, out=nodes[:graph.num_nodes])
+        nodes = np.zeros((self.max_nodes, len(NODE_FEATURES) + env.domain_inputs), dtype=np.float32)
+        if self.record.domain_columns is None:
+            graph.node_features(self._mask_columns, out=nodes[:graph.num_nodes])
+        else:  # a taught policy's domain columns (gpoa.domain) after the columns every policy sees
+            nodes[:graph.num_nodes, :len(NODE_FEATURES)] = graph.node_features(self._mask_columns)
+            nodes[:graph.num_nodes, len(NODE_FEATURES):] = self.record.domain_columns
         valid = np.zeros(self.max_nodes, dtype=np.int8)
         valid[:graph.num_nodes] = 1
         globals_ = np.empty(len(GLOBAL_FEATURES), dtype=np.float32)

@@ -15,8 +15,9 @@ from tqdm import tqdm
 from gpoa.backends import Backends
 from gpoa.config import Config, save_config
 from gpoa.errors import InputError
+from gpoa.inference import policy_reference
 from gpoa.io import read_image, write_png, write_prompt_file
-from gpoa.runtime import ONE_PROCESS, RunContext, StageReport, is_fresh, settings_stamp
+from gpoa.runtime import ONE_PROCESS, RunContext, StageReport, array_digest, is_fresh, settings_stamp
 from gpoa.tasks import Task, load_tasks
 from gpoa.viz import draw_points
 
@@ -24,8 +25,10 @@ INITIAL_FOLDER = "initial_indices"
 
 
 def generate_initial_prompts(cfg: Config, device: str = "cpu", tasks: Optional[list] = None) -> StageReport:
-    """Stage 1 over ``tasks`` (default: the tasks of ``cfg.data``)."""
-    tasks = tasks if tasks is not None else load_tasks(cfg, Backends(cfg, device))
+    """Stage 1 over ``tasks`` (default: the tasks of ``cfg.data``, matched against the references of
+    the taught policy ``optimize.policy`` names, if it is one: gpoa.teach)."""
+    tasks = tasks if tasks is not None else load_tasks(cfg, Backends(cfg, device),
+                                                       taught_reference=policy_reference(cfg))
     report = StageReport("initial prompts")
     context = RunContext.from_settings(cfg.shard)
     for task in tasks:
@@ -42,8 +45,9 @@ def initial_prompts_of(task: Task, report: StageReport, context: RunContext = ON
     out = layout.prompt_folder(INITIAL_FOLDER)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    references = [{"file": str(p), "bytes": p.stat().st_size, "modified": p.stat().st_mtime}
-                  for pair in layout.reference for p in pair]
+    references = ([{"file": str(p), "bytes": p.stat().st_size, "modified": p.stat().st_mtime}
+                   for pair in layout.reference for p in pair] if task.taught_reference is None
+                  else [{"taught": array_digest(task.taught_reference.features)}])
     stamp = settings_stamp(out / "settings.txt", {"matching": dataclasses.asdict(cfg.matching),
                                                     "placement": dataclasses.asdict(cfg.placement), "seed": cfg.seed,
                                                     "features": task.store.key, "reference": references})

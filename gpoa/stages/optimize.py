@@ -54,8 +54,9 @@ def _up_to_date(task: Task, stem: str, outputs: list, policy_path: Path, source:
 def optimize_prompts(cfg: Config, device: str = "cpu", tasks: Optional[list] = None) -> StageReport:
     """Stage 3 over ``tasks`` (default: the tasks of ``cfg.data``)."""
     backends = tasks[0].backends if tasks else Backends(cfg, device)  # the tasks' models: loaded once
-    tasks = tasks if tasks is not None else load_tasks(cfg, backends)
     optimizer = load_optimizer(resolve_policy(cfg), cfg, backends.feature_key, backends.grid)
+    # a taught policy's references replace the tasks' (as they did in stage 1)
+    tasks = tasks if tasks is not None else load_tasks(cfg, backends, taught_reference=optimizer.reference)
     report = StageReport("optimize")
     context = RunContext.from_settings(cfg.shard)
     for task in tasks:
