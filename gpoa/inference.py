@@ -46,7 +46,7 @@ from gpoa.placement import (
 )
 from gpoa.presence import mask_presence_score
 from gpoa.prompts import PromptSet
-from gpoa.runtime import content_seed
+from gpoa.runtime import array_digest, content_seed
 from gpoa.samples import EpisodeSample
 from gpoa.segmenters import Segmenter
 
@@ -80,6 +80,15 @@ def taught_reference(payload: dict, cfg: Config) -> ReferenceFeatures:
     fractions = torch.as_tensor(payload["mask_fractions"]).float().numpy()
     return build_reference(list(grids), list(fractions), cfg.matching.foreground_fraction,
                            [int(n) for n in payload["instances"]])
+
+
+#: the key of a prompt file made from a taught policy's references: their digest (taught_reference_digest)
+TAUGHT_REFERENCE = "taught_reference"
+
+
+def taught_reference_digest(reference: ReferenceFeatures) -> str:
+    """What identifies a taught policy's references in the prompt files matched against them."""
+    return array_digest(reference.features)
 
 
 def policy_reference(cfg: Config) -> Optional[ReferenceFeatures]:

@@ -338,14 +338,26 @@ def fit_scores(network: NodeSetNetwork, data: tuple, cfg: Config) -> NodeSetNetw
 HUBER_BETA = 0.05
 
 
+def domain_encoder(pairs: Sequence[LabelledPair], grid: PatchGrid, cfg: Config) -> DomainEncoder:
+    """The domain encoder (:mod:`gpoa.domain`) of ``pairs``: its classifier fitted on their patches and
+    truth, ``teach.feature_axes`` principal axes of their features."""
+    try:
+        patches = reference_features([p.features for p in pairs], [p.mask for p in pairs], grid, cfg)
+    except ValueError as exc:
+        raise UsageError(f"the labelled pairs cannot train a patch classifier: {exc}") from None
+    return fit_domain_encoder(patches, cfg.teach.feature_axes, cfg.placement.regularisation)
+
+
 def labelled_samples(pairs: Sequence[LabelledPair], chosen: Sequence[int], ranking: Sequence[int], grid: PatchGrid,
-                     cfg: Config, encoder: Optional[DomainEncoder]) -> list:
+                     cfg: Config, domain_inputs: bool) -> list:
     """One sample per labelled pair, its prompts proposed from its leave-one-out references
-    (:func:`leave_one_out`), with its truth, the references' patch classifier and ``encoder``."""
+    (:func:`leave_one_out`), with its truth, the references' patch classifier and, with
+    ``domain_inputs``, the domain encoder of the OTHER pairs (:func:`domain_encoder`)."""
     samples = []
-    for i, pair in enumerate(pairs):
+    for i, pair in enumerate(tqdm(pairs, desc="teach: leave-one-out samples", unit="pair")):
         reference, classifier = reference_of([pairs[j] for j in leave_one_out(i, chosen, ranking)], grid, cfg)
         prompts = propose(reference, classifier, pair.features, pair.image, grid, cfg, pair.name)
+        encoder = domain_encoder([p for j, p in enumerate(pairs) if j != i], grid, cfg) if domain_inputs else None
         samples.append(EpisodeSample(pair.name, grid, pair.features, prompts, reference, pair.image, pair.mask,
                                      task=TASK, classifier=classifier, domain=encoder))
     return samples
@@ -455,15 +467,25 @@ def choose_presence_threshold(env: PromptEnv, predictions: dict, gates: dict, cf
 # ----- the whole lesson --------------------------------------------------------------------------------
 def teach(pairs: Sequence[LabelledPair], cfg: Config, backends) -> Taught:
     """Steps 1-3 of the module docstring on ``pairs`` with ``backends``' segmenter (``teach.init``: a
-    policy file to start the agent from). Raises UsageError when the pairs cannot teach anything."""
+    policy file to start the agent from). Raises UsageError when the pairs cannot teach anything.
+    The network trains on the CPU with ``train.cpu_threads`` threads (0: torch's default)."""
+    threads = torch.get_num_threads()
+    if cfg.train.cpu_threads > 0:
+        torch.set_num_threads(cfg.train.cpu_threads)
+    try:
+        return _teach(pairs, cfg, backends)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _teach(pairs: Sequence[LabelledPair], cfg: Config, backends) -> Taught:
     started = time.perf_counter()
     grid, segmenter = backends.grid, backends.segmenter
     embeddings = [segmenter.embed(pair.image) for pair in tqdm(pairs, desc="teach: embed", unit="pair")]
     chosen, ranking, reference_report = choose_references(pairs, embeddings, segmenter, grid, cfg)
-    encoder = (fit_domain_encoder([pair.features for pair in pairs], cfg.teach.feature_axes)
-               if cfg.teach.domain_inputs else None)
+    encoder = domain_encoder(pairs, grid, cfg) if cfg.teach.domain_inputs else None
     network, run_cfg = starting_network(cfg, len(encoder.names) if encoder is not None else 0)
-    samples = labelled_samples(pairs, chosen, ranking, grid, run_cfg, encoder)
+    samples = labelled_samples(pairs, chosen, ranking, grid, run_cfg, cfg.teach.domain_inputs)
     try:
         bank = EpisodeBank(samples, run_cfg, segmenter, seed=cfg.seed)
         for index, embedding in enumerate(embeddings):
@@ -477,7 +499,7 @@ def teach(pairs: Sequence[LabelledPair], cfg: Config, backends) -> Taught:
     prior = load_policy(Path(cfg.teach.init)).extra.get("presence_threshold") if cfg.teach.init else None
     presence, presence_report = choose_presence_threshold(env, predictions, gates, run_cfg, prior)
     report = {"references": reference_report, "states": len(states),
-              "loo_dice": {"initial": float(predictions["start"].mean()), "gated": gated_dice},
+              "loo_dice": {"start": float(predictions["start"].mean()), "taught": gated_dice},
               "presence": presence_report, "train_seconds": time.perf_counter() - started}
     return Taught(agent, chosen, encoder, gates, presence, run_cfg, report)
 
@@ -507,7 +529,8 @@ def summary_line(taught: Taught) -> str:
     report, gates = taught.report, taught.gates
     presence = "none" if taught.presence_threshold is None else f"{taught.presence_threshold:+.3f}"
     return (f"references={len(taught.references)} initial_loo_dice={report['references']['initial_loo_dice']:.3f} "
-            f"taught_loo_dice={report['loo_dice']['gated']:.3f} stop_margin={gates['stop_margin']:g} "
+            f"start_loo_dice={report['loo_dice']['start']:.3f} taught_loo_dice={report['loo_dice']['taught']:.3f} "
+            f"stop_margin={gates['stop_margin']:g} "
             f"min_region_confidence={gates['min_region_confidence']:g} presence_threshold={presence} "
             f"states={report['states']} train_seconds={report['train_seconds']:.0f}")
 

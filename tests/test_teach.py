@@ -80,8 +80,9 @@ def test_the_policy_file_holds_what_was_taught_and_only_the_labelled_pairs(taugh
     assert references["features"].dtype == torch.float16 and references["features"].ndim == 4
     assert len(references["features"]) == len(taught["reference_pairs"]) == len(references["instances"])
     assert set(policy.extra["gates"]) == {"stop_margin", "min_region_confidence"}
-    assert policy.node_features[-len(policy.extra["domain"]["scale"]) - 2:][:2] == ["domain_classifier",
-                                                                                  "domain_classifier_rank"]
+    axes = len(policy.extra["domain"]["scale"])  # the domain columns follow the usual ones (gpoa.domain)
+    assert policy.node_features[-axes - 3:] == ["domain_classifier", "domain_classifier_rank"] + [
+        f"domain_feature_{i}" for i in range(axes)] + ["domain_lookahead_agreement"]
     assert taught["train_seconds"] > 0
 
 
@@ -149,15 +150,12 @@ def test_calibrated_gates_replace_the_defaults_and_a_setting_still_wins(taught_m
 def test_init_acts_exactly_as_the_policy_it_starts_from(trained_master, tmp_path):
     data, checkpoints = trained_master
     shipped = checkpoints / "tiny" / "best.pt"
-    cfg = load_config(DEMO_CONFIG, TINY + [f"teach.init={shipped}"])
-    network, run_cfg = starting_network(cfg, 12)
+    cfg = load_config(DEMO_CONFIG, TINY + [f"teach.init={shipped}", "teach.feature_axes=9"])
+    network, run_cfg = starting_network(cfg, 12)  # 2 classifier, 9 feature and 1 lookahead columns
     assert network.node_dim == load_policy(shipped).network.node_dim + 12 and run_cfg.env.domain_inputs == 12
     backends = Backends(cfg, "cpu")
     pairs, _ = read_labelled_pairs(pairs_of(data, 2), FeatureStore(tmp_path / "cache", backends))
-    from gpoa.domain import fit_domain_encoder
-
-    encoder = fit_domain_encoder([p.features for p in pairs], 10)
-    samples = labelled_samples(pairs, [0, 1], [0, 1, 2], backends.grid, run_cfg, encoder)
+    samples = labelled_samples(pairs, [0, 1], [0, 1, 2], backends.grid, run_cfg, True)
     env = PromptEnv(EpisodeBank(samples, run_cfg, backends.segmenter), run_cfg)
     before, after = GreedyPolicy(load_policy(shipped).network), GreedyPolicy(network)
     width = network.node_dim - 12

@@ -41,7 +41,8 @@ class SampleRecord:
     start_dice: Optional[float] = None
     # the environments' mask view of the start state, by (edits, lookahead, shield) setting
     start_observations: dict = field(default_factory=dict)
-    # (N, env.domain_inputs) float32 node columns of a taught policy's domain encoder (gpoa.domain); None without
+    # (N, env.domain_inputs - 1) float32 static node columns of a taught policy's domain encoder
+    # (gpoa.domain; the environment adds the lookahead one); None without
     domain_columns: Optional[np.ndarray] = None
 
     def prompts(self, graph: DualSpaceGraph) -> PointPrompts:
@@ -115,19 +116,19 @@ def build_record(sample: EpisodeSample, cfg: Config, seed: int) -> SampleRecord:
 
 
 def domain_columns(sample: EpisodeSample, graph: DualSpaceGraph, count: int) -> Optional[np.ndarray]:
-    """The ``count`` (``env.domain_inputs``) domain columns of ``graph``'s nodes, (N, count) float32
-    (:mod:`gpoa.domain`), None when ``count`` is 0. ValueError when the sample lacks its encoder or
-    classifier, or the encoder gives another number of columns."""
+    """The static domain columns of ``graph``'s nodes (:mod:`gpoa.domain`), (N, count - 1) float32 for
+    ``count`` = ``env.domain_inputs`` (the last, the lookahead, is the environment's); None when
+    ``count`` is 0. ValueError when the sample lacks its encoder or the encoder has another number
+    of columns."""
     if not count:
         return None
-    if sample.domain is None or sample.classifier is None:
-        raise ValueError(f"sample '{sample.name}' has no domain encoder (or no patch classifier), but env.domain_inputs "
-                         f"is {count}: only a taught policy (gpoa teach) observes domain columns")
-    columns = sample.domain.columns(sample.target_features, sample.classifier, graph.indices)
-    if columns.shape[1] != count:
-        raise ValueError(f"the domain encoder of sample '{sample.name}' gives {columns.shape[1]} node columns, but "
-                         f"env.domain_inputs is {count}")
-    return columns
+    if sample.domain is None:
+        raise ValueError(f"sample '{sample.name}' has no domain encoder, but env.domain_inputs is {count}: only a "
+                         "taught policy (gpoa teach) observes domain columns")
+    if len(sample.domain.names) != count:
+        raise ValueError(f"the domain encoder of sample '{sample.name}' gives {len(sample.domain.names)} node "
+                         f"columns, but env.domain_inputs is {count}")
+    return sample.domain.columns(sample.target_features, graph.indices)
 
 
 class EpisodeBank:

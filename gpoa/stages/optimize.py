@@ -29,7 +29,13 @@ from tqdm import tqdm
 from gpoa.backends import Backends
 from gpoa.config import Config, save_config
 from gpoa.errors import InputError
-from gpoa.inference import Optimizer, load_optimizer, optimize_sample
+from gpoa.inference import (
+    TAUGHT_REFERENCE,
+    Optimizer,
+    load_optimizer,
+    optimize_sample,
+    taught_reference_digest,
+)
 from gpoa.io import atomic_write_json, write_prompt_file
 from gpoa.runtime import ONE_PROCESS, RunContext, StageReport, is_fresh, stable_seed
 from gpoa.stages.train import resolve_policy
@@ -91,10 +97,15 @@ def optimize_task(task: Task, backends: Backends, optimizer: Optimizer, report: 
     with_images = in_loop or oracle or optimizer.presence_threshold is not None  # presence decodes the image
     sources = task.prompt_file_samples(layout.initial_indices, report, with_images=with_images,
                                        with_truth=oracle, skip=done_before)
+    taught = None if optimizer.reference is None else taught_reference_digest(optimizer.reference)
     for lazy in tqdm(sources, desc=f"optimize [{task.name}]", unit="image"):
         name = f"{task.name}/{lazy.name}"
         try:
             sample = lazy.load()
+            if taught is not None and sample.prompt_set.extra.get(TAUGHT_REFERENCE) != taught:
+                raise InputError(layout.initial_indices / f"{lazy.name}.json",
+                                 f"was not matched against the references of the taught policy '{policy_path}'",
+                                 f"run gpoa prompts --policy {policy_path} first")
             rng = np.random.default_rng(stable_seed(cfg.seed, "random_subset", lazy.content))
             result = optimize_sample(optimizer, sample, backends.segmenter, cfg.seed, baseline_rng=rng, rule=True,
                                      oracle=oracle)
