@@ -383,11 +383,12 @@ class TeachConfig:
     # hand-made rule visit, then this many times more at the states it visits itself (DAgger)
     rounds: int = 1
     # the fit of the node scores to those changes (a Huber loss, plus rank_weight times a cross-entropy
-    # of which action is best at rank_temperature, in Dice): passes over the states, Adam's step
-    # size and weight decay, states per step
+    # of which action is best at rank_temperature, in Dice); the passes over the states are chosen
+    # out of fold among `epochs` (0: the policy of --init as it is; left out without one); Adam's
+    # step size and weight decay, states per step
     rank_weight: float = 1.0
     rank_temperature: float = 0.02
-    epochs: int = 60
+    epochs: list = field(default_factory=lambda: [0, 20, 60])
     learning_rate: float = 0.001
     weight_decay: float = 0.0001
     batch_size: int = 64
@@ -544,7 +545,7 @@ def with_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
 POSITIVE_FIELDS = ("features.working_size", "features.patch_size", "segmenter.n_segments", "env.episode_length",
                    "env.max_nodes", "dqn.batch_size", "dqn.buffer_size", "dqn.target_update", "dqn.train_frequency",
                    "dqn.hidden", "train.eval_every", "train.parallel_envs", "placement.n_positive",
-                   "placement.interior_depth", "teach.hidden", "teach.epochs", "teach.batch_size")
+                   "placement.interior_depth", "teach.hidden", "teach.batch_size")
 #: fields that must be at least 0
 NON_NEGATIVE_FIELDS = ("matching.max_positive", "matching.max_negative", "segmentation.ideal_positive",
                        "segmentation.ideal_negative", "graph.extra_positive", "graph.extra_negative",
@@ -623,7 +624,7 @@ def check_teach(teach: TeachConfig) -> None:
     for key in ("learning_rate", "rank_temperature"):
         if getattr(teach, key) <= 0:
             raise ValueError(f"config key 'teach.{key}' must be positive, got {getattr(teach, key)}")
-    for key, low, high in (("reference_counts", 0, None), ("stop_margins", 0, None),
+    for key, low, high in (("reference_counts", 0, None), ("epochs", 0, None), ("stop_margins", 0, None),
                            ("min_region_confidences", 0, 1)):
         values = getattr(teach, key)
         try:
@@ -633,8 +634,13 @@ def check_teach(teach: TeachConfig) -> None:
         if not numbers or any(v < low or (high is not None and v > high) for v in numbers):
             bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
             raise ValueError(f"config key 'teach.{key}' must be a non-empty list of numbers {bounds}, got {values!r}")
-    if any(float(n) != int(float(n)) for n in teach.reference_counts):
-        raise ValueError(f"config key 'teach.reference_counts' must be whole numbers, got {teach.reference_counts!r}")
+    for key in ("reference_counts", "epochs"):
+        if any(float(n) != int(float(n)) for n in getattr(teach, key)):
+            raise ValueError(f"config key 'teach.{key}' must be whole numbers, got {getattr(teach, key)!r}")
+    if sorted(set(int(n) for n in teach.epochs)) != [int(n) for n in teach.epochs]:
+        raise ValueError(f"config key 'teach.epochs' must be increasing, got {teach.epochs!r}")
+    if not any(int(n) > 0 for n in teach.epochs):
+        raise ValueError(f"config key 'teach.epochs' needs a number of passes above 0, got {teach.epochs!r}")
 
 
 def validate(cfg: Config) -> None:

@@ -217,7 +217,8 @@ def choose_references(pairs: Sequence[LabelledPair], embeddings: Sequence, segme
 def starting_network(cfg: Config, extra: int) -> tuple:
     """(network, run config) the agent starts from: the policy file ``teach.init`` widened by ``extra``
     zero-weight node inputs, with the graph and environment settings it was trained with; without one,
-    a new network of ``teach.hidden`` units with ``cfg``'s settings and prior."""
+    a new network of ``teach.hidden`` units with ``cfg``'s settings and prior (and ``teach.epochs``
+    without 0)."""
     init = Path(cfg.teach.init) if cfg.teach.init else None
     if init is None:
         torch.manual_seed(cfg.seed)
@@ -235,7 +236,9 @@ def starting_network(cfg: Config, extra: int) -> tuple:
         network = policy.network.with_node_inputs(extra)
         graph, env = GraphConfig(**policy.extra["config"]["graph"]), EnvConfig(**policy.extra["config"]["env"])
     env = dataclasses.replace(env, reward="segmentation", start="initial", domain_inputs=extra)
-    return network, dataclasses.replace(cfg, graph=graph, env=env)
+    # no pass at all is a choice only for a network that was trained before
+    epochs = [int(n) for n in cfg.teach.epochs if int(n) > 0 or init is not None]
+    return network, dataclasses.replace(cfg, graph=graph, env=env, teach=dataclasses.replace(cfg.teach, epochs=epochs))
 
 
 @dataclass
@@ -295,19 +298,21 @@ def collect(states: States, env: PromptEnv, index: int, policy) -> None:
             return
 
 
-def fit_scores(network: NodeSetNetwork, data: tuple, cfg: Config) -> NodeSetNetwork:
-    """A copy of ``network`` trained so that every toggle's score minus STOP's predicts the change in
-    Dice the toggle makes, on ``data`` (:meth:`States.arrays`). The loss: the Huber loss of that
-    prediction, plus ``teach.rank_weight`` times the cross-entropy between the softmax over the
-    state's actions (STOP: a change of 0) of the predicted and of the true changes, both divided by
-    ``teach.rank_temperature`` (what matters is which action is best). Deterministic."""
+def fit_scores(network: NodeSetNetwork, data: tuple, cfg: Config, epochs: Sequence[int]) -> list:
+    """Copies of ``network`` trained so that every toggle's score minus STOP's predicts the change in
+    Dice the toggle makes, on ``data`` (:meth:`States.arrays`), one after each number of passes in
+    ``epochs`` (0: ``network`` as it is). The loss: the Huber loss of that prediction, plus
+    ``teach.rank_weight`` times the cross-entropy between the softmax over the state's actions (STOP:
+    a change of 0) of the predicted and of the true changes, both divided by ``teach.rank_temperature``
+    (what matters is which action is best). Deterministic."""
     network = copy.deepcopy(network)
     nodes, valid, globals_, target, toggle = data
     teach = cfg.teach
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.Adam(network.parameters(), lr=teach.learning_rate, weight_decay=teach.weight_decay)
+    snapshots = {0: copy.deepcopy(network).eval()} if 0 in epochs else {}
     network.train()
-    for _ in range(teach.epochs):
+    for epoch in range(1, max(epochs) + 1):
         order = torch.randperm(len(nodes), generator=generator).numpy()
         for start in range(0, len(order), teach.batch_size):
             batch = order[start:start + teach.batch_size]
@@ -331,7 +336,9 @@ def fit_scores(network: NodeSetNetwork, data: tuple, cfg: Config) -> NodeSetNetw
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    return network.eval()
+        if epoch in epochs:
+            snapshots[epoch] = copy.deepcopy(network).eval()
+    return [snapshots[epoch] for epoch in epochs]
 
 
 #: where the loss turns from quadratic to linear, in Dice
@@ -363,20 +370,20 @@ def labelled_samples(pairs: Sequence[LabelledPair], chosen: Sequence[int], ranki
     return samples
 
 
-def fit_agent(network: NodeSetNetwork, env: PromptEnv, cfg: Config) -> tuple:
-    """(the agent, its labelled states): step 2 of the module docstring over every sample of ``env``."""
+def collect_states(network: NodeSetNetwork, env: PromptEnv, cfg: Config) -> States:
+    """The labelled states of step 2 (module docstring) over every sample of ``env``: the oracle's and
+    the rule's, then ``teach.rounds`` times those of the agent fitted so far (``teach.epochs[-1]``
+    passes)."""
     states = States()
     rule = LookaheadRule(NODE_FEATURES)
     for index in tqdm(range(env.num_samples), desc="teach: oracle and rule states", unit="pair"):
         collect(states, env, index, None)
         collect(states, env, index, rule)
-    agent = fit_scores(network, states.arrays(), cfg)
     for round_ in range(cfg.teach.rounds):
-        policy = GreedyPolicy(agent)
+        policy = GreedyPolicy(fit_scores(network, states.arrays(), cfg, [cfg.teach.epochs[-1]])[0])
         for index in tqdm(range(env.num_samples), desc=f"teach: the agent's states ({round_ + 1})", unit="pair"):
             collect(states, env, index, policy)
-        agent = fit_scores(network, states.arrays(), cfg)
-    return agent, states
+    return states
 
 
 # ----- 3. the gates --------------------------------------------------------------------------------
@@ -389,22 +396,25 @@ def folds_of(pairs: Sequence[LabelledPair], count: int, seed: int) -> list:
 
 
 def out_of_fold(network: NodeSetNetwork, states: States, env: PromptEnv, folds: Sequence[int], cfg: Config) -> dict:
-    """For every labelled pair, the Dice of an agent trained on the other folds' pairs under each
-    stop margin of ``teach.stop_margins`` (``final`` (P, margins)), the start Dice (``start`` (P,)) and
-    the region confidence (``confidence`` (P,)), the observation's."""
-    margins = list(cfg.teach.stop_margins)
-    final = np.zeros((env.num_samples, len(margins)))
+    """For every labelled pair, the Dice of agents trained on the other folds' pairs for each number of
+    passes of ``teach.epochs`` under each stop margin of ``teach.stop_margins`` (``final`` (P, epochs,
+    margins)), the start Dice (``start`` (P,)) and the region confidence (``confidence`` (P,)), the
+    observation's."""
+    epochs, margins = list(cfg.teach.epochs), list(cfg.teach.stop_margins)
+    final = np.zeros((env.num_samples, len(epochs), len(margins)))
     start, confidence = np.zeros(env.num_samples), np.zeros(env.num_samples)
     where = GLOBAL_FEATURES.index("region_confidence")
-    for fold in tqdm(sorted(set(folds)), desc="teach: out-of-fold gates", unit="fold"):
+    for fold in tqdm(sorted(set(folds)), desc="teach: out-of-fold agents and gates", unit="fold"):
         held = [i for i, f in enumerate(folds) if f == fold]
         others = {i for i, f in enumerate(folds) if f != fold}
-        agent = fit_scores(network, states.arrays(others), cfg) if others & set(states.pair) else network
-        for m, margin in enumerate(margins):
-            policy = GreedyPolicy(agent, stop_margin=margin)
-            for i in held:
-                _, info, _ = run_greedy(policy, env, options={"sample": i})
-                final[i, m] = info["dice"]
+        agents = (fit_scores(network, states.arrays(others), cfg, epochs) if others & set(states.pair)
+                  else [network] * len(epochs))
+        for e, agent in enumerate(agents):
+            for m, margin in enumerate(margins):
+                policy = GreedyPolicy(agent, stop_margin=margin)
+                for i in held:
+                    _, info, _ = run_greedy(policy, env, options={"sample": i})
+                    final[i, e, m] = info["dice"]
         for i in held:
             obs, info = env.reset(options={"sample": i})
             start[i], confidence[i] = info["dice"], obs["globals"][where]
@@ -412,29 +422,33 @@ def out_of_fold(network: NodeSetNetwork, states: States, env: PromptEnv, folds: 
 
 
 def choose_gates(predictions: dict, cfg: Config) -> tuple:
-    """(gates, mean Dice): the stop margin and minimum region confidence (``teach.stop_margins`` x
-    ``teach.min_region_confidences``) under which the out-of-fold predictions score the highest mean
-    Dice (a pair below the confidence keeps its start Dice); ties go to the built-in defaults' side
-    (the margin nearest 0, the confidence nearest 0.5)."""
+    """(passes, gates, mean Dice): the number of passes (``teach.epochs``), stop margin and minimum
+    region confidence (``teach.stop_margins`` x ``teach.min_region_confidences``) under which the
+    out-of-fold predictions score the highest mean Dice (a pair below the confidence keeps its start
+    Dice); ties go to fewer passes and the built-in defaults' side (the margin nearest 0, the
+    confidence nearest 0.5)."""
     best, best_key = None, None
-    for m, margin in enumerate(cfg.teach.stop_margins):
-        for threshold in cfg.teach.min_region_confidences:
-            gated = predictions["confidence"] >= threshold
-            value = float(np.mean(np.where(gated, predictions["final"][:, m], predictions["start"])))
-            key = (round(value, 9), -abs(margin - DEFAULT_STOP_MARGIN),
-                   -abs(threshold - DEFAULT_MIN_REGION_CONFIDENCE))
-            if best_key is None or key > best_key:
-                best, best_key = ({"stop_margin": float(margin), "min_region_confidence": float(threshold)}, value), key
+    for e, epochs in enumerate(cfg.teach.epochs):
+        for m, margin in enumerate(cfg.teach.stop_margins):
+            for threshold in cfg.teach.min_region_confidences:
+                gated = predictions["confidence"] >= threshold
+                value = float(np.mean(np.where(gated, predictions["final"][:, e, m], predictions["start"])))
+                key = (round(value, 9), -epochs, -abs(margin - DEFAULT_STOP_MARGIN),
+                       -abs(threshold - DEFAULT_MIN_REGION_CONFIDENCE))
+                if best_key is None or key > best_key:
+                    gates = {"stop_margin": float(margin), "min_region_confidence": float(threshold)}
+                    best, best_key = (int(epochs), gates, value), key
     return best
 
 
-def choose_presence_threshold(env: PromptEnv, predictions: dict, gates: dict, cfg: Config,
+def choose_presence_threshold(env: PromptEnv, predictions: dict, epochs: int, gates: dict, cfg: Config,
                               prior: Optional[float]) -> tuple:
     """(threshold or None, report): the presence threshold (:mod:`gpoa.presence`) that maximises the
     labelled pairs' mean Dice when a pair called absent gets an empty mask (Dice 1 where the object
     is absent, 0 where it is there) and the others their out-of-fold Dice under ``gates``. Ties go to
     the threshold nearest ``prior`` (the starting policy's), or, without one, to calling no labelled
-    pair absent: None when no pair lacks the object and there is no prior."""
+    pair absent: None when no pair lacks the object and there is no prior. ``epochs`` and ``gates``:
+    those :func:`choose_gates` chose."""
     scores, truth_empty = [], []
     for index in range(env.num_samples):
         record = env.bank.record(index)
@@ -448,7 +462,8 @@ def choose_presence_threshold(env: PromptEnv, predictions: dict, gates: dict, cf
         return None, report
     margin = list(cfg.teach.stop_margins).index(gates["stop_margin"])
     gated = predictions["confidence"] >= gates["min_region_confidence"]
-    kept = np.where(gated, predictions["final"][:, margin], predictions["start"])
+    kept = np.where(gated, predictions["final"][:, list(cfg.teach.epochs).index(epochs), margin],
+                    predictions["start"])
     ordered = np.unique(scores)
     candidates = np.concatenate([[ordered[0] - 1e-3], (ordered[:-1] + ordered[1:]) / 2, [ordered[-1] + 1e-3]])
     if prior is not None:
@@ -493,12 +508,13 @@ def _teach(pairs: Sequence[LabelledPair], cfg: Config, backends) -> Taught:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     env = PromptEnv(bank, run_cfg, seed=cfg.seed)
-    agent, states = fit_agent(network, env, run_cfg)
+    states = collect_states(network, env, run_cfg)
     predictions = out_of_fold(network, states, env, folds_of(pairs, cfg.teach.folds, cfg.seed), run_cfg)
-    gates, gated_dice = choose_gates(predictions, run_cfg)
+    epochs, gates, gated_dice = choose_gates(predictions, run_cfg)
+    agent = fit_scores(network, states.arrays(), run_cfg, [epochs])[0]
     prior = load_policy(Path(cfg.teach.init)).extra.get("presence_threshold") if cfg.teach.init else None
-    presence, presence_report = choose_presence_threshold(env, predictions, gates, run_cfg, prior)
-    report = {"references": reference_report, "states": len(states),
+    presence, presence_report = choose_presence_threshold(env, predictions, epochs, gates, run_cfg, prior)
+    report = {"references": reference_report, "states": len(states), "epochs": epochs,
               "loo_dice": {"start": float(predictions["start"].mean()), "taught": gated_dice},
               "presence": presence_report, "train_seconds": time.perf_counter() - started}
     return Taught(agent, chosen, encoder, gates, presence, run_cfg, report)
@@ -530,7 +546,7 @@ def summary_line(taught: Taught) -> str:
     presence = "none" if taught.presence_threshold is None else f"{taught.presence_threshold:+.3f}"
     return (f"references={len(taught.references)} initial_loo_dice={report['references']['initial_loo_dice']:.3f} "
             f"start_loo_dice={report['loo_dice']['start']:.3f} taught_loo_dice={report['loo_dice']['taught']:.3f} "
-            f"stop_margin={gates['stop_margin']:g} "
+            f"epochs={report['epochs']} stop_margin={gates['stop_margin']:g} "
             f"min_region_confidence={gates['min_region_confidence']:g} presence_threshold={presence} "
             f"states={report['states']} train_seconds={report['train_seconds']:.0f}")
 

@@ -39,7 +39,7 @@ import bench_domains  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 #: a budget of seconds: every part of teaching runs, on few states
-TINY = ["teach.reference_counts=[1,0]", "teach.rounds=1", "teach.epochs=2", "teach.folds=2", "teach.hidden=16",
+TINY = ["teach.reference_counts=[1,0]", "teach.rounds=1", "teach.epochs=[1,2]", "teach.folds=2", "teach.hidden=16",
         "teach.feature_axes=2", "teach.stop_margins=[0,0.01]", "teach.min_region_confidences=[0,0.5]",
         "env.episode_length=2", "graph.extra_positive=3", "graph.extra_negative=3"]
 

@@ -13,14 +13,15 @@ references, its agent's training and its calibration); the test targets reach no
 - the one-shot task (outputs in ``DIR/<domain>/``): ``initial`` and ``optimized`` (the plug-and-play
   policy and gates, as without ``--train``; ``plugplay`` in the last line), with ``topk``,
   ``random_subset``, ``lookahead_rule``, ``oracle`` and ``ideal``;
-- the k-shot task (``DIR/<domain>/kshot/``): the K + 1 labelled pairs as references, the same policy,
+- the k-shot task (``DIR/<domain>/kshot/``): the K + 1 labelled pairs as references (those whose mask
+  holds the object), the same policy,
   the confidence gate off for the policy and the rule: ``initial_kshot``, ``policy_kshot``,
   ``rule_kshot``, ``oracle_kshot``;
-- the taught task (``DIR/<domain>/taught/``): the policy file ``gpoa teach`` writes from the K + 1
-  pairs (``DIR/<domain>/taught.pt``, with ``teach.*`` settings as that command has them), its
-  references and calibrated gates: ``initial_taught`` (its references' prompts), ``taught`` (its
-  agent) and ``taught_rule`` (the hand-made ``lookahead_rule`` under the same references and gates:
-  what the agent adds).
+- the taught task (``DIR/<domain>/taught/``): the policy file ``gpoa teach --init POLICY`` writes
+  from the K + 1 pairs (``DIR/<domain>/taught.pt``; its agent starts from the plug-and-play
+  ``--policy`` unless ``--set teach.init=...`` names another), its references and calibrated gates:
+  ``initial_taught`` (its references' prompts), ``taught`` (its agent) and ``taught_rule`` (the
+  hand-made ``lookahead_rule`` under the same references and gates: what the agent adds).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def taught_domains(roots: list, out: Path, count: int, max_targets: int, cfg: Co
     if count < 1:
         raise UsageError(f"--train must be at least 1 (the labelled pairs after the reference), got {count}")
     shipped = load_optimizer(policy, cfg, backends.feature_key, backends.grid)
+    teach_cfg = cfg if cfg.teach.init else with_overrides(cfg, [f"teach.init={policy}"])
     ungated = with_overrides(cfg, ["optimize.min_region_confidence=0"])  # the k-shot rows: the gate off
     kshot_optimizer = load_optimizer(policy, ungated, backends.feature_key, backends.grid)
     domains = []
@@ -103,11 +105,14 @@ def taught_domains(roots: list, out: Path, count: int, max_targets: int, cfg: Co
             print(f"[bench] {layout.name}: labelled pair {name} left out: {message}")
         taught_path = out / layout.name / "taught.pt"
         started = time.perf_counter()
-        save_taught(taught_path, teach(pairs, cfg, backends), pairs, cfg, backends)
+        save_taught(taught_path, teach(pairs, teach_cfg, backends), pairs, teach_cfg, backends)
         seconds = time.perf_counter() - started
         taught_optimizer = load_optimizer(taught_path, cfg, backends.feature_key, backends.grid)
+        holding = {pair.name for pair in pairs if pair.mask.any()}  # a pair without the object is no reference
         kshot = Task(dataclasses.replace(one, name=f"{layout.name}.{KSHOT}", root=one.root / KSHOT,
-                                         reference=reference + labelled, shared_cache=cache), backends, ungated)
+                                         reference=[(image, mask) for image, mask in reference + labelled
+                                                    if image.stem in holding], shared_cache=cache),
+                     backends, ungated)
         without_oracle = dataclasses.replace(cfg, optimize=dataclasses.replace(cfg.optimize, oracle=False))
         taught = Task(dataclasses.replace(one, name=f"{layout.name}.{TAUGHT}", root=one.root / TAUGHT,
                                           shared_cache=cache), backends, without_oracle,
