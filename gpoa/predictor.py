@@ -9,6 +9,7 @@
     result.present                                # False: the object is not in the image (gpoa.presence)
     result.prompts.optimized.points               # (N, 2) (x, y) pixels; .labels (N,) 1 object, 0 background
     for result in predictor.predict_many(targets): ...
+    predictor.teach(images, masks, "taught.pt")   # labelled pairs of one domain → a taught policy, used from now on
 
 Like segment-anything's ``SamPredictor``: the models are loaded once (``from_config``), the
 reference is encoded once (``set_reference``), and ``predict`` runs one image. Images are uint8
