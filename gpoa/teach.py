@@ -9,8 +9,9 @@ leave-one-out Dice of the labelled pairs (a pair used as a target is matched aga
 labelled pairs, never itself):
 
 1. **references** (:func:`choose_references`): the labelled pairs ranked by how well each alone
-   prompts the others; of the sets made of the best n (``teach.reference_counts``), the one whose
-   initial prompts score the highest leave-one-out Dice (more references can hurt);
+   prompts the others; of the sets made of the best n (``teach.reference_counts``), the one under
+   which the hand-made rule's edit of the initial prompts scores the highest leave-one-out Dice
+   (more references can hurt);
 2. **the agent** (:func:`fit_agent`): for every labelled pair (its prompts proposed from the chosen
    references without it), the change in Dice of every toggle the policy may take is decoded at
    the states the greedy oracle and the hand-made rule visit, then at those the agent visits
@@ -187,29 +188,47 @@ def initial_dice(pair: LabelledPair, embedding: Any, references: Sequence[Labell
     return dice(decode_masks(segmenter, pair.image, [prompts], embedding)[0], pair.mask)
 
 
+def edited_dice(pair: LabelledPair, embedding: Any, references: Sequence[LabelledPair], segmenter, grid: PatchGrid,
+                cfg: Config) -> float:
+    """Dice on ``pair`` after the hand-made rule (:class:`~gpoa.agents.greedy.LookaheadRule`, no gate)
+    edits stage 1's prompts proposed from ``references``: what the references leave for editing."""
+    reference, classifier = reference_of(references, grid, cfg)
+    prompts = propose(reference, classifier, pair.features, pair.image, grid, cfg, pair.name)
+    sample = EpisodeSample(pair.name, grid, pair.features, prompts, reference, pair.image, pair.mask, task=TASK,
+                           classifier=classifier)
+    bank = EpisodeBank([sample], cfg, segmenter, seed=cfg.seed)
+    bank.record(0).embedding = embedding
+    _, info, _ = run_greedy(LookaheadRule(NODE_FEATURES), PromptEnv(bank, cfg, seed=cfg.seed), options={"sample": 0})
+    return float(info["dice"])
+
+
 def choose_references(pairs: Sequence[LabelledPair], embeddings: Sequence, segmenter, grid: PatchGrid,
                       cfg: Config) -> tuple:
-    """(chosen indices, ranking, report): step 1 of the module docstring. The leave-one-out Dice is
-    the mean over the labelled pairs that hold the object."""
+    """(chosen indices, ranking, report): step 1 of the module docstring. The pairs are ranked by the
+    mean Dice of the initial prompts they propose alone; each set of the best n is scored by the mean
+    Dice after the hand-made rule's edit (:func:`edited_dice`: the region the references predict is
+    what editing follows, so a set that proposes worse initial prompts can leave more to gain), both
+    over the labelled pairs that hold the object, leave-one-out."""
     usable = usable_references(pairs, grid, cfg)
     if len(usable) < 2:
         raise UsageError(f"teaching needs at least 2 labelled pairs whose mask holds the object (one to match "
                          f"against, one to be matched), got {len(usable)} of {len(pairs)}; label more images")
     present = [i for i, pair in enumerate(pairs) if pair.mask.any()]
     alone = {}
-    for j in tqdm(usable, desc="teach: references", unit="pair"):
+    for j in tqdm(usable, desc="teach: references alone", unit="pair"):
         alone[j] = float(np.mean([initial_dice(pairs[i], embeddings[i], [pairs[j]], segmenter, grid, cfg)
                                   for i in present if i != j]))
     ranking = sorted(usable, key=lambda j: (-alone[j], pairs[j].content))
+    counts = sorted({min(n, len(ranking)) if n > 0 else len(ranking) for n in cfg.teach.reference_counts})
     scores = {}
-    for count in sorted({min(n, len(ranking)) if n > 0 else len(ranking) for n in cfg.teach.reference_counts}):
+    for count in tqdm(counts, desc="teach: reference sets", unit="set"):
         chosen = ranking[:count]
         scores[count] = float(np.mean([
-            initial_dice(pairs[i], embeddings[i], [pairs[j] for j in leave_one_out(i, chosen, ranking)], segmenter,
-                         grid, cfg) for i in present]))
+            edited_dice(pairs[i], embeddings[i], [pairs[j] for j in leave_one_out(i, chosen, ranking)], segmenter,
+                        grid, cfg) for i in present]))
     best = max(scores, key=lambda n: (scores[n], n))  # ties: more references
     report = {"alone": {pairs[j].name: alone[j] for j in ranking}, "sets": {str(n): s for n, s in scores.items()},
-              "count": best, "initial_loo_dice": scores[best]}
+              "count": best, "edited_loo_dice": scores[best]}
     return ranking[:best], ranking, report
 
 
@@ -544,7 +563,7 @@ def summary_line(taught: Taught) -> str:
     """One line: what teaching chose and scored (leave-one-out Dice of the labelled pairs)."""
     report, gates = taught.report, taught.gates
     presence = "none" if taught.presence_threshold is None else f"{taught.presence_threshold:+.3f}"
-    return (f"references={len(taught.references)} initial_loo_dice={report['references']['initial_loo_dice']:.3f} "
+    return (f"references={len(taught.references)} rule_loo_dice={report['references']['edited_loo_dice']:.3f} "
             f"start_loo_dice={report['loo_dice']['start']:.3f} taught_loo_dice={report['loo_dice']['taught']:.3f} "
             f"epochs={report['epochs']} stop_margin={gates['stop_margin']:g} "
             f"min_region_confidence={gates['min_region_confidence']:g} presence_threshold={presence} "

@@ -38,7 +38,7 @@ from gpoa.errors import UsageError
 from gpoa.inference import load_optimizer
 from gpoa.layout import TaskLayout, resolve_tasks
 from gpoa.tasks import Task
-from gpoa.teach import labelled_paths, read_labelled_pairs, save_taught, teach
+from gpoa.teach import labelled_paths, read_labelled_pairs, save_taught, summary_line, teach
 
 #: the k-shot and the taught task of a domain: their outputs' subfolder and the suffix of their names
 KSHOT, TAUGHT = "kshot", "taught"
@@ -105,8 +105,10 @@ def taught_domains(roots: list, out: Path, count: int, max_targets: int, cfg: Co
             print(f"[bench] {layout.name}: labelled pair {name} left out: {message}")
         taught_path = out / layout.name / "taught.pt"
         started = time.perf_counter()
-        save_taught(taught_path, teach(pairs, teach_cfg, backends), pairs, teach_cfg, backends)
+        taught = teach(pairs, teach_cfg, backends)
+        save_taught(taught_path, taught, pairs, teach_cfg, backends)
         seconds = time.perf_counter() - started
+        print(f"[bench] {layout.name} taught: {summary_line(taught)}")
         taught_optimizer = load_optimizer(taught_path, cfg, backends.feature_key, backends.grid)
         holding = {pair.name for pair in pairs if pair.mask.any()}  # a pair without the object is no reference
         kshot = Task(dataclasses.replace(one, name=f"{layout.name}.{KSHOT}", root=one.root / KSHOT,
@@ -114,10 +116,10 @@ def taught_domains(roots: list, out: Path, count: int, max_targets: int, cfg: Co
                                                     if image.stem in holding], shared_cache=cache),
                      backends, ungated)
         without_oracle = dataclasses.replace(cfg, optimize=dataclasses.replace(cfg.optimize, oracle=False))
-        taught = Task(dataclasses.replace(one, name=f"{layout.name}.{TAUGHT}", root=one.root / TAUGHT,
-                                          shared_cache=cache), backends, without_oracle,
-                      taught_reference=taught_optimizer.reference)
-        domains.append(TaughtDomain(layout.name, {"": task, KSHOT: kshot, TAUGHT: taught},
+        taught_task = Task(dataclasses.replace(one, name=f"{layout.name}.{TAUGHT}", root=one.root / TAUGHT,
+                                               shared_cache=cache), backends, without_oracle,
+                           taught_reference=taught_optimizer.reference)
+        domains.append(TaughtDomain(layout.name, {"": task, KSHOT: kshot, TAUGHT: taught_task},
                                     {"": shipped, KSHOT: kshot_optimizer, TAUGHT: taught_optimizer},
                                     taught_path, seconds, len(pairs)))
     if not domains:
