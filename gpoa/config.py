@@ -68,6 +68,9 @@ class SegmenterConfig:
     beta: float = 8.0
     # classical backend: pull of every region towards background when no seed decides it
     background_prior: float = 0.001
+    # classical backend: weight of a mask prompt (gpoa.segmenters.with_mask_prompt; gpoa track's
+    # carried mask), the tie of every region to the prompt's probability against edge weights in (0, 1]
+    mask_prompt_weight: float = 0.3
 
 
 @dataclass
