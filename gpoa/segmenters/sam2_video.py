@@ -155,8 +155,9 @@ class Sam2VideoEngine:
             try:
                 for frame_index, _, scores in stream:
                     logits = scores[0, 0].float().cpu().numpy()
-                    correction = None if corrector is None or frame_index == 0 else \
-                        corrector(frame_index, frames[frame_index], logits > 0)
+                    correction = None
+                    if corrector is not None and frame_index > 0:
+                        correction = corrector(frame_index, frames[frame_index], logits > 0)
                     if correction is not None:
                         points, labels = check_correction(correction, frame_index, (width, height))
                         if len(points):
