@@ -107,6 +107,8 @@ def load_published(table: str, path: Path = PAPER_NUMBERS) -> PublishedTable:
 
 
 def add_rows(table: PublishedTable, rows: dict, verified: bool, where: str) -> None:
+    """``rows`` ({row: {column: value}}) into ``table``; a figure two entries give must agree (the
+    checked one is kept)."""
     for row, values in rows.items():
         row = str(row)
         for column, value in (values or {}).items():
