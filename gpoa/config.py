@@ -356,6 +356,9 @@ class TrackConfig:
     # (closer to its foreground than its background); where none does, the frame is searched with the first
     # frame's reference as a single image is (re-detection)
     gate: bool = True
+    # with the gate: the region the first frame's reference predicts within regrow_radius patches of the previous
+    # mask adds its object-like patches to the carried region (what the carried mask lost comes back; 0: off)
+    regrow_radius: float = 2.0
     # where the object is lost (the gate found nothing, or the last mask was empty) it is looked for within
     # search_radius patches of where it was last seen, k times that after k frames without it; where nothing
     # there looks like it, the frame's mask is empty (hidden)
@@ -365,8 +368,10 @@ class TrackConfig:
     propagate_points: bool = True
     point_error: float = 1.0
     # memory, the references each frame is matched against: the first frame, the last memory_recent accepted
-    # frames and every memory_every-th accepted frame (0: none), at most memory_size frames in all
-    memory_recent: int = 1
+    # frames and every memory_every-th accepted frame (0: none), at most memory_size frames in all. Every
+    # change refits the patch classifier; with or without the last frame J moved by less than half a point
+    # on the tuning clips (docs/experiment-log.md), so by default every 10th accepted frame, the last 3 kept
+    memory_recent: int = 0
     memory_every: int = 10
     memory_size: int = 4
     # drift guard: a mask enters memory only when its Dice with the carried mask or with the region the first
@@ -530,7 +535,8 @@ NON_NEGATIVE_FIELDS = ("matching.max_positive", "matching.max_negative", "segmen
                        "env.step_penalty", "env.harm_weight", "train.total_steps", "dqn.learning_starts",
                        "train.bank_capacity", "train.cpu_threads", "optimize.stop_margin",
                        "optimize.min_region_confidence", "placement.n_negative", "placement.ring_inner",
-                       "track.point_error", "track.memory_recent", "track.memory_every", "track.search_radius")
+                       "track.point_error", "track.memory_recent", "track.memory_every", "track.search_radius",
+                       "track.regrow_radius")
 
 MATCHING_METHODS = ("placement", "nearest")
 #: how placement ranks the patches: one view, or the mean of the two views' ranks

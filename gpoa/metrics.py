@@ -11,6 +11,8 @@ Conventions for empty masks (both documented in README.md):
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 from scipy import ndimage
 
@@ -98,17 +100,31 @@ def boundary_radius(shape: tuple, tolerance: float = BOUNDARY_TOLERANCE) -> int:
     return int(np.ceil(tolerance * np.linalg.norm(shape)))
 
 
-def boundary_f(prediction: np.ndarray, truth: np.ndarray, tolerance: float = BOUNDARY_TOLERANCE) -> float:
+def jaccard(prediction: np.ndarray, truth: np.ndarray, void: Optional[np.ndarray] = None) -> float:
+    """DAVIS's region similarity J: :func:`iou` of the masks (H, W) on the pixels outside ``void`` (H, W)
+    bool (DAVIS's void label; None: every pixel counts). 1 when both are empty there."""
+    if void is None:
+        return iou(prediction, truth)
+    keep = ~np.asarray(void, bool)
+    return iou(np.asarray(prediction, bool) & keep, np.asarray(truth, bool) & keep)
+
+
+def boundary_f(prediction: np.ndarray, truth: np.ndarray, tolerance: float = BOUNDARY_TOLERANCE,
+               void: Optional[np.ndarray] = None) -> float:
     """DAVIS's boundary measure F in [0, 1] of ``prediction`` against ``truth`` (H, W): the F-measure of
     the boundary pixels' precision (predicted boundary within :func:`boundary_radius` of the true one,
     matched through a dilation by a disk) and recall. No boundary on either side: 1; on one side only:
-    precision 1 and recall 0 (or the reverse), so F = 0."""
+    precision 1 and recall 0 (or the reverse), so F = 0. Pixels in ``void`` (H, W) bool are taken out
+    of both masks first, as the toolkit does."""
     import cv2
     from skimage.morphology import disk
 
     prediction, truth = np.asarray(prediction, bool), np.asarray(truth, bool)
     if prediction.shape != truth.shape:
         raise ValueError(f"masks of shapes {prediction.shape} and {truth.shape}; F compares masks of one size")
+    if void is not None:
+        keep = ~np.asarray(void, bool)
+        prediction, truth = prediction & keep, truth & keep
     kernel = disk(boundary_radius(truth.shape, tolerance)).astype(np.uint8)
     predicted, true = boundary_map(prediction), boundary_map(truth)
     n_predicted, n_true = int(predicted.sum()), int(true.sum())

@@ -233,9 +233,16 @@ class GPOAPredictor:
         per-image step with what the frames before it know (:mod:`gpoa.video`: the previous mask
         carried by optical flow, the previous points followed, the memory of accepted frames,
         occlusion and the drift guard; settings ``track``). The reference set by
-        :meth:`set_reference` is not used: a clip's reference is its first frame."""
-        from gpoa.video import ClipTracker
+        :meth:`set_reference` is not used: a clip's reference is its first frame.
 
+        With ``track.engine=sam2_video`` SAM 2's video predictor carries the first mask and GPOA's
+        points correct the frames where it disagrees with the first frame's reference
+        (:func:`gpoa.video.sam2_video_track`); SAM 2 reads the whole clip at once, so the frames are
+        all read first."""
+        from gpoa.video import ClipTracker, sam2_video_track
+
+        if self.cfg.track.engine == "sam2_video":
+            frames = [as_image(frame, f"frame {index}") for index, frame in enumerate(frames)]
         frames = iter(frames)
         try:
             first = next(frames)
@@ -249,8 +256,11 @@ class GPOAPredictor:
                              "the first frame's mask must show the object to follow")
         tracker = ClipTracker(self, pixels, truth)
         yield Prediction(mask=truth, confidence=1.0, prompts=Prompts(tracker.first_prompts, tracker.first_prompts))
-        for index, frame in enumerate(frames, 1):
-            prediction, info = tracker.step(as_image(frame, f"frame {index}"), frame)
+        if self.cfg.track.engine == "sam2_video":
+            steps = sam2_video_track(self, [pixels, *frames], truth)
+        else:
+            steps = (tracker.step(as_image(frame, f"frame {index}"), frame) for index, frame in enumerate(frames, 1))
+        for prediction, info in steps:
             yield dataclasses.replace(prediction, track=info)
 
 

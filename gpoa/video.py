@@ -31,6 +31,7 @@ Arrays in, arrays out: images are uint8 RGB (H, W, 3), masks bool (H, W), probab
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -45,6 +46,7 @@ from gpoa.grid import PatchGrid
 from gpoa.inference import propose, reference_features
 from gpoa.metrics import dice
 from gpoa.placement import (
+    PatchScores,
     fit_patch_classifier,
     place_on_region,
     predicted_region,
@@ -124,8 +126,8 @@ class MemoryFrame:
 class ClipMemory:
     """The frames a clip's patches are matched against: the first frame (always), the last ``recent``
     accepted frames and every ``every``-th accepted frame (0: none), at most ``size`` in all (the
-    oldest periodic ones leave first). ``version`` counts the changes (a reference built from the
-    memory is rebuilt when it moves)."""
+    oldest periodic ones leave first). ``version`` counts the changes of ``frames`` (a reference
+    built from the memory is rebuilt when it moves)."""
 
     recent: int
     every: int
@@ -136,9 +138,8 @@ class ClipMemory:
 
     def add(self, frame: MemoryFrame) -> None:
         """Write an accepted frame (the first call: the clip's first frame)."""
-        self.version += 1
         if not self.frames:
-            self.frames.append(frame)
+            self.frames, self.version = [frame], self.version + 1
             return
         self.accepted += 1
         frame.periodic = self.every > 0 and self.accepted % self.every == 0
@@ -147,7 +148,8 @@ class ClipMemory:
         keep = [f for f in held if f.periodic or f in recent]
         while len(keep) > self.size - 1:  # the oldest periodic frame leaves first, then the oldest recent one
             keep.remove(next((f for f in keep if f not in recent), keep[0]))
-        self.frames = self.frames[:1] + keep
+        if keep != self.frames[1:]:
+            self.frames, self.version = self.frames[:1] + keep, self.version + 1
 
 
 # ----- prompts on the carried mask ------------------------------------------------------------------------
@@ -194,6 +196,20 @@ def _first_unique(indices: np.ndarray, count: int) -> np.ndarray:
     return np.asarray(indices, dtype=np.int64)[np.sort(first)][:count]
 
 
+def regrowth(scores: PatchScores, near: np.ndarray, looks_like: np.ndarray, grid: PatchGrid, share: float,
+             settings: PlacementConfig) -> np.ndarray:
+    """What the first frame's reference adds to a frame's carried region, (N,) float 0/1: the object
+    region its match scores ``scores`` predict (:func:`gpoa.placement.predicted_region`, sized by the
+    reference's object ``share``) when only the patches ``near`` (N,) bool the previous mask may hold
+    it, on the patches that look like the object (``looks_like`` (N,) bool). Parts of the object the
+    carried mask lost (thin parts, a fast motion the flow missed) come back this way; look-alikes
+    farther away do not."""
+    windowed = PatchScores(*(None if view is None else np.where(near, view, view.min() - 1.0)
+                             for view in (scores.margin, scores.logistic)))
+    piece, _, _, _ = predicted_region(windowed, grid, share, settings)
+    return ((piece > 0) & near & looks_like).astype(np.float64)
+
+
 def search_window(mask: np.ndarray, grid: PatchGrid, radius: float, shift: tuple = (0.0, 0.0)) -> np.ndarray:
     """The patches (N,) bool within ``radius`` patches (Euclidean, centre to centre) of the patches
     that the mask (H, W) bool touches, moved by ``shift`` (dx, dy) pixels: where an object last seen
@@ -233,13 +249,16 @@ class FrameInfo:
     """What the tracker decided on one frame, beside its :class:`~gpoa.predictor.Prediction`:
     ``carried`` whether a carried mask guided it (False: searched with the first frame's reference),
     ``propagated`` how many of the previous frame's points were followed here, ``agreement`` the
-    drift guard's measure (nan on the first frame), ``remembered`` whether the mask entered memory."""
+    drift guard's measure (nan on the first frame), ``remembered`` whether the mask entered memory;
+    with ``track.engine=sam2_video``, ``agreement`` is that of SAM 2's propagated mask with the first
+    frame's reference and ``corrected`` whether GPOA's points corrected it."""
 
     index: int
     carried: bool = False
     propagated: int = 0
     agreement: float = float("nan")
     remembered: bool = False
+    corrected: bool = False  # track.engine=sam2_video: GPOA's points went in on this frame
 
 
 class ClipTracker:
@@ -259,6 +278,7 @@ class ClipTracker:
         self.memory = ClipMemory(self.settings.memory_recent, self.settings.memory_every, self.settings.memory_size)
         self.memory.add(MemoryFrame(0, features, first_mask))
         self.first_reference, self.first_classifier = self._reference([self.memory.frames[0]])
+        self.first_share = reference_foreground_share(self.first_reference)
         self._memory_version, self._memory_reference = self.memory.version, (self.first_reference,
                                                                              self.first_classifier)
         self.index = 0
@@ -315,6 +335,10 @@ class ClipTracker:
             prompt_cells = cells * looks_like
             if not (prompt_cells >= 0.5).any():  # nothing where the carried mask says looks like the object
                 cells = None
+            elif settings.regrow_radius > 0:
+                near = search_window(self.previous_mask, grid, settings.regrow_radius)
+                prompt_cells = np.maximum(prompt_cells, regrowth(first_scores, near, looks_like, grid,
+                                                                 self.first_share, self.cfg.placement))
         if cells is not None:
             propagated = None
             if settings.propagate_points and self.previous_prompts is not None:
@@ -336,8 +360,7 @@ class ClipTracker:
             else:  # nothing near it looks like the object: it is hidden (or gone)
                 prediction = predictor._absent(image, name)
         mask = prediction.mask
-        piece, _, _, _ = predicted_region(first_scores, grid, reference_foreground_share(self.first_reference),
-                                          self.cfg.placement)
+        piece, _, _, _ = predicted_region(first_scores, grid, self.first_share, self.cfg.placement)
         if mask.any():
             info.agreement = guard_agreement(mask, carried, piece > 0, (grid.rows, grid.cols))
             if info.agreement >= settings.guard:
@@ -362,3 +385,49 @@ class ClipTracker:
         indices = self.grid.original_xy_to_index(moved[kept], size) if kept.any() else np.zeros(0, np.int64)
         kept_labels = labels[kept]
         return (indices[kept_labels == 1], indices[kept_labels == 0]), int(kept.sum())
+
+
+# ----- SAM 2's video predictor with GPOA's corrections ----------------------------------------------------
+def sam2_video_track(predictor: Any, frames: Sequence[np.ndarray], first_mask: np.ndarray):
+    """``track.engine=sam2_video``: SAM 2's video predictor carries ``first_mask`` through ``frames`` (uint8
+    RGB (H, W, 3) arrays, all of them: SAM 2 reads the whole clip at once;
+    :class:`gpoa.segmenters.sam2_video.Sam2VideoEngine`), and GPOA corrects it: on a frame where the
+    propagated mask and the first frame's reference disagree (:func:`guard_agreement` with the
+    region the reference's match predicts below ``track.guard``), the predictor's optimised points of
+    that frame (its per-image step against the first frame, as a single image) go in as prompts and
+    propagation continues from them. Yields ``(Prediction, FrameInfo)`` per frame after the first,
+    in order (the prompts: the correction's, or none)."""
+    from gpoa.segmenters.sam2_video import Sam2VideoEngine
+
+    engine = Sam2VideoEngine.from_config(predictor.cfg, predictor.backends.device)
+    cfg, grid, extractor = predictor.cfg, predictor.grid, predictor.backends.extractor
+    reference = reference_features([patch_features(extractor, frames[0])], [first_mask], grid, cfg)
+    classifier = fit_patch_classifier(reference, cfg.placement.regularisation)
+    share = reference_foreground_share(reference)
+    decided: dict = {}
+
+    def corrector(index: int, image: np.ndarray, propagated: np.ndarray) -> Optional[tuple]:
+        features = patch_features(extractor, image)
+        piece, _, _, _ = predicted_region(score_patches(reference, features, classifier), grid, share, cfg.placement)
+        info = FrameInfo(index, agreement=guard_agreement(propagated, None, piece > 0, (grid.rows, grid.cols)))
+        prediction = None
+        if info.agreement < cfg.track.guard:
+            initial = propose(reference, classifier, features, image, grid, cfg)
+            prediction = predictor._segment(image, image, features, initial, reference, classifier)
+            info.corrected = prediction.present and len(prediction.prompts.optimized.labels) > 0
+        decided[index] = (prediction, info)
+        if not info.corrected:
+            return None
+        optimized = prediction.prompts.optimized
+        return optimized.points, optimized.labels
+
+    for index, mask, _ in engine.propagate(frames, first_mask, corrector):
+        if index == 0:
+            continue
+        prediction, info = decided.pop(index)
+        if info.corrected:
+            prediction = dataclasses.replace(prediction, mask=mask)
+        else:
+            prediction = dataclasses.replace(predictor._absent(frames[index]), mask=mask, present=bool(mask.any()),
+                                             confidence=float("nan"))
+        yield prediction, info

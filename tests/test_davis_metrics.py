@@ -6,7 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpoa.metrics import boundary_f, boundary_map, boundary_radius, clip_statistics, iou, scored_frames
+from gpoa.metrics import (
+    boundary_f,
+    boundary_map,
+    boundary_radius,
+    clip_statistics,
+    iou,
+    jaccard,
+    scored_frames,
+)
 
 
 def stripe(top: int, bottom: int, shape=(100, 100)) -> np.ndarray:
@@ -86,3 +94,11 @@ def test_clip_statistics_mean_recall_and_decay():
     assert stats["decay"] == pytest.approx(0.9 - 0.4)
     assert clip_statistics([0.7])["decay"] == 0.0
     assert np.isnan(clip_statistics([])["mean"])
+
+
+def test_void_pixels_are_left_out_of_j_and_f():
+    truth, prediction = stripe(40, 59), stripe(40, 69)  # 10 rows too many
+    void = stripe(60, 99)  # everything below the true object is void
+    assert jaccard(prediction, truth) == pytest.approx(20 / 30) and jaccard(prediction, truth, void) == 1.0
+    assert boundary_f(prediction, truth) == pytest.approx(0.5) and boundary_f(prediction, truth, void=void) == 1.0
+    assert jaccard(np.zeros((100, 100), bool), truth & void, void) == 1.0  # nothing left outside the void

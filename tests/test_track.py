@@ -82,7 +82,11 @@ def test_memory_keeps_the_first_the_recent_and_every_kth_accepted_frame():
         memory.add(MemoryFrame(index, np.zeros((2, 2, 1)), np.zeros((2, 2), bool)))
     # periodic: accepted frames 3, 6 and 9; recent: 9 and 10; four in all, so 3 (the oldest periodic) left
     assert [frame.index for frame in memory.frames] == [0, 6, 9, 10]
-    assert memory.version == 11
+    assert memory.version == 11  # the held frames changed with every frame written
+    periodic = ClipMemory(recent=0, every=3, size=3)
+    for index in range(8):
+        periodic.add(MemoryFrame(index, np.zeros((2, 2, 1)), np.zeros((2, 2), bool)))
+    assert [frame.index for frame in periodic.frames] == [0, 3, 6] and periodic.version == 3
     first_only = ClipMemory(recent=1, every=0, size=1)
     for index in range(3):
         first_only.add(MemoryFrame(index, np.zeros((2, 2, 1)), np.zeros((2, 2), bool)))
@@ -234,7 +238,7 @@ def test_bench_video_tables_over_two_processes_equal_one_processs(clips, tmp_pat
     assert last.startswith("clips=3 j_mean=") and " perframe_j_mean=" in last and " ideal_j_mean=" in last
     assert last.split()[-1].startswith("peak_rss_mb=")
     table = (tmp_path / "one" / "video.md").read_text()
-    assert "| OFL | 68.0 |" in table and "| **MEAN** |" in table
+    assert "| OFL (paper) | 68.0 | 63.4 |" in table and "| **MEAN** |" in table
     shards = [run_bench(clips, tmp_path / "two", "--shard", f"{rank}/2") for rank in range(2)]
     for shard in shards:
         assert shard.wait(timeout=600) == 0, shard.stderr.read()
@@ -251,3 +255,36 @@ def test_track_settings_are_checked():
         load_config(None, ["track.engine=cutie"])
     with pytest.raises(UsageError, match="track.memory_size"):
         load_config(None, ["track.memory_size=0"])
+
+
+# ----- track.engine=sam2_video -----------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:cannot import name '_C'")  # SAM 2's CUDA hole filling, off on the CPU
+def test_sam2_video_engine_takes_gpoas_points_where_it_disagrees_with_the_reference(tmp_path, one_torch_thread):
+    from gpoa.config import Config, with_overrides
+    from gpoa.segmenters.sam2_video import Sam2VideoEngine
+    from gpoa.segmenters.tiny import TINY_MODEL_TYPES, save_random_segmenter
+
+    cfg = Config(segmenter=save_random_segmenter("sam2", TINY_MODEL_TYPES["sam2"], tmp_path, seed=0))
+    clip = list(draw_clip(seed=0, frames=4, hidden=0))
+    frames, first = [image for image, _ in clip], clip[0][1]
+    # guard 0: SAM 2's own propagation, never corrected
+    never = GPOAPredictor(with_overrides(cfg, ["track.engine=sam2_video", "track.guard=0"]))
+    propagated = [mask for _, mask, _ in Sam2VideoEngine.from_config(never.cfg).propagate(frames, first)]
+    uncorrected = list(never.track(frames, first))
+    assert [p.track.corrected for p in uncorrected[1:]] == [False] * 3
+    for prediction, mask in zip(uncorrected[1:], propagated[1:]):
+        np.testing.assert_array_equal(prediction.mask, mask)
+    # guard 1: every frame disagrees with the reference, so GPOA's optimised points go in on each
+    always = list(GPOAPredictor(with_overrides(cfg, ["track.engine=sam2_video", "track.guard=1"])).track(frames, first))
+    assert [p.track.corrected for p in always[1:]] == [True] * 3
+    assert all(len(p.prompts.optimized.labels) for p in always[1:])
+
+    def replay(index, image, mask):  # the same corrections, given to the engine by hand
+        return always[index].prompts.optimized.points, always[index].prompts.optimized.labels
+
+    corrected = [mask for _, mask, _ in Sam2VideoEngine.from_config(never.cfg).propagate(frames, first, replay)]
+    for prediction, mask in zip(always[1:], corrected[1:]):
+        np.testing.assert_array_equal(prediction.mask, mask)
+    compared = np.array(propagated[1:] + corrected[1:])
+    assert compared.any() and not compared.all()  # masks that say something
+    assert any((a != b).any() for a, b in zip(propagated[1:], corrected[1:]))  # the corrections count

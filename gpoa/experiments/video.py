@@ -1,7 +1,7 @@
 """Video benchmark: GPOA's tracker on clips, beside the per-frame predictor, the ideal prompts and the
 published DAVIS 2016 rows.
 
-    python benchmarks/bench_video.py ROOT [ROOT ...] --out DIR [--frames N] [--policy PATH]
+    python benchmarks/bench_video.py ROOT [ROOT ...] --out DIR [--frames N] [--policy PATH] [--editor rule]
                                      [--config FILE] [--set KEY=VALUE ...] [--device NAME] [--shard I/N]
 
 Each ROOT is a folder of clips or one clip (``image/`` + ``mask/``, frames named in time order, the
@@ -14,6 +14,10 @@ rows), and on the same frames two more prompt sources are scored:
   policy and settings: what GPOA does without what a clip adds);
 - ``ideal``: prompts sampled from each frame's true mask (:func:`gpoa.inference.ideal_prompts`), the
   segmenter's ceiling with point prompts.
+
+``--policy none`` runs both without the agent (the initial prompts are segmented); ``--editor rule``
+lets the hand-made lookahead rule (:class:`gpoa.agents.greedy.LookaheadRule`, under the same gates)
+edit the prompts instead of the policy: what the learned agent adds is the difference.
 
 J and F are DAVIS's (:mod:`gpoa.metrics`: the first and the last frame are not scored; per-clip
 means, then the mean over clips). ``DIR/video.csv`` has one row per clip
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import hashlib
 import sys
 from pathlib import Path
@@ -49,8 +54,8 @@ from gpoa.distributed import rank_device
 from gpoa.errors import UsageError
 from gpoa.evaluation import to_csv
 from gpoa.experiments.domains import DEFAULT_CONFIG, DEFAULT_POLICY, write_tables
-from gpoa.experiments.reproduce import load_paper_numbers
-from gpoa.inference import decode_masks, ideal_prompts
+from gpoa.experiments.published import load_published, side_by_side
+from gpoa.inference import Optimizer, decode_masks, ideal_prompts
 from gpoa.predictor import GPOAPredictor
 from gpoa.runtime import seed_everything
 from gpoa.stages.track import CLIP_COLUMNS, track_clips
@@ -80,6 +85,15 @@ class LastImage:
 
     def __getattr__(self, name: str):
         return getattr(self._backend, name)
+
+
+def rule_editor(optimizer: Optional[Optimizer], policy: Optional[str]) -> Optimizer:
+    """``optimizer`` with the hand-made lookahead rule (same gates, same candidates and observations) in
+    the policy's place; UsageError when there is none (no policy, or one that does not see the lookahead)."""
+    if optimizer is None or optimizer.rule is None:
+        raise UsageError(f"--editor rule needs a policy that sees the lookahead (the rule reads its observations); "
+                         f"'{policy}' gives none")
+    return dataclasses.replace(optimizer, greedy=optimizer.rule, source="lookahead_rule")
 
 
 def companions(predictor: GPOAPredictor) -> dict:
@@ -145,11 +159,12 @@ def markdown(rows: list, h: dict, policy: str, config: str, frames: Optional[int
     lines.append(f"| **MEAN** | {sum(r['frames'] for r in rows)} | {cell(h['j_mean'])} | {cell(h['f_mean'])} | "
                  f"{cell(h['jf_mean'])} | {cell(h['j_recall'])} | {cell(h['decay'])} | {cell(h['perframe_j_mean'])} | "
                  f"{cell(h['perframe_jf_mean'])} | {cell(h['ideal_j_mean'])} |")
-    published, source = load_paper_numbers(PUBLISHED)
-    lines += ["", f"Published, DAVIS 2016 validation (all 20 clips, other backbones; {source}):", "",
-              "| method | J mean |", "| --- | ---: |"]
-    lines += [f"| {method} | {values['j_mean']:.1f} |" for method, values in published.items() if "j_mean" in values]
-    lines.append(f"| GPOA tracker, embedded default (these {len(rows)} clips) | {cell(h['j_mean'])} |")
+    ours = f"GPOA tracker, embedded default ({len(rows)} clips)"
+    _, beside = side_by_side(load_published(PUBLISHED), [(ours, "j_mean", 100 * h["j_mean"]),
+                                                         (ours, "f_mean", 100 * h["f_mean"])],
+                             [ours], [("j_mean", "J mean"), ("f_mean", "F mean")])
+    lines += ["", "Beside the published DAVIS 2016 validation rows (theirs: all 20 clips, other backbones; not "
+                  "directly comparable with a mean over other clips):", "", beside]
     return "\n".join(lines) + f"\n\n`{headline_line(h)}`\n"
 
 
@@ -162,6 +177,8 @@ def main(argv=None, prog: str = "bench_video.py") -> int:
     parser.add_argument("--policy", default=str(DEFAULT_POLICY), metavar="PATH",
                         help="policy checkpoint (default: the one make demo trains, checkpoints/demo/best.pt; "
                              "'none': no agent)")
+    parser.add_argument("--editor", choices=("policy", "rule"), default="policy",
+                        help="who edits the prompts: the policy (default) or the hand-made lookahead rule")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), metavar="FILE", help="YAML config")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config field (repeatable)")
@@ -180,6 +197,8 @@ def main(argv=None, prog: str = "bench_video.py") -> int:
         device = rank_device(resolve_device(cfg.device if args.device == "auto" else args.device))
         seed_everything(cfg.seed)
         predictor = GPOAPredictor(cfg, policy, device)
+        if args.editor == "rule":
+            predictor.optimizer = rule_editor(predictor.optimizer, policy)
         backends = predictor.backends
         backends.__dict__["segmenter"] = LastImage(backends.segmenter, "embed")
         backends.__dict__["extractor"] = LastImage(backends.extractor, "extract")

@@ -42,7 +42,7 @@ from gpoa.evaluation import to_csv
 from gpoa.features.store import file_digest
 from gpoa.io import atomic_write_json, atomic_write_text, image_size, read_image, read_mask, write_mask
 from gpoa.layout import TaskLayout, resolve_tasks
-from gpoa.metrics import boundary_f, clip_statistics, iou, scored_frames
+from gpoa.metrics import boundary_f, clip_statistics, jaccard, scored_frames
 from gpoa.predictor import GPOAPredictor
 from gpoa.runtime import RunContext, StageReport
 from gpoa.viz import OverlayVideo, overlay_mask
@@ -69,21 +69,24 @@ def clip_settings(cfg: Config, policy: Optional[str]) -> dict:
 
 
 def read_frames(layout: TaskLayout, report: StageReport, pending: deque) -> Iterator[np.ndarray]:
-    """The clip's frames as arrays, in order: each readable frame's (path, image, truth or None) is
-    appended to ``pending`` before it is yielded; an unreadable frame (or mask) is reported and skipped.
+    """The clip's frames as arrays, in order: each readable frame's (path, image, truth or None, void or
+    None; void: the pixels the metrics leave out, DAVIS's void label in ``ignore/``) is appended to
+    ``pending`` before it is yielded; an unreadable frame (or mask) is reported and skipped.
     The first frame's problems are raised (nothing can be followed without it)."""
     frames = [image for image, _ in layout.reference] + list(layout.targets)
     for index, path in enumerate(frames):
         mask_path = layout.reference[0][1] if index == 0 else layout.target_mask(path.stem)
+        void_path = layout.ignore_masks.get(path.stem)
         try:
             image = read_image(path)
             truth = None if mask_path is None else read_mask(mask_path, expected_size=image_size(image))
+            void = None if void_path is None else read_mask(void_path, expected_size=image_size(image))
         except GPOAError as exc:
             if index == 0:
                 raise
             report.fail(f"{layout.name}/{path.stem}", str(exc))
             continue
-        pending.append((path, image, truth))
+        pending.append((path, image, truth, void))
         yield image
 
 
@@ -98,7 +101,7 @@ def track_clip(predictor: GPOAPredictor, layout: TaskLayout, out: Path, report: 
     pending: deque = deque()
     frames = read_frames(layout, report, pending)
     first_image = next(frames)
-    first_path, _, first_mask = pending[0]
+    _, _, first_mask, _ = pending[0]
     following = {name: make(first_image, first_mask) for name, make in (companions or {}).items()}
     folder = out / layout.name
     video = (None if settings.overlay == "none" else
@@ -110,7 +113,7 @@ def track_clip(predictor: GPOAPredictor, layout: TaskLayout, out: Path, report: 
         stream = predictor.track(_chain(first_image, frames), first_mask)
         for index, prediction in enumerate(tqdm(stream, total=count, desc=f"track [{layout.name}]", unit="frame",
                                                 disable=not progress)):
-            path, image, truth = pending.popleft()
+            path, image, truth, void = pending.popleft()
             if index:
                 seconds.append(time.perf_counter() - started)
             write_mask(folder / f"{path.stem}.png", prediction.mask)
@@ -127,8 +130,8 @@ def track_clip(predictor: GPOAPredictor, layout: TaskLayout, out: Path, report: 
             if truth is not None and frame_number in scored_frames(count):
                 for name, mask in [("track", prediction.mask)] + [(n, segment(image, truth)) for n, segment in
                                                                  following.items()]:
-                    scores[name][0].append(iou(mask, truth))
-                    scores[name][1].append(boundary_f(mask, truth))
+                    scores[name][0].append(jaccard(mask, truth, void))
+                    scores[name][1].append(boundary_f(mask, truth, void=void))
                 row["j"], row["f"] = round(scores["track"][0][-1], 4), round(scores["track"][1][-1], 4)
             rows.append(row)
             started = time.perf_counter()
