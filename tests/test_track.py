@@ -218,11 +218,9 @@ def test_gpoa_track_refuses_frames_out_of_time_order(tmp_path, capsys):
     assert "zero-padded" in capsys.readouterr().err
 
 
-def run_bench(clips: Path, out: Path, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, str(ROOT / "benchmarks" / "bench_video.py"), str(clips), "--out", str(out),
-               "--config", str(DEMO_CONFIG), "--policy", "none", "--device", "cpu", "--frames", "5",
-               "--set", "track.overlay=none", *extra]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def bench_args(clips: Path, out: Path, *extra: str) -> list:
+    return [str(clips), "--out", str(out), "--config", str(DEMO_CONFIG), "--policy", "none", "--device", "cpu",
+            "--frames", "5", "--set", "track.overlay=none", *extra]
 
 
 def read_table(path: Path, drop=("seconds_per_frame", "peak_rss_mb")) -> list:
@@ -230,18 +228,21 @@ def read_table(path: Path, drop=("seconds_per_frame", "peak_rss_mb")) -> list:
         return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(handle)]
 
 
-def test_bench_video_tables_over_two_processes_equal_one_processs(clips, tmp_path):
-    one = run_bench(clips, tmp_path / "one")
-    stdout, stderr = one.communicate(timeout=600)
-    assert one.returncode == 0, stderr
-    last = stdout.strip().splitlines()[-1]
+def test_bench_video_tables_over_two_processes_equal_one_processs(clips, tmp_path, capsys):
+    from gpoa.experiments.video import main as bench_video
+
+    assert bench_video(bench_args(clips, tmp_path / "one")) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("clips=3 j_mean=") and " perframe_j_mean=" in last and " ideal_j_mean=" in last
     assert last.split()[-1].startswith("peak_rss_mb=")
     table = (tmp_path / "one" / "video.md").read_text()
     assert "| OFL (paper) | 68.0 | 63.4 |" in table and "| **MEAN** |" in table
-    shards = [run_bench(clips, tmp_path / "two", "--shard", f"{rank}/2") for rank in range(2)]
-    for shard in shards:
-        assert shard.wait(timeout=600) == 0, shard.stderr.read()
+    script = str(ROOT / "benchmarks" / "bench_video.py")
+    shards = [subprocess.Popen([sys.executable, script, *bench_args(clips, tmp_path / "two", "--shard", f"{rank}/2")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    for shard in shards:  # two processes at once, each its share of the clips
+        _, stderr = shard.communicate(timeout=600)
+        assert shard.returncode == 0, stderr
     assert read_table(tmp_path / "two" / "video.csv") == read_table(tmp_path / "one" / "video.csv")
     rows = read_table(tmp_path / "one" / "video.csv")
     assert [row["clip"] for row in rows] == ["alpha", "beta", "gamma"]
@@ -265,18 +266,18 @@ def test_sam2_video_engine_takes_gpoas_points_where_it_disagrees_with_the_refere
     from gpoa.segmenters.tiny import TINY_MODEL_TYPES, save_random_segmenter
 
     cfg = Config(segmenter=save_random_segmenter("sam2", TINY_MODEL_TYPES["sam2"], tmp_path, seed=0))
-    clip = list(draw_clip(seed=0, frames=4, hidden=0))
+    clip = list(draw_clip(seed=0, frames=3, hidden=0))
     frames, first = [image for image, _ in clip], clip[0][1]
     # guard 0: SAM 2's own propagation, never corrected
     never = GPOAPredictor(with_overrides(cfg, ["track.engine=sam2_video", "track.guard=0"]))
     propagated = [mask for _, mask, _ in Sam2VideoEngine.from_config(never.cfg).propagate(frames, first)]
     uncorrected = list(never.track(frames, first))
-    assert [p.track.corrected for p in uncorrected[1:]] == [False] * 3
+    assert [p.track.corrected for p in uncorrected[1:]] == [False] * 2
     for prediction, mask in zip(uncorrected[1:], propagated[1:]):
         np.testing.assert_array_equal(prediction.mask, mask)
     # guard 1: every frame disagrees with the reference, so GPOA's optimised points go in on each
     always = list(GPOAPredictor(with_overrides(cfg, ["track.engine=sam2_video", "track.guard=1"])).track(frames, first))
-    assert [p.track.corrected for p in always[1:]] == [True] * 3
+    assert [p.track.corrected for p in always[1:]] == [True] * 2
     assert all(len(p.prompts.optimized.labels) for p in always[1:])
 
     def replay(index, image, mask):  # the same corrections, given to the engine by hand
