@@ -33,7 +33,7 @@ from gpoa.errors import InputError, UsageError
 from gpoa.evaluation import (
     ROW_COLUMNS,
     SUMMARY_COLUMNS,
-    image_row,
+    image_rows,
     markdown_table,
     mean_over_tasks,
     summarise,
@@ -215,7 +215,7 @@ def segment_task(task: Task, backends: Backends, extra_prompts: list, out: Path,
         else:
             report.skipped.append((label, "masks exist"))
         if truth is not None:
-            rows += [image_row(task.name, name, stem, masks[name], truth, ignore) for name in order if name in masks]
+            rows += image_rows(task.name, stem, {name: masks[name] for name in order if name in masks}, truth, ignore)
 
     if context.world > 1:
         fingerprint = {"targets": [p.stem for p in layout.targets], "settings": stamp.read_text()}
