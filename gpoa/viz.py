@@ -15,7 +15,7 @@ MASK_COLOUR = np.array([30, 144, 255], dtype=np.float32)
 #: mask overlays of larger images are drawn on a copy shrunk to this long side, in pixels (a screen's
 #: worth: at full size a 6-megapixel overlay takes seconds to encode, and its 1-pixel outline vanishes
 #: when a viewer shrinks it to fit)
-OVERLAY_MAX_SIDE = 1280
+OVERLAY_MAX_SIDE = 1024
 
 
 def _radius(image: np.ndarray) -> int:
