@@ -58,9 +58,9 @@ def atomic_write_json(path: PathLike, data) -> None:
 def encode_png(array: np.ndarray, photo: bool = False) -> bytes:
     """uint8 (H, W) or (H, W, 3) RGB array → PNG bytes.
 
-    ``photo``: for photos and overlays on them: zlib level 1 by OpenCV's encoder, 3-6x faster than the
-    default (Pillow's, level 6), whose longer search finds little more in a photo's noise: files
-    5-20 % larger on the demo and real-dev images (binary masks compress far better by default).
+    ``photo``: for photos and overlays on them: zlib level 1 by OpenCV's encoder, 2-7x faster than the
+    default (Pillow's, level 6), whose longer search finds little more in a photo's noise: overlays
+    3-21 % larger on the demo and real-dev images (binary masks compress far better by default).
     """
     array = np.ascontiguousarray(array)
     if photo:
