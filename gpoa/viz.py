@@ -12,10 +12,6 @@ import numpy as np
 POSITIVE_COLOUR = (40, 220, 60)
 NEGATIVE_COLOUR = (235, 40, 40)
 MASK_COLOUR = np.array([30, 144, 255], dtype=np.float32)
-#: mask overlays of larger images are drawn on a copy shrunk to this long side, in pixels (a screen's
-#: worth: at full size a 6-megapixel overlay takes seconds to encode, and its 1-pixel outline vanishes
-#: when a viewer shrinks it to fit)
-OVERLAY_MAX_SIDE = 1024
 
 
 def _radius(image: np.ndarray) -> int:
@@ -51,6 +47,12 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, positive_xy: Optional[np.n
         canvas = draw_points(canvas, empty if positive_xy is None else positive_xy,
                              empty if negative_xy is None else negative_xy)
     return canvas
+
+
+#: mask overlays of larger images are drawn on a copy shrunk to this long side, in pixels (a screen's
+#: worth: at full size a 6-megapixel overlay takes seconds to encode, and its 1-pixel outline vanishes
+#: when a viewer shrinks it to fit)
+OVERLAY_MAX_SIDE = 1024
 
 
 class MaskOverlays:
