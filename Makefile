@@ -47,6 +47,7 @@ bench: setup
 	$(PY) benchmarks/bench_features.py
 	$(PY) benchmarks/bench_decode.py
 	$(PY) benchmarks/bench_agent.py
+	$(PY) benchmarks/bench_eval.py
 
 clean-demo:
 	rm -rf $(DEMO) $(TASKS) checkpoints/demo
