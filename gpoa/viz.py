@@ -49,7 +49,7 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, positive_xy: Optional[np.n
     return canvas
 
 
-#: mask overlays of larger images are drawn on a copy shrunk to this long side, in pixels (a screen's
+#: overlays of larger images (masks, and stage 1's prompts) are drawn on a copy shrunk to this long side, in pixels (a screen's
 #: worth: at full size a 6-megapixel overlay takes seconds to encode, and its 1-pixel outline vanishes
 #: when a viewer shrinks it to fit)
 OVERLAY_MAX_SIDE = 1024
@@ -75,9 +75,17 @@ class MaskOverlays:
             shrunk = cv2.resize(np.asarray(mask, bool).view(np.uint8) * np.uint8(255), self.size,
                                 interpolation=cv2.INTER_AREA)
             mask = shrunk > 127
-            positive_xy, negative_xy = (None if xy is None else np.asarray(xy, np.float64) * self.scale
-                                        for xy in (positive_xy, negative_xy))
-        return overlay_mask(self.image, mask, positive_xy, negative_xy)
+        return overlay_mask(self.image, mask, *self._scaled(positive_xy, negative_xy))
+
+    def points(self, positive_xy: np.ndarray, negative_xy: np.ndarray) -> np.ndarray:
+        """:func:`draw_points` at display size: the prompts (N, 2) (x, y) original-image pixels on the
+        (shrunk) image, (h, w, 3) uint8."""
+        return draw_points(self.image, *self._scaled(positive_xy, negative_xy))
+
+    def _scaled(self, *points: Optional[np.ndarray]) -> tuple:
+        if self.scale == 1.0:
+            return points
+        return tuple(None if xy is None else np.asarray(xy, np.float64) * self.scale for xy in points)
 
 
 def plot_curves(path: Path, steps: Sequence[float], series: dict, title: str, xlabel: str = "environment step") -> None:

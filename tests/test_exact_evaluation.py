@@ -17,7 +17,7 @@ from scipy import ndimage
 from gpoa.evaluation import ROW_COLUMNS, image_row, image_rows
 from gpoa.io import encode_png, read_mask, write_mask, write_prompt_file
 from gpoa.metrics import Boundary, boundary_pixels, hd95
-from gpoa.viz import MaskOverlays, overlay_mask
+from gpoa.viz import MaskOverlays, draw_points, overlay_mask
 
 
 # ----- the straightforward computations the fast ones must equal --------------------------------------
@@ -181,6 +181,10 @@ def test_overlays_of_small_images_are_unchanged_and_large_ones_shrink_once():
     assert overlays.image.shape == (30, 40, 3) and overlays.scale == 0.5
     drawn = overlays(mask, positive, negative)
     np.testing.assert_array_equal(drawn, overlay_mask(overlays.image, mask[::2, ::2], positive / 2, negative / 2))
+    # stage 1's prompt overlays: the same points on the same (shrunk) image
+    np.testing.assert_array_equal(MaskOverlays(image).points(positive, negative), draw_points(image, positive, negative))
+    np.testing.assert_array_equal(overlays.points(positive, negative),
+                                  draw_points(overlays.image, positive / 2, negative / 2))
 
 
 # ----- stage 4 end to end ---------------------------------------------------------------------------
