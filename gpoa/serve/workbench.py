@@ -194,7 +194,7 @@ class Workbench:
             raise InputError(name, f"is a {kind} image; GPOA reads PNG, JPEG, TIFF and BMP", "convert it to PNG")
         width, height = size
         if width * height > self.max_pixels:
-            raise InputError(name, f"is {width}x{height} = {width * height / 1e6:.1f} megapixels, more than this "
+            raise InputError(name, f"is {width}x{height} = {width * height / 1e6:.3g} megapixels, more than this "
                                    f"server's limit of {self.max_pixels / 1e6:g} megapixels (serve.max_pixels); "
                                    "images are refused, never downscaled",
                              "downscale it before uploading it, or start gpoa serve with --set serve.max_pixels=N")
