@@ -94,7 +94,7 @@ def test_the_workbench_gives_the_predictors_masks_and_prompts_under_every_settin
     assert sorted(archive.namelist()) == sorted(
         ["results.csv"] + [f"masks/{i}-{t.stem}.png" for i, t in enumerate(targets, 1)]
         + [f"prompts/{i}-{t.stem}.{k}.json" for i, t in enumerate(targets, 1) for k in ("initial", "optimized")])
-    for i, (result, expected) in enumerate(results[:2], 1):
+    for i, (_, expected) in enumerate(results[:2], 1):
         mask = np.asarray(Image.open(io.BytesIO(archive.read(f"masks/{i}-{targets[i - 1].stem}.png"))))
         assert np.array_equal(mask > 0, expected.mask) and set(np.unique(mask)) <= {0, 255}
     rows = archive.read("results.csv").decode().splitlines()

@@ -255,7 +255,7 @@ def test_bad_files_get_a_message_on_the_page_and_the_next_request_works(server, 
 
     add_reference(browser, reference, small)  # a mask of another size than its image
     run_targets(browser, targets[:1])
-    assert message.text == (f"small-mask.png: is 30x20 pixels but its image is 540x311; a mask must have exactly the "
+    assert message.text == ("small-mask.png: is 30x20 pixels but its image is 540x311; a mask must have exactly the "
                             "size of the image it belongs to")
 
     choose(browser, ".reference .mask-input", mask)
