@@ -141,6 +141,8 @@ def test_a_reference_that_cannot_be_used_gets_a_message_naming_the_users_file(de
         bench.reference([image.id], [empty.id])
     with pytest.raises(UsageError, match="got 1 image.s. and 0 mask.s.: upload or paint a mask for every reference"):
         bench.reference([image.id], [])
+    with pytest.raises(UsageError, match="there is no reference yet: add a reference image, then upload or paint"):
+        bench.reference([], [])
     with pytest.raises(UsageError, match="no uploaded file with id '../x' on this server"):
         bench.reference(["../x"], [small.id])
     truth = bench.upload(png(np.full((20, 30), 255, np.uint8)), "truth.png")

@@ -51,28 +51,14 @@ COMMAND = "import sys; from gpoa.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """``gpoa serve`` on a free port (demo config, cpu): its address and folder. Stopping it (SIGTERM, as
-    a service manager does; Ctrl-C's SIGINT takes the same way) must delete the folder."""
+def page(tmp_path_factory):
+    """``gpoa serve`` on a free port (demo config, cpu) and a headless Chromium, started side by side:
+    (browser, the server's address, its folder). Stopping the server (SIGTERM, as a service manager
+    does; Ctrl-C's SIGINT takes the same way) must delete the folder."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen([sys.executable, "-c", COMMAND, "serve", "--config", str(DEMO_CONFIG), "--port", "0",
                                 "--device", "cpu"], cwd=tmp_path_factory.mktemp("serve"), env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    line = process.stdout.readline()
-    match = re.search(r"open (http://127\.0\.0\.1:\d+/) .*files in (\S+), deleted on exit", line)
-    assert match, f"gpoa serve printed {line!r}{process.stdout.read() if process.poll() is not None else ''}"
-    url, folder = match.group(1), Path(match.group(2))
-    assert folder.is_dir()
-    yield url, folder
-    process.send_signal(signal.SIGTERM)
-    output = process.communicate(timeout=30)[0]
-    assert process.returncode == 0, output
-    assert not folder.exists(), "the server run's folder is deleted when the server stops"
-    assert "Traceback" not in output and output.strip().endswith("gpoa serve: stopped; its files are deleted"), output
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
     downloads = tmp_path_factory.mktemp("downloads")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
@@ -82,11 +68,23 @@ def browser(tmp_path_factory):
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                               "download.prompt_for_download": False})
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
-    driver.downloads = downloads
-    yield driver
-    driver.quit()
+    browser = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    browser.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    browser.downloads = downloads
+    try:
+        line = process.stdout.readline()
+        match = re.search(r"open (http://127\.0\.0\.1:\d+/) .*files in (\S+), deleted on exit", line)
+        assert match, f"gpoa serve printed {line!r}{process.stdout.read() if process.poll() is not None else ''}"
+        url, folder = match.group(1), Path(match.group(2))
+        assert folder.is_dir()
+        yield browser, url, folder
+    finally:
+        browser.quit()
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0]
+    assert process.returncode == 0, output
+    assert not folder.exists(), "the server run's folder is deleted when the server stops"
+    assert "Traceback" not in output and output.strip().endswith("gpoa serve: stopped; its files are deleted"), output
 
 
 def open_page(browser, url):
@@ -138,9 +136,8 @@ def png_mask(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("L")) > 0
 
 
-def test_the_page_segments_the_demo_reference_and_three_targets_as_the_predictor_does(server, browser, demo_master,
-                                                                                        tmp_path):
-    url, _ = server
+def test_the_page_segments_the_demo_reference_and_three_targets_as_the_predictor_does(page, demo_master, tmp_path):
+    browser, url, _ = page
     data = demo_master / "membrane"
     reference, mask = data / "reference_image" / "reference.png", data / "reference_mask" / "reference.png"
     targets = sorted((data / "target_image").iterdir())[:3]
@@ -191,8 +188,8 @@ def test_the_page_segments_the_demo_reference_and_three_targets_as_the_predictor
     assert not outside, f"the page asked for addresses other than its server: {outside}"
 
 
-def test_a_mask_painted_with_the_brush_is_the_reference_mask(server, browser, demo_master):
-    url, _ = server
+def test_a_mask_painted_with_the_brush_is_the_reference_mask(page, demo_master):
+    browser, url, _ = page
     data = demo_master / "membrane"
     reference = data / "reference_image" / "reference.png"
     target = sorted((data / "target_image").iterdir())[0]
@@ -236,8 +233,8 @@ def test_a_mask_painted_with_the_brush_is_the_reference_mask(server, browser, de
     assert np.array_equal(png_mask(result), predictor.predict(target).mask)
 
 
-def test_bad_files_get_a_message_on_the_page_and_the_next_request_works(server, browser, demo_master, tmp_path):
-    url, _ = server
+def test_bad_files_get_a_message_on_the_page_and_the_next_request_works(page, demo_master, tmp_path):
+    browser, url, _ = page
     data = demo_master / "membrane"
     reference, mask = data / "reference_image" / "reference.png", data / "reference_mask" / "reference.png"
     targets = sorted((data / "target_image").iterdir())[:2]

@@ -136,6 +136,7 @@ class Workbench:
                 self._templates[settings] = GPOAPredictor(variant, policy if settings.policy else None,
                                                           self.predictor.backends.device)
         self.uploads: dict = {}
+        self._names: dict = {}  # an upload's path here → the user's name for it (uploads arrive on other threads)
         self.references: dict = {}
         self.results: dict = {}
 
@@ -200,6 +201,7 @@ class Workbench:
                              "downscale it before uploading it, or start gpoa serve with --set serve.max_pixels=N")
         item = Upload(new_id(), self.folder / "uploads" / f"{new_id()}{FORMATS[kind]}", name, (width, height))
         atomic_write_bytes(item.path, data)
+        self._names[item.path] = item.name
         self.uploads[item.id] = item
         return item
 
@@ -215,7 +217,9 @@ class Workbench:
         """Encode reference pairs (k-shot: every pair is used) for later targets; returns its id."""
         images = [self._get(self.uploads, i, "uploaded file") for i in image_ids]
         masks = [self._get(self.uploads, i, "uploaded file") for i in mask_ids]
-        if not images or len(images) != len(masks):
+        if not images:
+            raise UsageError("there is no reference yet: add a reference image, then upload or paint its mask")
+        if len(images) != len(masks):
             raise UsageError(f"a reference needs images and a mask for each; got {len(images)} image(s) and "
                              f"{len(masks)} mask(s): upload or paint a mask for every reference image")
         predictor = copy.copy(self.predictor)
@@ -300,13 +304,12 @@ class Workbench:
     @contextmanager
     def _named_errors(self):
         """An InputError about an uploaded file raised inside names the user's file, not its path here."""
-        names = {item.path: item.name for item in self.uploads.values()}
         try:
             yield
         except InputError as exc:
-            if exc.path not in names:
+            if exc.path not in self._names:
                 raise
-            raise InputError(names[exc.path], exc.problem, exc.fix) from None
+            raise InputError(self._names[exc.path], exc.problem, exc.fix) from None
 
 
 def new_id() -> str:
