@@ -35,8 +35,10 @@ Several processes: ``torchrun --nproc-per-node N reproduce.py ...`` or ``--shard
 episode groups (a deterministic round-robin over the sorted groups). Each process writes its
 counts to ``OUT/tables/<table>/<data set>.part-<i>-of-<N>.json``; the one that completes the set
 merges them into exactly the tables one process writes (counts are integers, so the merge is exact).
-Outputs: ``OUT/<table>.csv`` (row, column, ours, published) and ``OUT/<table>.md`` in the paper's
-layout, published numbers (``configs/paper_numbers.yaml``, each with its source) beside ours.
+Outputs: ``OUT/<table>.csv`` (row, column, ours, published, verified) and ``OUT/<table>.md``, its
+header naming the backbones that produced ours, the published numbers (``configs/paper_numbers.yaml``,
+each with its source; † where nobody here could check one) beside ours
+(:func:`gpoa.experiments.published.side_by_side`).
 """
 
 from __future__ import annotations
@@ -57,7 +59,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import yaml
 from tqdm import tqdm
 
 from gpoa.agents.policy_file import load_policy
@@ -67,6 +68,12 @@ from gpoa.config import Config, config_to_dict, load_config, resolve_device
 from gpoa.distributed import rank_device
 from gpoa.errors import InputError, UsageError
 from gpoa.experiments.ablation import ABLATION_COLUMNS, load_ppd_run
+from gpoa.experiments.published import (
+    csv_text,
+    load_paper_numbers,  # noqa: F401 - the name benchmarks import from here
+    load_published,
+    side_by_side,
+)
 from gpoa.io import atomic_write_json, atomic_write_text, read_image, read_mask, read_prompt_file
 from gpoa.layout import TaskLayout, is_domain, list_images
 from gpoa.protocols import Episode, SegmentationCounts, read_episodes
@@ -88,7 +95,12 @@ FSS_TITLES = {**TITLES, "pascal5i": "PASCAL-5i"}
 #: prompt sets (stage 4's names) → the table's row names
 ROWS = {"initial": "initial (FM)", "dqn": "FM + DQN", "ppo": "FM + PPO", "ppd": "FM + PPD", "dqn_topk": "top-k",
         "ideal": "ideal"}
-PAPER_NUMBERS = Path(__file__).resolve().parents[2] / "configs" / "paper_numbers.yaml"
+#: our ablation and runtime columns, and their titles
+ABLATION_TITLES = {"ideal": "ideal", "attacked": "attacked", "defended": "defended", "initial": "initial",
+                   "initial_defended": "initial → defended"}
+RUNTIME_COLUMNS = (("model_load_s", "model load (s)", ".2f"),
+                   ("prompt_engineering_s_per_image", "prompt engineering (s/image)", ".3f"),
+                   ("segmentation_s_per_image", "segmentation (s/image)", ".3f"))
 
 
 @dataclass
@@ -359,16 +371,21 @@ def evaluate_groups(groups: list, dataset: DataSet, policies: dict, cfg: Config,
 
 
 # ----- the tables ----------------------------------------------------------------------------------
-def load_paper_numbers(table: str) -> tuple:
-    """(rows {row: {column: value}}, source) of ``table`` in ``configs/paper_numbers.yaml``."""
-    if not PAPER_NUMBERS.is_file():
-        return {}, "not recorded"
-    entry = (yaml.safe_load(PAPER_NUMBERS.read_text()) or {}).get(table, {})
-    return entry.get("rows") or {}, str(entry.get("source", "not recorded")).strip()
+def percent(value: Optional[float]) -> Optional[float]:
+    return None if value is None or not np.isfinite(value) else 100 * value
 
 
-def cell(value: Optional[float]) -> str:
-    return "—" if value is None or not np.isfinite(value) else f"{100 * value:.1f}"
+def backbones(cfg: Config) -> str:
+    """Which backbones produced our numbers, said in every table's header, so that nobody reads a
+    stand-in as a reproduction."""
+    features, segmenter = cfg.features.backend, cfg.segmenter.backend
+    if (features, segmenter) == ("dinov2", "sam"):
+        return f"ours with SAM {cfg.segmenter.model_type} + DINOv2 {cfg.features.model}, the papers' backbones"
+    default = Config()
+    if (features, segmenter) == (default.features.backend, default.segmenter.backend):
+        return (f"ours with the embedded default ({features} features, {segmenter} segmenter): a stand-in for the "
+                "papers' SAM + DINOv2, not a reproduction of their numbers")
+    return f"ours with {features} features and the {segmenter} segmenter, not the papers' SAM + DINOv2"
 
 
 def fold_means(counts: dict, prompt_set: str) -> dict:
@@ -382,32 +399,22 @@ def fold_means(counts: dict, prompt_set: str) -> dict:
 
 
 def score_table(table: str, results: dict, datasets: list) -> tuple:
-    """(CSV rows, Markdown) of ``ppd-main`` or ``fss`` from merged counts per data set."""
+    """(CSV rows, Markdown) of ``ppd-main`` or ``fss`` from merged counts per data set, the published
+    numbers beside ours."""
     metrics = (("mdsc", "mDSC"), ("image_miou", "mIoU")) if table == "ppd-main" else (("miou", "mIoU"),
                                                                                        ("fb_iou", "FB-IoU"))
-    published, source = load_paper_numbers(table)
     columns = [(d, key, f"{d.title} {label}") for d in datasets for key, label in metrics]
-    csv_rows, lines = [], ["| method | " + " | ".join(c[2] for c in columns) + " |",
-                           "| --- |" + " ---: |" * len(columns)]
-    for prompt_set, row in ROWS.items():
-        values = []
-        for dataset, key, label in columns:
-            ours = fold_means(results[dataset.name], prompt_set).get(key)
-            paper = published.get(row, {}).get(label)
-            csv_rows.append({"row": row, "column": label, "ours": "" if ours is None else f"{100 * ours:.2f}",
-                             "published": "" if paper is None else paper})
-            values.append(cell(ours) + (f" ({paper})" if paper is not None else ""))
-        if any(v != "—" for v in values):
-            lines.append(f"| {row} | " + " | ".join(values) + " |")
-    return csv_rows, "\n".join(lines), source
+    ours = [(row, label, percent(fold_means(results[dataset.name], prompt_set).get(key)))
+            for prompt_set, row in ROWS.items() for dataset, key, label in columns]
+    return side_by_side(load_published(table), ours, list(ROWS.values()), [(label, label) for *_, label in columns])
 
 
-def write_table(out: Path, table: str, csv_rows: list, markdown: str, header: str, source: str, notes: list) -> None:
-    csv_text = "row,column,ours,published\n" + "".join(
-        f"{r['row']},{r['column']},{r['ours']},{r['published']}\n" for r in csv_rows)
-    atomic_write_text(out / f"{table}.csv", csv_text)
+def write_table(out: Path, table: str, csv_rows: list, markdown: str, header: str, cfg: Config, notes: list) -> None:
+    """``out/<table>.csv`` and ``out/<table>.md`` (printed too); the header says which backbones
+    produced ours."""
+    atomic_write_text(out / f"{table}.csv", csv_text(csv_rows))
     note_lines = "".join(f"- {n}\n" for n in notes if n)
-    text = f"# {header}\n\n{markdown}\n\nPublished numbers: {source.rstrip('.')}.\n" + (f"\n{note_lines}" if note_lines else "")
+    text = f"# {header}; {backbones(cfg)}\n\n{markdown}\n" + (f"\n{note_lines}" if note_lines else "")
     atomic_write_text(out / f"{table}.md", text)
     print(f"\n{text}")
 
@@ -490,15 +497,15 @@ def run(request: Request, cfg: Config, device: str) -> StageReport:
             continue
         notes = sorted({d.note for d in datasets if d.note})
         if table == "ppd-ablation":
-            csv_rows, markdown, source = ablation_table(merged, datasets)
+            csv_rows, markdown = ablation_table(merged, datasets)
             header = "Point Prompt Defender ablation: ideal → attacked → defended, initial → defended (mDSC %)"
         else:
-            csv_rows, markdown, source = score_table(table, merged, datasets)
+            csv_rows, markdown = score_table(table, merged, datasets)
             header = ("Point Prompt Defender main table (mDSC / mIoU %, means over images)" if table == "ppd-main" else
                       "One-shot segmentation (class-wise mIoU / FB-IoU %, PASCAL-5i and COCO-20i: mean over folds)")
         episodes = sum(len(d.episodes) for d in datasets)
         notes.append(f"{episodes} episode(s); policies trained on {len(sources)} source(s) into {request.out / 'policies'}")
-        write_table(request.out, table, csv_rows, markdown, header, source, notes)
+        write_table(request.out, table, csv_rows, markdown, header, one, notes)
     return report
 
 
@@ -533,29 +540,22 @@ def ablation_rows(groups: list, dataset: DataSet, defender_path: Path, cfg: Conf
 
 
 def ablation_table(merged: dict, datasets: list) -> tuple:
-    published, source = load_paper_numbers("ppd-ablation")
-    lines = ["| data set | images | ideal | attacked | defended | initial | initial → defended |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    csv_rows = []
+    """(CSV rows, Markdown): the ablation's means per data set, the paper's beside them."""
+    ours = []
     for dataset in datasets:
         rows = merged[dataset.name]["rows"]
-        means = {k: float(np.mean([r[k] for r in rows])) if rows else None for k in ABLATION_COLUMNS}
-        lines.append(f"| {dataset.title} | {len(rows)} | " + " | ".join(cell(means[k]) for k in ABLATION_COLUMNS) + " |")
-        csv_rows += [{"row": dataset.title, "column": k, "ours": "" if means[k] is None else f"{100 * means[k]:.2f}",
-                      "published": ""} for k in ABLATION_COLUMNS]
-    for row, values in published.items():
-        lines.append(f"| {row} (paper) | | " + " | ".join(str(values.get(k, "—")) for k in ABLATION_COLUMNS) + " |")
-        csv_rows += [{"row": row, "column": k, "ours": "", "published": values.get(k, "")} for k in ABLATION_COLUMNS]
-    return csv_rows, "\n".join(lines), source
+        ours.append((dataset.title, "images", len(rows)))
+        ours += [(dataset.title, k, percent(float(np.mean([r[k] for r in rows])) if rows else None))
+                 for k in ABLATION_COLUMNS]
+    return side_by_side(load_published("ppd-ablation"), ours, [d.title for d in datasets],
+                        [("images", "images"), *ABLATION_TITLES.items()], corner="data set", formats={"images": "d"})
 
 
 def runtime_table(request: Request, datasets: list, defender_path: Path, cfg: Config, device: str,
                   report: StageReport) -> None:
     """Seconds for the models' load and per image for prompt engineering and segmentation, measured on
     the first ``runtime_images`` queries of each data set, from scratch (an empty feature cache)."""
-    lines = ["| data set | images | model load (s) | prompt engineering (s/image) | segmentation (s/image) |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    csv_rows = []
+    ours = []
     for dataset in datasets:
         groups, chosen, total = episode_groups(dataset.episodes), [], 0
         for group in groups:
@@ -588,14 +588,15 @@ def runtime_table(request: Request, datasets: list, defender_path: Path, cfg: Co
                     embedding = backends.segmenter.embed(read_image(image_path))
                     backends.segmenter.decode(embedding, [prompts.point_prompts()])
             segmentation = (time.perf_counter() - start) / max(total, 1)
-        lines.append(f"| {dataset.title} | {total} | {load:.2f} | {engineering:.3f} | {segmentation:.3f} |")
-        csv_rows += [{"row": dataset.title, "column": column, "ours": f"{value:.4f}", "published": ""}
-                     for column, value in (("model_load_s", load), ("prompt_engineering_s_per_image", engineering),
-                                           ("segmentation_s_per_image", segmentation))]
-    _, source = load_paper_numbers("ppd-runtime")
-    notes = [f"device {device}; backends: features {cfg.features.backend}, segmenter {cfg.segmenter.backend}; "
-             "prompt engineering = stage 1 (features, matching, placement) + the PPD defender"]
-    write_table(request.out, "ppd-runtime", csv_rows, "\n".join(lines), "Runtime", source, notes)
+        ours += [(dataset.title, "images", total), (dataset.title, "model_load_s", load),
+                 (dataset.title, "prompt_engineering_s_per_image", engineering),
+                 (dataset.title, "segmentation_s_per_image", segmentation)]
+    csv_rows, markdown = side_by_side(
+        load_published("ppd-runtime"), ours, [d.title for d in datasets],
+        [("images", "images"), *((key, title) for key, title, _ in RUNTIME_COLUMNS)], corner="data set",
+        formats={"images": "d", **{key: spec for key, _, spec in RUNTIME_COLUMNS}})
+    notes = [f"device {device}; prompt engineering = stage 1 (features, matching, placement) + the PPD defender"]
+    write_table(request.out, "ppd-runtime", csv_rows, markdown, "Runtime (seconds)", cfg, notes)
 
 
 # ----- the command line ----------------------------------------------------------------------------

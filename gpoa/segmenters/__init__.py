@@ -97,16 +97,22 @@ OPTIONAL_PACKAGES = {
 }
 
 
-def build_segmenter(cfg: Config, device: str = "cpu") -> Segmenter:
-    """The segmenter ``cfg.segmenter.backend`` names, on ``device`` (a model backend loads its model now)."""
-    backend = cfg.segmenter.backend
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown segmenter.backend '{backend}'; use one of {', '.join(BACKENDS)}")
+def require_package(backend: str) -> None:
+    """Raise :class:`UsageError` saying how to install it when the optional package of ``backend``
+    (:data:`OPTIONAL_PACKAGES`) is not installed."""
     if backend in OPTIONAL_PACKAGES:
         package, install = OPTIONAL_PACKAGES[backend]
         if importlib.util.find_spec(package) is None:
             raise UsageError(f"segmenter.backend={backend} needs the Python package '{package}', which is not "
                              f"installed; run {install} in the GPOA folder (make setup does)")
+
+
+def build_segmenter(cfg: Config, device: str = "cpu") -> Segmenter:
+    """The segmenter ``cfg.segmenter.backend`` names, on ``device`` (a model backend loads its model now)."""
+    backend = cfg.segmenter.backend
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown segmenter.backend '{backend}'; use one of {', '.join(BACKENDS)}")
+    require_package(backend)
     module, name = BACKENDS[backend]
     segmenter_class = getattr(importlib.import_module(module), name)
     if backend == "classical":

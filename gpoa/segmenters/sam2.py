@@ -145,20 +145,22 @@ class Sam2Segmenter(SizeGroupedDecoder):
         return masks, scores
 
 
-def load_sam2(model_type: str, checkpoint: str) -> torch.nn.Module:
-    """Build SAM 2.1 of ``model_type`` (:data:`SAM2_MODELS`) with ``sam2.build_sam.build_sam2`` on
-    the CPU and load the local ``checkpoint`` strictly (see
-    :func:`gpoa.segmenters.common.load_strict`). Returns the model on the CPU, in eval mode."""
+def load_sam2(model_type: str, checkpoint: str, video: bool = False) -> torch.nn.Module:
+    """Build SAM 2.1 of ``model_type`` (:data:`SAM2_MODELS`) with ``sam2.build_sam.build_sam2`` (``video``:
+    ``build_sam2_video_predictor``, the same weights behind SAM 2's video predictor) on the CPU and
+    load the local ``checkpoint`` strictly (see :func:`gpoa.segmenters.common.load_strict`). Returns
+    the model on the CPU, in eval mode."""
     check_choice("model_type", model_type, list(SAM2_MODELS), "SAM 2.1 has")
     spec = SAM2_MODELS[model_type]
     download = download_hint(model_type, spec.checkpoint, CHECKPOINT_URL)
     state = read_state_dict(checkpoint, "SAM 2", download)
-    from sam2.build_sam import build_sam2
+    from sam2.build_sam import build_sam2, build_sam2_video_predictor
 
     def explain(missing: list, unexpected: list, mismatched: list) -> Optional[str]:
         if set(missing) == SAM21_ONLY_KEYS and not unexpected and not mismatched:
             return f"is a SAM 2.0 checkpoint (it lacks SAM 2.1's {', '.join(missing)}); GPOA builds SAM 2.1: {download}"
         return None
 
-    model = build_sam2(spec.config, ckpt_path=None, device="cpu", hydra_overrides_extra=list(spec.overrides))
+    build = build_sam2_video_predictor if video else build_sam2
+    model = build(spec.config, ckpt_path=None, device="cpu", hydra_overrides_extra=list(spec.overrides))
     return load_strict(model, state, checkpoint, "SAM 2", model_type, download, explain=explain)
