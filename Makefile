@@ -44,10 +44,11 @@ demo: setup
 	$(PY) test_GPOA.py --config $(CONFIG) --data $(DEMO) --policy $(POLICY)
 	$(PY) main_seg.py --config $(CONFIG) --data $(DEMO)
 
-# the suite runs in 2 processes (pytest-xdist): about 3.7 minutes on 2 CPU cores instead of 5.2
+# the suite runs in 2 processes (pytest-xdist), a test file's tests in one of them (--dist loadfile):
+# the browser tests then start one server and one Chromium, not one per process
 TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup
 	$(PY) -m ruff check gpoa tests benchmarks examples *.py
