@@ -7,6 +7,7 @@
     gpoa reproduce TABLE ... --root DATA         the papers' tables (also reproduce.py)
     gpoa demo-data --out data/demo               the demo families (also python -m gpoa.demo_data)
     gpoa corpus --out data/tasks --tasks 80      a corpus of generated tasks (python -m gpoa.task_data)
+    gpoa serve --policy checkpoints/demo/best.pt a local web page (python -m gpoa.serve)
 
 Exit codes: 0 every image done; 1 some images failed (the rest were processed, failures listed);
 2 usage or config error (one line on stderr says what and how to fix it).
@@ -191,6 +192,12 @@ def corpus(argv: Optional[Sequence[str]] = None, prog: str = "gpoa corpus") -> i
     return corpus_main(argv, prog)
 
 
+def serve(argv: Optional[Sequence[str]] = None, prog: str = "gpoa serve") -> int:
+    from gpoa.serve.__main__ import main as serve_main
+
+    return serve_main(argv, prog)
+
+
 #: the subcommands of ``gpoa``: name → (command, one line of help)
 COMMANDS = {
     "prompts": (prompts, "stage 1: initial point prompts for every target"),
@@ -202,6 +209,7 @@ COMMANDS = {
     "reproduce": (reproduce, "the papers' tables"),
     "demo-data": (demo_data, "write the two synthetic demo families"),
     "corpus": (corpus, "write a corpus of generated one-shot tasks to train a policy on"),
+    "serve": (serve, "a local web page: a reference pair, many targets, their masks and prompts"),
 }
 
 

@@ -382,6 +382,20 @@ class TrackConfig:
 
 
 @dataclass
+class ServeConfig:
+    """``gpoa serve``: the local web page (gpoa/serve); ``--host`` and ``--port`` override the first two."""
+
+    # 127.0.0.1 answers this machine only; 0.0.0.0 (or a network address) every machine that reaches it
+    host: str = "127.0.0.1"
+    # 0: any free port (the server prints the address it got)
+    port: int = 7860
+    # the largest image accepted, width x height in pixels: a larger one is refused, never downscaled
+    max_pixels: int = 40_000_000
+    # the largest file accepted in one upload, in megabytes (an uncompressed 40-megapixel RGB TIFF is 120 MB)
+    max_upload_mb: float = 200.0
+
+
+@dataclass
 class Config:
     # the tasks: dataset folders (data/README.md), domain folders (<domain>/image + <domain>/mask) or
     # folders of them; --data DIR (repeatable) replaces this list
@@ -410,6 +424,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 
 def _field_types(cls) -> dict:
@@ -526,7 +541,7 @@ def with_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
 POSITIVE_FIELDS = ("features.working_size", "features.patch_size", "segmenter.n_segments", "env.episode_length",
                    "env.max_nodes", "dqn.batch_size", "dqn.buffer_size", "dqn.target_update", "dqn.train_frequency",
                    "dqn.hidden", "train.eval_every", "train.parallel_envs", "placement.n_positive",
-                   "placement.interior_depth")
+                   "placement.interior_depth", "serve.max_pixels")
 #: fields that must be at least 0
 NON_NEGATIVE_FIELDS = ("matching.max_positive", "matching.max_negative", "segmentation.ideal_positive",
                        "segmentation.ideal_negative", "graph.extra_positive", "graph.extra_negative",
@@ -600,6 +615,12 @@ def check_settings(cfg: Config) -> None:
                          f"{cfg.track.memory_size}")
     if not 0 <= cfg.track.guard <= 1:
         raise ValueError(f"config key 'track.guard' must be in [0, 1] (a Dice), got {cfg.track.guard}")
+    if not 0 <= cfg.serve.port <= 65535:
+        raise ValueError(f"config key 'serve.port' must be in [0, 65535] (0: any free port), got {cfg.serve.port}")
+    if cfg.serve.max_upload_mb <= 0:
+        raise ValueError(f"config key 'serve.max_upload_mb' must be positive, got {cfg.serve.max_upload_mb}")
+    if not cfg.serve.host.strip():
+        raise ValueError("config key 'serve.host' is empty; use 127.0.0.1 (this machine only) or an address")
 
 
 def validate(cfg: Config) -> None:

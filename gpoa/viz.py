@@ -52,6 +52,45 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, positive_xy: Optional[np.n
     return canvas
 
 
+#: overlays of larger images (masks, and stage 1's prompts) are drawn on a copy shrunk to this long side, in pixels (a screen's
+#: worth: at full size a 6-megapixel overlay takes seconds to encode, and its 1-pixel outline vanishes
+#: when a viewer shrinks it to fit)
+OVERLAY_MAX_SIDE = 1024
+
+
+class MaskOverlays:
+    """:func:`overlay_mask` of one image for many masks, drawn at display size: an image whose long side
+    exceeds ``max_side`` pixels is shrunk once (area averaging) and every mask (a pixel is foreground
+    where most of the pixels it covers are) and prompt is scaled to it; a smaller image is drawn at
+    its own size, exactly as :func:`overlay_mask` draws it."""
+
+    def __init__(self, image: np.ndarray, max_side: int = OVERLAY_MAX_SIDE):
+        height, width = image.shape[:2]
+        self.scale = min(1.0, max_side / max(height, width))
+        self.size = (max(1, round(width * self.scale)), max(1, round(height * self.scale)))  # (width, height)
+        self.image = (cv2.resize(image, self.size, interpolation=cv2.INTER_AREA) if self.scale < 1.0
+                      else np.asarray(image))
+
+    def __call__(self, mask: np.ndarray, positive_xy: Optional[np.ndarray] = None,
+                 negative_xy: Optional[np.ndarray] = None) -> np.ndarray:
+        """The overlay (h, w, 3) uint8 of ``mask`` (H, W) and the prompts (N, 2) (x, y) original-image pixels."""
+        if self.scale < 1.0:
+            shrunk = cv2.resize(np.asarray(mask, bool).view(np.uint8) * np.uint8(255), self.size,
+                                interpolation=cv2.INTER_AREA)
+            mask = shrunk > 127
+        return overlay_mask(self.image, mask, *self._scaled(positive_xy, negative_xy))
+
+    def points(self, positive_xy: np.ndarray, negative_xy: np.ndarray) -> np.ndarray:
+        """:func:`draw_points` at display size: the prompts (N, 2) (x, y) original-image pixels on the
+        (shrunk) image, (h, w, 3) uint8."""
+        return draw_points(self.image, *self._scaled(positive_xy, negative_xy))
+
+    def _scaled(self, *points: Optional[np.ndarray]) -> tuple:
+        if self.scale == 1.0:
+            return points
+        return tuple(None if xy is None else np.asarray(xy, np.float64) * self.scale for xy in points)
+
+
 def plot_curves(path: Path, steps: Sequence[float], series: dict, title: str, xlabel: str = "environment step") -> None:
     """Line plot of ``series`` (name → values aligned with ``steps``) saved as a PNG (atomically)."""
     import io as _io
