@@ -2,6 +2,7 @@
 
     gpoa prompts | train | optimize | segment   the four stages (also Generate_initial_prompts.py,
                                                 train_GPOA.py, test_GPOA.py and main_seg.py)
+    gpoa track --data CLIPS [--policy PATH]      follow the first frame's object through each clip
     gpoa convert NAME --src RAW --out DIR        a benchmark into GPOA's domain layout
     gpoa reproduce TABLE ... --root DATA         the papers' tables (also reproduce.py)
     gpoa demo-data --out data/demo               the demo families (also python -m gpoa.demo_data)
@@ -151,6 +152,22 @@ def segment(argv: Optional[Sequence[str]] = None, prog: str = "gpoa segment") ->
     return run_stage(parser, segment_and_evaluate, argv, overrides)
 
 
+def track(argv: Optional[Sequence[str]] = None, prog: str = "gpoa track") -> int:
+    """Clips (:func:`gpoa.stages.track.track_clips`)."""
+    from gpoa.stages.track import track_clips
+
+    parser = stage_parser(prog, "Follow the object of each clip's first-frame mask through the clip (--data: a "
+                                "clip, image/ + mask/ with frames named in time order, or a folder of clips): every "
+                                "frame's mask (OUT/<clip>/<frame>.png, DAVIS's layout), an overlay video with the "
+                                "prompts (OUT/<clip>.mp4), per-frame rows (OUT/<clip>.csv) and, where frames have "
+                                "masks, J and F per clip (OUT/track.csv, track.md).")
+    parser.add_argument("--policy", metavar="PATH", help="policy checkpoint (e.g. checkpoints/demo/best.pt); "
+                                                         "without it the initial prompts are segmented")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: the workspace, outputs/)")
+    args = parser.parse_known_args(argv)[0]
+    return run_stage(parser, lambda cfg, device: track_clips(cfg, device, args.out, args.policy), argv)
+
+
 def convert(argv: Optional[Sequence[str]] = None, prog: str = "gpoa convert") -> int:
     from gpoa.datasets.__main__ import main as convert_main
 
@@ -187,6 +204,7 @@ COMMANDS = {
     "train": (train, "stage 2: train one prompt-editing policy over every task given"),
     "optimize": (optimize, "stage 3: a trained policy edits every initial prompt file"),
     "segment": (segment, "stage 4: masks of every prompt set, and the metrics where masks exist"),
+    "track": (track, "follow the first frame's object through each clip"),
     "convert": (convert, "convert a benchmark's download into GPOA's domain layout"),
     "reproduce": (reproduce, "the papers' tables"),
     "demo-data": (demo_data, "write the two synthetic demo families"),

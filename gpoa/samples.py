@@ -25,6 +25,12 @@ class EpisodeSample:
     in the loop and for the segmentation reward / ideal start respectively. ``task`` names the task;
     ``classifier`` (optional) is its reference's patch classifier, a second view of the patch
     scores for the predicted region (:mod:`gpoa.envs.mask_view`).
+
+    What a clip adds (:mod:`gpoa.video`): ``region_prior`` (rows * cols,) float32 in [0, 1], the
+    share of each patch inside the previous frame's mask carried to this frame; when given, the
+    agent's predicted region (its label-free yardstick) is the patches at least half inside it
+    instead of the one the match scores predict. ``mask_prompt`` (H, W) float32 in [0, 1]: the
+    segmenter's mask prompt (:func:`gpoa.segmenters.with_mask_prompt`) for every decode.
     """
 
     name: str
@@ -36,6 +42,8 @@ class EpisodeSample:
     truth_mask: Optional[np.ndarray] = None
     task: str = ""
     classifier: Optional[PatchClassifier] = None
+    region_prior: Optional[np.ndarray] = None
+    mask_prompt: Optional[np.ndarray] = None
 
     def load(self) -> EpisodeSample:
         return self

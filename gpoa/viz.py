@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
@@ -12,6 +13,8 @@ import numpy as np
 POSITIVE_COLOUR = (40, 220, 60)
 NEGATIVE_COLOUR = (235, 40, 40)
 MASK_COLOUR = np.array([30, 144, 255], dtype=np.float32)
+#: the widest frame an overlay GIF keeps (pixels; wider frames are scaled down)
+GIF_WIDTH = 480
 
 
 def _radius(image: np.ndarray) -> int:
@@ -111,3 +114,58 @@ def plot_curves(path: Path, steps: Sequence[float], series: dict, title: str, xl
     fig.savefig(buffer, format="png")
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+class OverlayVideo:
+    """A video written one frame at a time (a clip's overlays): ``kind`` ``mp4`` (OpenCV's writer, MPEG-4
+    part 2, streamed to disk) or ``gif`` (Pillow; the frames are kept, scaled down to at most
+    :data:`GIF_WIDTH` pixels wide, until :meth:`close`). The file appears at ``path`` only when
+    :meth:`close` has written it whole (a temporary file is renamed); :meth:`discard` drops it."""
+
+    def __init__(self, path: Path, fps: float = 10.0, kind: str = "mp4"):
+        if kind not in ("mp4", "gif"):
+            raise ValueError(f"unknown video kind '{kind}'; use mp4 or gif")
+        self.path, self.fps, self.kind = Path(path), float(fps), kind
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        self._writer, self._frames = None, []
+
+    def add(self, frame: np.ndarray) -> None:
+        """Append one uint8 RGB frame (H, W, 3); every frame has the first one's size."""
+        if self.kind == "gif":
+            height, width = frame.shape[:2]
+            scale = min(1.0, GIF_WIDTH / width)
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            self._frames.append(cv2.resize(frame, size, interpolation=cv2.INTER_AREA) if scale < 1 else frame.copy())
+            return
+        if self._writer is None:
+            height, width = frame.shape[:2]
+            self._writer = cv2.VideoWriter(str(self._partial), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
+                                           (width, height))
+            if not self._writer.isOpened():
+                raise OSError(f"OpenCV cannot write an MP4 video to '{self._partial}'; set track.overlay=gif")
+        self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        """Finish the file and move it to ``path``."""
+        if self.kind == "gif":
+            from PIL import Image
+
+            if self._frames:
+                images = [Image.fromarray(frame) for frame in self._frames]
+                images[0].save(self._partial, format="GIF", save_all=True, append_images=images[1:],
+                               duration=int(round(1000 / self.fps)), loop=0)
+            self._frames = []
+        elif self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if self._partial.is_file():
+            os.replace(self._partial, self.path)
+
+    def discard(self) -> None:
+        """Drop what was written (nothing appears at ``path``)."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        self._frames = []
+        self._partial.unlink(missing_ok=True)

@@ -19,6 +19,7 @@ the CUDA extension, stays off); the score is SAM 2's predicted IoU in [0, 1].
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import torch
 
 from gpoa.config import SegmenterConfig
 from gpoa.prompts import PointPrompts
+from gpoa.segmenters import check_mask_prompt
 from gpoa.segmenters.common import (
     BATCHING_CHOICES,
     SizeGroupedDecoder,
@@ -36,6 +38,7 @@ from gpoa.segmenters.common import (
     download_hint,
     load_strict,
     mask_choice,
+    mask_prompt_logits,
     read_state_dict,
 )
 
@@ -73,12 +76,14 @@ class Sam2Embedding:
     ``image_embed`` (1, 256, 64, 64) float tensor on the model's device: the image embedding (with
     SAM 2's "no memory" embedding added). ``high_res_feats``: the two finer feature maps the mask
     decoder reads, (1, 32, 256, 256) and (1, 64, 128, 128). ``original_size`` (H, W) of the image
-    given to ``embed``.
+    given to ``embed``. ``mask_input`` (1, 1, 256, 256) float logits or None: the mask prompt every
+    decode adds (``with_mask_prompt``).
     """
 
     image_embed: torch.Tensor
     high_res_feats: tuple
     original_size: tuple
+    mask_input: Optional[torch.Tensor] = None
 
 
 class Sam2Segmenter(SizeGroupedDecoder):
@@ -122,6 +127,16 @@ class Sam2Segmenter(SizeGroupedDecoder):
         self.predictor.reset_predictor()
         return embedding
 
+    def with_mask_prompt(self, embedding: Sam2Embedding, probability: np.ndarray) -> Sam2Embedding:
+        """``embedding`` whose decodes are also prompted with the mask prompt ``probability`` (H, W) float
+        in [0, 1] at the image's size, given to SAM 2 as its low-resolution ``mask_input`` (the image is
+        stretched to the square, so is the prompt; what ``SAM2ImagePredictor.predict(mask_input=...)``
+        takes). It replaces any mask prompt ``embedding`` had."""
+        probability = check_mask_prompt(probability, embedding.original_size)
+        low_res = self.model.sam_prompt_encoder.mask_input_size[0]
+        logits = mask_prompt_logits(probability, (low_res, low_res), low_res)
+        return dataclasses.replace(embedding, mask_input=torch.as_tensor(logits, device=self.device)[None, None])
+
     def _decode_same_size(self, embedding: Sam2Embedding,
                           prompt_sets: Sequence[PointPrompts]) -> tuple[np.ndarray, np.ndarray]:
         """G prompt sets of N > 0 points each, in one batched call → (bool (G, H, W), float32 (G,))."""
@@ -130,7 +145,7 @@ class Sam2Segmenter(SizeGroupedDecoder):
             coords = torch.as_tensor(np.stack([p.points for p in prompt_sets]), dtype=torch.float, device=self.device)
             coords = self.transforms.transform_coords(coords, normalize=True, orig_hw=embedding.original_size)
             labels = torch.as_tensor(np.stack([p.labels for p in prompt_sets]), dtype=torch.int, device=self.device)
-            sparse, dense = model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+            sparse, dense = model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=embedding.mask_input)
             low_res, iou, _, _ = model.sam_mask_decoder(
                 image_embeddings=embedding.image_embed, image_pe=model.sam_prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,

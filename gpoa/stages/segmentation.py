@@ -39,7 +39,7 @@ from gpoa.evaluation import (
     summarise,
     to_csv,
 )
-from gpoa.inference import decode_masks
+from gpoa.inference import decode_masks, ideal_prompts
 from gpoa.io import (
     atomic_write_json,
     atomic_write_text,
@@ -52,8 +52,7 @@ from gpoa.io import (
     write_png,
 )
 from gpoa.layout import TaskLayout
-from gpoa.prompts import PromptSet, sample_ideal_prompts
-from gpoa.runtime import ONE_PROCESS, RunContext, StageReport, content_seed, is_fresh, settings_stamp
+from gpoa.runtime import ONE_PROCESS, RunContext, StageReport, is_fresh, settings_stamp
 from gpoa.tasks import Task, load_tasks
 from gpoa.viz import MaskOverlays
 
@@ -179,10 +178,7 @@ def segment_task(task: Task, backends: Backends, extra_prompts: list, out: Path,
                 continue
             prompt_sets[name] = (prompt_set, prompt_path)
         if truth is not None:
-            rng = np.random.default_rng(content_seed(cfg.seed, "ideal", truth))
-            positive, negative = sample_ideal_prompts(grid, truth, cfg.segmentation.ideal_positive,
-                                                      cfg.segmentation.ideal_negative, rng)
-            prompt_sets[IDEAL] = (PromptSet(image_path.name, size, grid, positive, negative, source=IDEAL), None)
+            prompt_sets[IDEAL] = (ideal_prompts(truth, grid, cfg, image_path.name), None)
         if not prompt_sets:
             continue
 
