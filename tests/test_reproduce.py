@@ -15,10 +15,11 @@ from test_datasets import coco_tree, davis_tree, fss_src, isic_src, kvasir_src, 
 import reproduce
 from gpoa.backends import Backends
 from gpoa.cli import main as gpoa_main
-from gpoa.config import Config
+from gpoa.config import Config, load_config
 from gpoa.datasets import convert
 from gpoa.experiments.reproduce import DomainIndex, Group, group_task
 from gpoa.features.store import file_digest
+from gpoa.stages.track import track_clips
 
 #: small grid and budgets: the fake images are 40 x 32 pixels
 FAST = ["features.working_size=224", "segmenter.n_segments=200", "train.total_steps=48", "train.eval_every=48",
@@ -216,6 +217,10 @@ def test_davis_table_is_gpoa_tracks_numbers_beside_the_published_rows(tmp_path, 
     assert not (sharded / "davis.csv").exists()
     assert reproduce.main(["davis", "--out", str(sharded), "--shard", "1/2", *args]) == 0
     assert (sharded / "davis.csv").read_text() == (out / "davis.csv").read_text()
+    # the track stage never merges a part of another frame limit: shard 0 alone, 3 frames, finds shard 1's stale
+    cfg = load_config(str(DEMO_CONFIG), FAST + ["track.overlay=none", "shard=0/2"])
+    cfg.data = [str(root / "davis2016")]
+    assert track_clips(cfg, "cpu", sharded / "work" / "davis" / "none", max_frames=3)[1] == []
 
     # a folder of clips stands in: --targets 1 follows the first 3 frames of each, frame 1 scored
     shutil.copytree(root / "davis2016" / "bear", tmp_path / "clips" / "bear")

@@ -712,7 +712,8 @@ def davis_table(request: Request, clips: ClipSet, policies: dict, cfg: Config, d
     track_cfg = dataclasses.replace(cfg, data=[str(clips.folder)])
     parts_dir = request.out / "tables" / "davis"
     # rows of an earlier run (other clips, frames, policies or settings) are never put in this one's table
-    fingerprint = {"clips": str(clips.folder.resolve()), "frames": clips.frames,
+    names = sorted(p.name for p in clips.folder.iterdir() if p.is_dir() and is_domain(p))
+    fingerprint = {"folder": str(clips.folder.resolve()), "clips": names, "frames": clips.frames,
                    "policies": {key: path.stat().st_mtime for key, path in rows.items() if path is not None},
                    "config": stable_seed(json.dumps(config_to_dict(one), sort_keys=True, default=str))}
     for key, policy in rows.items():
