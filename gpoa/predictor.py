@@ -105,12 +105,15 @@ class GPOAPredictor:
 
     ``cfg``: the settings (:func:`gpoa.config.load_config`); ``policy``: a trained policy file, or
     None for no agent (the initial prompts are segmented); ``device``: ``cpu``, ``cuda``, ``cuda:N``
-    or ``mps``. Models load when first needed and are shared by every image.
+    or ``mps``. Models load when first needed and are shared by every image; ``backends``: models
+    already built for ``cfg``'s features and segmenter (:class:`~gpoa.backends.Backends`, e.g. a run's
+    or another predictor's), shared instead of loading them again (``device`` is then theirs).
     """
 
-    def __init__(self, cfg: Config, policy: Optional[Union[str, Path]] = None, device: str = "cpu"):
+    def __init__(self, cfg: Config, policy: Optional[Union[str, Path]] = None, device: str = "cpu",
+                 backends: Optional[Backends] = None):
         self.cfg = cfg
-        self.backends = Backends(cfg, device)
+        self.backends = backends if backends is not None else Backends(cfg, device)
         self.grid = self.backends.grid
         self.optimizer = (None if policy is None else
                           load_optimizer(Path(policy), cfg, self.backends.feature_key, self.grid))

@@ -219,10 +219,12 @@ def track_clips(cfg: Config, device: str = "cpu", out: Optional[Path] = None, po
         rows.append(row)
     names = [layout.name for layout in layouts]
     if context.world > 1:
-        atomic_write_json(out / context.part_name("track.json"), {"clips": names, "settings": settings, "rows": rows})
+        # a part of an earlier run (other clips, settings or frame limit) is never merged with this run's
+        run = {"clips": names, "settings": settings, "max_frames": max_frames}
+        atomic_write_json(out / context.part_name("track.json"), {**run, "rows": rows})
         parts = [out / name for name in context.part_names("track.json")]
         data = [json.loads(p.read_text()) for p in parts if p.is_file()]
-        if len(data) < len(parts) or any(d["clips"] != names or d["settings"] != settings for d in data):
+        if len(data) < len(parts) or any({key: d.get(key) for key in run} != run for d in data):
             print(f"[track] shard {context.rank}/{context.world} done; the tables are written by the shard that "
                   "finishes last")
             return report, []
