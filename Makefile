@@ -7,20 +7,29 @@ STAMP  := $(VENV)/.installed
 DEMO   := data/demo
 CONFIG := configs/demo.yaml
 
-.PHONY: setup demo test lint bench clean-demo
+.PHONY: setup chromium demo test lint bench clean-demo
 
 # gpoa is installed with its optional SAM 2.1 and HQ-SAM backends (extras sam2, hq), so their tests
-# run. sam2 is an sdist built against the installed torch (no build isolation) and, with
-# SAM2_BUILD_CUDA=0, without its CUDA extension; setuptools >= 70.1 builds wheels by itself.
+# run, and with gpoa serve's web packages (extra app). sam2 is an sdist built against the installed
+# torch (no build isolation) and, with SAM2_BUILD_CUDA=0, without its CUDA extension; setuptools >= 70.1
+# builds wheels by itself.
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -r requirements.txt
 	$(PY) -m pip install 'setuptools>=70.1'
-	SAM2_BUILD_CUDA=0 $(PY) -m pip install --no-build-isolation -e '.[sam2,hq]'
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install --no-build-isolation -e '.[sam2,hq,app]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) chromium
+
+# gpoa serve's browser tests run in Debian's Chromium and its driver, installed here when missing and
+# make runs as root (CI does); otherwise one line says what to install, and the tests say they are skipped
+chromium:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; \
+	else echo "make setup: the browser tests need Chromium: as root, apt-get install chromium chromium-driver"; fi
 
 TASKS  := data/tasks
 POLICY := checkpoints/demo/best.pt
@@ -35,10 +44,11 @@ demo: setup
 	$(PY) test_GPOA.py --config $(CONFIG) --data $(DEMO) --policy $(POLICY)
 	$(PY) main_seg.py --config $(CONFIG) --data $(DEMO)
 
-# the suite runs in 2 processes (pytest-xdist): about 3.7 minutes on 2 CPU cores instead of 5.2
+# the suite runs in 2 processes (pytest-xdist), a test file's tests in one of them (--dist loadfile):
+# the browser tests then start one server and one Chromium, not one per process
 TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup
 	$(PY) -m ruff check gpoa tests benchmarks examples *.py
@@ -47,6 +57,7 @@ bench: setup
 	$(PY) benchmarks/bench_features.py
 	$(PY) benchmarks/bench_decode.py
 	$(PY) benchmarks/bench_agent.py
+	$(PY) benchmarks/bench_eval.py
 
 clean-demo:
 	rm -rf $(DEMO) $(TASKS) checkpoints/demo

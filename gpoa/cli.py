@@ -3,10 +3,12 @@
     gpoa prompts | train | optimize | segment   the four stages (also Generate_initial_prompts.py,
                                                 train_GPOA.py, test_GPOA.py and main_seg.py)
     gpoa teach --data DOMAIN --labelled K --out POLICY   one domain's labelled pairs → one policy file
+    gpoa track --data CLIPS [--policy PATH]      follow the first frame's object through each clip
     gpoa convert NAME --src RAW --out DIR        a benchmark into GPOA's domain layout
     gpoa reproduce TABLE ... --root DATA         the papers' tables (also reproduce.py)
     gpoa demo-data --out data/demo               the demo families (also python -m gpoa.demo_data)
     gpoa corpus --out data/tasks --tasks 80      a corpus of generated tasks (python -m gpoa.task_data)
+    gpoa serve --policy checkpoints/demo/best.pt a local web page (python -m gpoa.serve)
 
 Exit codes: 0 every image done; 1 some images failed (the rest were processed, failures listed);
 2 usage or config error (one line on stderr says what and how to fix it).
@@ -173,6 +175,22 @@ def teach(argv: Optional[Sequence[str]] = None, prog: str = "gpoa teach") -> int
     return run_stage(parser, teach_domain, argv, overrides)
 
 
+def track(argv: Optional[Sequence[str]] = None, prog: str = "gpoa track") -> int:
+    """Clips (:func:`gpoa.stages.track.track_clips`)."""
+    from gpoa.stages.track import track_clips
+
+    parser = stage_parser(prog, "Follow the object of each clip's first-frame mask through the clip (--data: a "
+                                "clip, image/ + mask/ with frames named in time order, or a folder of clips): every "
+                                "frame's mask (OUT/<clip>/<frame>.png, DAVIS's layout), an overlay video with the "
+                                "prompts (OUT/<clip>.mp4), per-frame rows (OUT/<clip>.csv) and, where frames have "
+                                "masks, J and F per clip (OUT/track.csv, track.md).")
+    parser.add_argument("--policy", metavar="PATH", help="policy checkpoint (e.g. checkpoints/demo/best.pt); "
+                                                         "without it the initial prompts are segmented")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: the workspace, outputs/)")
+    args = parser.parse_known_args(argv)[0]
+    return run_stage(parser, lambda cfg, device: track_clips(cfg, device, args.out, args.policy), argv)
+
+
 def convert(argv: Optional[Sequence[str]] = None, prog: str = "gpoa convert") -> int:
     from gpoa.datasets.__main__ import main as convert_main
 
@@ -197,6 +215,12 @@ def corpus(argv: Optional[Sequence[str]] = None, prog: str = "gpoa corpus") -> i
     return corpus_main(argv, prog)
 
 
+def serve(argv: Optional[Sequence[str]] = None, prog: str = "gpoa serve") -> int:
+    from gpoa.serve.__main__ import main as serve_main
+
+    return serve_main(argv, prog)
+
+
 #: the subcommands of ``gpoa``: name → (command, one line of help)
 COMMANDS = {
     "prompts": (prompts, "stage 1: initial point prompts for every target"),
@@ -204,10 +228,12 @@ COMMANDS = {
     "optimize": (optimize, "stage 3: a trained policy edits every initial prompt file"),
     "segment": (segment, "stage 4: masks of every prompt set, and the metrics where masks exist"),
     "teach": (teach, "teach one domain from its labelled pairs: one policy file"),
+    "track": (track, "follow the first frame's object through each clip"),
     "convert": (convert, "convert a benchmark's download into GPOA's domain layout"),
     "reproduce": (reproduce, "the papers' tables"),
     "demo-data": (demo_data, "write the two synthetic demo families"),
     "corpus": (corpus, "write a corpus of generated one-shot tasks to train a policy on"),
+    "serve": (serve, "a local web page: a reference pair, many targets, their masks and prompts"),
 }
 
 

@@ -68,6 +68,9 @@ class SegmenterConfig:
     beta: float = 8.0
     # classical backend: pull of every region towards background when no seed decides it
     background_prior: float = 0.001
+    # classical backend: weight of a mask prompt (gpoa.segmenters.with_mask_prompt; gpoa track's
+    # carried mask), the tie of every region to the prompt's probability against edge weights in (0, 1]
+    mask_prompt_weight: float = 0.3
 
 
 @dataclass
@@ -401,6 +404,60 @@ class TeachConfig:
 
 
 @dataclass
+class TrackConfig:
+    """gpoa track and ``GPOAPredictor.track``: what a clip adds to the per-frame step (gpoa/video.py)."""
+
+    # "gpoa": GPOA's tracker (gpoa/video.py); "sam2_video": SAM 2's video predictor propagates the first
+    # mask and GPOA's optimised points correct the frames where it disagrees with the reference's match
+    engine: str = "gpoa"
+    # the dense optical flow (OpenCV's DIS) that carries the previous mask to the frame: ultrafast, fast, medium
+    flow: str = "medium"
+    # the carried mask as the segmenter's mask prompt (SAM's mask_input; gpoa.segmenters.with_mask_prompt)
+    mask_prompt: bool = True
+    # appearance gate: positives go only on the carried mask's patches that look like the first frame's object
+    # (closer to its foreground than its background); where none does, the frame is searched with the first
+    # frame's reference as a single image is (re-detection)
+    gate: bool = True
+    # with the gate: the region the first frame's reference predicts within regrow_radius patches of the previous
+    # mask adds its object-like patches to the carried region (what the carried mask lost comes back; 0: off)
+    regrow_radius: float = 2.0
+    # where the object is lost (the gate found nothing, or the last mask was empty) it is looked for within
+    # search_radius patches of where it was last seen, k times that after k frames without it; where nothing
+    # there looks like it, the frame's mask is empty (hidden)
+    search_radius: float = 3.0
+    # prompt propagation: the previous frame's optimised points followed by pyramidal Lucas-Kanade join the
+    # initial prompts; a point is dropped when the backward pass misses it by more than point_error pixels
+    propagate_points: bool = True
+    point_error: float = 1.0
+    # memory, the references each frame is matched against: the first frame, the last memory_recent accepted
+    # frames and every memory_every-th accepted frame (0: none), at most memory_size frames in all. Every
+    # change refits the patch classifier; with or without the last frame J moved by less than half a point
+    # on the tuning clips (docs/experiment-log.md), so by default every 10th accepted frame, the last 3 kept
+    memory_recent: int = 0
+    memory_every: int = 10
+    memory_size: int = 4
+    # drift guard: a mask enters memory only when its Dice with the carried mask or with the region the first
+    # frame's reference predicts is at least this
+    guard: float = 0.5
+    # gpoa track's overlay video with the prompts drawn: "mp4" (OpenCV's writer), "gif" or "none"
+    overlay: str = "mp4"
+
+
+@dataclass
+class ServeConfig:
+    """``gpoa serve``: the local web page (gpoa/serve); ``--host`` and ``--port`` override the first two."""
+
+    # 127.0.0.1 answers this machine only; 0.0.0.0 (or a network address) every machine that reaches it
+    host: str = "127.0.0.1"
+    # 0: any free port (the server prints the address it got)
+    port: int = 7860
+    # the largest image accepted, width x height in pixels: a larger one is refused, never downscaled
+    max_pixels: int = 40_000_000
+    # the largest file accepted in one upload, in megabytes (an uncompressed 40-megapixel RGB TIFF is 120 MB)
+    max_upload_mb: float = 200.0
+
+
+@dataclass
 class Config:
     # the tasks: dataset folders (data/README.md), domain folders (<domain>/image + <domain>/mask) or
     # folders of them; --data DIR (repeatable) replaces this list
@@ -429,6 +486,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
     teach: TeachConfig = field(default_factory=TeachConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 
 def _field_types(cls) -> dict:
@@ -545,7 +604,7 @@ def with_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
 POSITIVE_FIELDS = ("features.working_size", "features.patch_size", "segmenter.n_segments", "env.episode_length",
                    "env.max_nodes", "dqn.batch_size", "dqn.buffer_size", "dqn.target_update", "dqn.train_frequency",
                    "dqn.hidden", "train.eval_every", "train.parallel_envs", "placement.n_positive",
-                   "placement.interior_depth", "teach.hidden", "teach.batch_size")
+                   "placement.interior_depth", "teach.hidden", "teach.batch_size", "serve.max_pixels")
 #: fields that must be at least 0
 NON_NEGATIVE_FIELDS = ("matching.max_positive", "matching.max_negative", "segmentation.ideal_positive",
                        "segmentation.ideal_negative", "graph.extra_positive", "graph.extra_negative",
@@ -555,7 +614,8 @@ NON_NEGATIVE_FIELDS = ("matching.max_positive", "matching.max_negative", "segmen
                        "train.bank_capacity", "train.cpu_threads", "optimize.stop_margin",
                        "optimize.min_region_confidence", "placement.n_negative", "placement.ring_inner",
                        "teach.labelled", "teach.feature_axes", "teach.rounds", "teach.weight_decay",
-                       "teach.rank_weight")
+                       "teach.rank_weight", "track.point_error", "track.memory_recent", "track.memory_every",
+                       "track.search_radius", "track.regrow_radius")
 
 MATCHING_METHODS = ("placement", "nearest")
 #: how placement ranks the patches: one view, or the mean of the two views' ranks
@@ -566,7 +626,8 @@ STARTS = ("initial", "ideal", "empty")
 EDITS = ("toggle", "activate", "deactivate")
 #: the settings that pick one of a few methods, and their choices
 CHOICES = {"matching.method": MATCHING_METHODS, "placement.ranking": RANKINGS, "env.reward": REWARDS,
-           "env.start": STARTS, "env.edits": EDITS}
+           "env.start": STARTS, "env.edits": EDITS, "track.engine": ("gpoa", "sam2_video"),
+           "track.flow": ("ultrafast", "fast", "medium"), "track.overlay": ("mp4", "gif", "none")}
 
 
 def check_settings(cfg: Config) -> None:
@@ -613,6 +674,17 @@ def check_settings(cfg: Config) -> None:
                          f"{placement.ring_outer} must satisfy ring_inner < ring_outer")
     if placement.regularisation <= 0:
         raise ValueError(f"config key 'placement.regularisation' must be positive, got {placement.regularisation}")
+    if cfg.track.memory_size < 1:
+        raise ValueError(f"config key 'track.memory_size' must be at least 1 (the first frame), got "
+                         f"{cfg.track.memory_size}")
+    if not 0 <= cfg.track.guard <= 1:
+        raise ValueError(f"config key 'track.guard' must be in [0, 1] (a Dice), got {cfg.track.guard}")
+    if not 0 <= cfg.serve.port <= 65535:
+        raise ValueError(f"config key 'serve.port' must be in [0, 65535] (0: any free port), got {cfg.serve.port}")
+    if cfg.serve.max_upload_mb <= 0:
+        raise ValueError(f"config key 'serve.max_upload_mb' must be positive, got {cfg.serve.max_upload_mb}")
+    if not cfg.serve.host.strip():
+        raise ValueError("config key 'serve.host' is empty; use 127.0.0.1 (this machine only) or an address")
     check_teach(cfg.teach)
 
 

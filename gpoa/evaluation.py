@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Optional
 
 import numpy as np
 
-from gpoa.metrics import all_metrics
+from gpoa.metrics import Boundary, hd95_between, overlap_counts, overlap_scores
 
 METRICS = ("dice", "iou", "hd95")
 COUNTS = ("intersection", "union", "prediction_area", "truth_area")
@@ -31,15 +31,29 @@ def image_row(task: str, prompt_set: str, image: str, prediction: np.ndarray, tr
               ignore: Optional[np.ndarray] = None) -> dict:
     """The evaluation row of one predicted mask (H, W) bool against its truth mask (H, W) bool;
     pixels of ``ignore`` (H, W) bool (a benchmark's void label) count for neither."""
-    prediction, truth = np.asarray(prediction, bool), np.asarray(truth, bool)
-    if ignore is not None:
-        keep = ~np.asarray(ignore, bool)
-        prediction, truth = prediction & keep, truth & keep
-    intersection = int(np.count_nonzero(prediction & truth))
-    prediction_area, truth_area = int(np.count_nonzero(prediction)), int(np.count_nonzero(truth))
-    return {"task": task, "prompt_set": prompt_set, "image": image, **all_metrics(prediction, truth),
-            "intersection": intersection, "union": prediction_area + truth_area - intersection,
-            "prediction_area": prediction_area, "truth_area": truth_area}
+    return image_rows(task, image, {prompt_set: prediction}, truth, ignore)[0]
+
+
+def image_rows(task: str, image: str, predictions: Mapping[str, np.ndarray], truth: np.ndarray,
+               ignore: Optional[np.ndarray] = None) -> list:
+    """The rows of :func:`image_row` of several predicted masks of one image (prompt set → (H, W)
+    bool), in the mapping's order. What depends on the truth alone (its area and boundary) is found
+    once for all of them."""
+    truth = np.asarray(truth, bool)
+    keep = None if ignore is None else ~np.asarray(ignore, bool)
+    truth = truth if keep is None else truth & keep
+    truth_area, truth_boundary = int(np.count_nonzero(truth)), Boundary(truth)
+    rows = []
+    for prompt_set, prediction in predictions.items():
+        prediction = np.asarray(prediction, bool)
+        prediction = prediction if keep is None else prediction & keep
+        intersection, prediction_area, _ = counts = overlap_counts(prediction, truth, truth_area)
+        dice, iou = overlap_scores(*counts)
+        rows.append({"task": task, "prompt_set": prompt_set, "image": image, "dice": dice, "iou": iou,
+                     "hd95": hd95_between(Boundary(prediction), truth_boundary),
+                     "intersection": intersection, "union": prediction_area + truth_area - intersection,
+                     "prediction_area": prediction_area, "truth_area": truth_area})
+    return rows
 
 
 def summarise(rows: Sequence[dict], order: Sequence[str]) -> list:

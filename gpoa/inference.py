@@ -39,13 +39,14 @@ from gpoa.io import image_size
 from gpoa.matching import ReferenceFeatures, build_reference, count_instances, match_prompts
 from gpoa.placement import (
     PatchClassifier,
+    PatchScores,
     place_prompts,
     predicted_region,
     reference_foreground_share,
     score_patches,
 )
 from gpoa.presence import mask_presence_score
-from gpoa.prompts import PromptSet
+from gpoa.prompts import PromptSet, sample_ideal_prompts
 from gpoa.runtime import array_digest, content_seed
 from gpoa.samples import EpisodeSample
 from gpoa.segmenters import Segmenter
@@ -102,9 +103,10 @@ def policy_reference(cfg: Config) -> Optional[ReferenceFeatures]:
 
 # ----- stage 1: initial prompts ------------------------------------------------------------------
 def propose(reference: ReferenceFeatures, classifier: PatchClassifier, features: np.ndarray, image: np.ndarray,
-            grid: PatchGrid, cfg: Config, name: str = "") -> PromptSet:
+            grid: PatchGrid, cfg: Config, name: str = "", window: Optional[np.ndarray] = None) -> PromptSet:
     """Stage 1's prompts for one target: ``features`` (rows, cols, D) of ``image`` (H, W, 3) named
-    ``name`` (the prompt file's ``image``).
+    ``name`` (the prompt file's ``image``). ``window`` (rows * cols,) bool: placement looks for the
+    object only on these patches (a clip's search window; every other patch scores below them).
 
     ``matching.method``: ``placement`` (:func:`gpoa.placement.place_prompts`; its random draws are
     seeded by ``cfg.seed`` and the image's content, so an image gets the same prompts under any
@@ -117,6 +119,9 @@ def propose(reference: ReferenceFeatures, classifier: PatchClassifier, features:
         match = match_prompts(reference, features, cfg.matching)
         return PromptSet(name, size, grid, match.positive_indices, match.negative_indices, source="matching")
     scores = score_patches(reference, features, classifier)
+    if window is not None:
+        scores = PatchScores(*(None if view is None else np.where(window, view, view.min() - 1.0)
+                               for view in (scores.margin, scores.logistic)))
     rng = np.random.default_rng(content_seed(cfg.seed, "placement", image))
     placement = place_prompts(scores, grid, reference_foreground_share(reference), cfg.placement, rng)
     return PromptSet(name, size, grid, placement.positive_indices, placement.negative_indices,
@@ -297,7 +302,7 @@ def optimize_sample(optimizer: Optimizer, sample: EpisodeSample, segmenter: Opti
         oracle_actions, oracle_info = run_oracle(oracle_env, options={"sample": 0}, seed=seed)
         result.oracle = Edit(oracle_env.prompt_set(source="oracle"), oracle_actions, oracle_env.graph, oracle_info)
     if optimizer.in_loop:
-        result.embedding = bank.record(0).embedding
+        result.embedding = bank.embedding(bank.record(0))
     if optimizer.presence_threshold is not None:
         if optimizer.in_loop and run_cfg.env.start == "initial":
             mask = bank.start_mask(bank.record(0))[0]  # the initial prompts' mask, decoded for the episode
@@ -312,6 +317,16 @@ def optimize_sample(optimizer: Optimizer, sample: EpisodeSample, segmenter: Opti
         result.policy.prompt_set = dataclasses.replace(result.policy.prompt_set,
                                                        extra={**result.policy.prompt_set.extra, **decision})
     return result
+
+
+def ideal_prompts(truth: np.ndarray, grid: PatchGrid, cfg: Config, name: str = "") -> PromptSet:
+    """The ``ideal`` prompt set of a target whose true mask is ``truth`` (H, W) bool: the segmenter's
+    ceiling (:func:`gpoa.prompts.sample_ideal_prompts` with ``segmentation.ideal_positive`` and
+    ``ideal_negative``, drawn with a generator seeded by the run seed and the mask's content)."""
+    rng = np.random.default_rng(content_seed(cfg.seed, "ideal", truth))
+    positive, negative = sample_ideal_prompts(grid, truth, cfg.segmentation.ideal_positive,
+                                              cfg.segmentation.ideal_negative, rng)
+    return PromptSet(name, (truth.shape[1], truth.shape[0]), grid, positive, negative, source="ideal")
 
 
 # ----- stage 4: masks ------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -54,22 +55,35 @@ def atomic_write_json(path: PathLike, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def encode_png(array: np.ndarray) -> bytes:
-    """uint8 (H, W) or (H, W, 3) RGB array → PNG bytes."""
+def encode_png(array: np.ndarray, photo: bool = False) -> bytes:
+    """uint8 (H, W) or (H, W, 3) RGB array → PNG bytes.
+
+    ``photo``: for photos and overlays on them: zlib level 1 by OpenCV's encoder, 2-7x faster than the
+    default (Pillow's, level 6), whose longer search finds little more in a photo's noise: overlays
+    3-21 % larger on the demo and real-dev images (binary masks compress far better by default).
+    """
+    array = np.ascontiguousarray(array)
+    if photo:
+        pixels = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
+        ok, data = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if not ok:
+            raise ValueError(f"OpenCV could not encode a {array.dtype} array of shape {array.shape} as PNG")
+        return data.tobytes()
     import io as _io
 
     buffer = _io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+    Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def write_png(path: PathLike, array: np.ndarray) -> None:
-    atomic_write_bytes(path, encode_png(array))
+def write_png(path: PathLike, array: np.ndarray, photo: bool = False) -> None:
+    """:func:`encode_png` of ``array``, written atomically to ``path``."""
+    atomic_write_bytes(path, encode_png(array, photo))
 
 
 def write_mask(path: PathLike, mask: np.ndarray) -> None:
     """Boolean mask (H, W) → 0/255 single-channel PNG."""
-    write_png(path, np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8))
+    write_png(path, np.asarray(mask, dtype=bool).view(np.uint8) * np.uint8(255))
 
 
 def save_array(path: PathLike, array: np.ndarray) -> None:
@@ -123,8 +137,6 @@ def _pixels(im: Image.Image) -> tuple:
 
 def _read_16bit_colour(path: Path) -> np.ndarray:
     """uint16 RGB(A) (H, W, 3|4) of a 16-bit colour PNG or TIFF."""
-    import cv2
-
     array = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None or array.ndim != 3:
         raise ValueError("OpenCV cannot decode this 16-bit colour image")

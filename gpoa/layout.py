@@ -12,6 +12,10 @@ when they can be evaluated) and, optionally, training pairs. Two folder layouts 
   domain folder is never written to: its outputs go to ``WORKSPACE/<domain>/``. An optional
   ``ignore/<stem>.png`` (written by :mod:`gpoa.datasets` for void labels and crowds) marks pixels
   that the metrics leave out.
+- a **clip** is a domain folder whose frames, sorted by name, are in time order (``clip=True``):
+  only the first frame needs its mask (the annotation given); frames without one are segmented
+  and not scored. Names must sort in time order, so numbers in them are zero-padded
+  (``00009.jpg`` before ``00010.jpg``); a clip whose names would sort otherwise is refused.
 
 :func:`resolve_tasks` turns ``--data`` arguments into tasks: each is a dataset folder, a domain
 folder, or a folder whose subfolders are tasks (a corpus such as ``data/tasks``). Every folder is
@@ -20,6 +24,7 @@ listed once, when its task is made (the stem index).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,19 +193,43 @@ def is_dataset(folder: Path) -> bool:
     return any((folder / name).is_dir() for name in DATASET_FOLDERS)
 
 
+def check_time_order(folder: PathLike, images: Sequence[Path]) -> None:
+    """Raise UsageError unless sorting ``images`` (sorted by name) by the numbers in their names
+    changes nothing: a clip's frames are taken in name order, which is time order only when the
+    numbers are zero-padded (``frame_10`` sorts before ``frame_2``)."""
+    def natural(path: Path) -> list:
+        return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.stem)]
+
+    by_number = sorted(images, key=natural)
+    for by_name, in_time in zip(images, by_number):
+        if by_name != in_time:
+            raise UsageError(f"clip '{folder}': frame names do not sort in time order ('{by_name.name}' sorts before "
+                             f"'{in_time.name}'); name the frames with zero-padded numbers (e.g. 00002.jpg, "
+                             "00010.jpg) so that sorting by name is time order")
+
+
 def domain_task(folder: PathLike, workspace: PathLike, max_targets: Optional[int] = None,
-                name: Optional[str] = None, reference_index: int = 0) -> TaskLayout:
+                name: Optional[str] = None, reference_index: int = 0, clip: bool = False) -> TaskLayout:
     """The task of a domain folder (one-shot protocol of the module docstring); outputs in
     ``workspace/<name>``. Every image needs its mask: the reference and the evaluation need them.
     ``reference_index`` K picks the K-th image (stems sorted) as the reference instead of the
     first; the others, in order, are the targets (a check of how much results depend on the
-    reference)."""
+    reference). ``clip``: the folder is a clip (module docstring): its frames in time order, the
+    first one the reference; only it needs a mask, and ``target_masks`` holds the frames that have
+    one."""
     folder = Path(folder)
     images = list_images(folder / "image")
     check_unique_stems(folder / "image", images)
     masks = {p.stem: p for p in list_images(folder / "mask")}
-    lonely = [p.name for p in images if p.stem not in masks]
+    if clip:
+        check_time_order(folder / "image", images)
+        if reference_index:
+            raise UsageError(f"clip '{folder}': the reference of a clip is its first frame; use reference 0")
+    lonely = [p.name for p in images[:1 if clip else None] if p.stem not in masks]
     if lonely:
+        if clip:
+            raise UsageError(f"clip '{folder}': its first frame '{lonely[0]}' has no mask with the same stem in "
+                             f"'{folder / 'mask'}'; the first frame's mask says which object to follow")
         raise UsageError(f"domain '{folder}': image(s) {lonely[:5]} have no mask with the same stem in "
                          f"'{folder / 'mask'}'; every image of a domain folder needs its mask")
     if len(images) < 2:
@@ -215,17 +244,18 @@ def domain_task(folder: PathLike, workspace: PathLike, max_targets: Optional[int
     ignore = {p.stem: p for p in list_images(folder / "ignore")} if (folder / "ignore").is_dir() else {}
     return TaskLayout(name=name, kind="domain", source=folder, root=Path(workspace) / name,
                       reference=[(reference, masks[reference.stem])], targets=targets,
-                      target_masks={p.stem: masks[p.stem] for p in targets},
-                      train=[(p, masks[p.stem]) for p in others],
+                      target_masks={p.stem: masks[p.stem] for p in targets if p.stem in masks},
+                      train=[(p, masks[p.stem]) for p in others if p.stem in masks],
                       ignore_masks={p.stem: ignore[p.stem] for p in targets if p.stem in ignore})
 
 
 def resolve_tasks(paths: Sequence[PathLike], workspace: PathLike, max_targets: Optional[int] = None,
-                  reference_index: int = 0) -> list:
+                  reference_index: int = 0, clips: bool = False) -> list:
     """Tasks of the ``--data`` arguments, in order: each path is a dataset folder, a domain folder or a
     folder of such folders (its subfolders sorted by name). Task names must be unique.
     ``reference_index`` (domain folders only: a dataset folder names its own reference) is passed to
-    :func:`domain_task`."""
+    :func:`domain_task`, and so is ``clips`` (every domain folder is a clip; dataset folders are
+    refused then)."""
     if not paths:
         raise UsageError("no data given; pass a dataset folder (or a folder of them) with --data DIR")
     tasks = []
@@ -236,17 +266,20 @@ def resolve_tasks(paths: Sequence[PathLike], workspace: PathLike, max_targets: O
         if is_dataset(path):
             tasks.append(dataset_task(path))
         elif is_domain(path):
-            tasks.append(domain_task(path, workspace, max_targets, reference_index=reference_index))
+            tasks.append(domain_task(path, workspace, max_targets, reference_index=reference_index, clip=clips))
         else:
             children = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
             found = [dataset_task(p) if is_dataset(p) else
-                     domain_task(p, workspace, max_targets, reference_index=reference_index)
+                     domain_task(p, workspace, max_targets, reference_index=reference_index, clip=clips)
                      for p in children if is_dataset(p) or is_domain(p)]
             if not found:
                 raise UsageError(f"'{path}' is neither a dataset folder (reference_image/, target_image/, ...), nor "
                                  "a domain folder (image/ + mask/), nor a folder of them; see data/README.md")
             tasks += found
     datasets = [str(task.source) for task in tasks if task.kind != "domain"]
+    if clips and datasets:
+        raise UsageError(f"{datasets} are dataset folders (reference_image/, target_image/, ...), not clips; a clip is "
+                         "a folder of frames in time order, image/ + mask/ (the first frame's mask at least)")
     if reference_index and datasets:
         raise UsageError(f"a reference number ({reference_index}) picks the reference of a domain folder (image/ + "
                          f"mask/), but {datasets} are dataset folders with their own reference_image/; leave them "

@@ -269,10 +269,20 @@ def place_prompts(scores: Union[PatchScores, np.ndarray], grid: PatchGrid, refer
     fewer patches below the threshold. Deterministic for a given ``rng`` state.
     """
     piece, candidates, confidence, confident = predicted_region(scores, grid, reference_share, settings)
+    positive, negative = place_on_region(piece, candidates, grid, settings, rng)
+    return Placement(positive_indices=positive, negative_indices=negative, region=piece > 0,
+                     candidates=candidates, confidence=float(confidence), confident=bool(confident))
+
+
+def place_on_region(piece: np.ndarray, candidates: np.ndarray, grid: PatchGrid, settings: PlacementConfig,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts on a region, as :func:`place_prompts` places them on the region it predicts:
+    ``settings.n_positive`` positives over the interior of its pieces (``piece`` (N,) int64, labels
+    1..K heaviest first, 0 outside; at least one patch) and ``settings.n_negative`` negatives over a
+    ring around them, never on ``candidates`` (N,) bool (patches that may be the object). Returns
+    ``(positive_indices (P,), negative_indices (Q,))`` int64."""
     region = piece > 0
-
     positive = _place_positives(grid, piece, settings.n_positive, settings.interior_depth, rng)
-
     shape = (grid.rows, grid.cols)
     distance = ndimage.distance_transform_edt(~region.reshape(shape)).reshape(-1)
     below = ~candidates  # never a negative on a patch that looks like the object
@@ -282,8 +292,7 @@ def place_prompts(scores: Union[PatchScores, np.ndarray], grid: PatchGrid, refer
     if len(pool) < settings.n_negative:
         pool = np.flatnonzero(below)
     negative = pool[farthest_point_order(grid.index_to_working_xy(pool), settings.n_negative, rng)]
-    return Placement(positive_indices=positive, negative_indices=negative.astype(np.int64), region=region,
-                     candidates=candidates, confidence=float(confidence), confident=bool(confident))
+    return positive, negative.astype(np.int64)
 
 
 def _place_positives(grid: PatchGrid, piece: np.ndarray, count: int, interior_depth: int,

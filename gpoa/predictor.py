@@ -66,6 +66,7 @@ from gpoa.placement import PatchClassifier, fit_patch_classifier
 from gpoa.presence import mask_presence_score
 from gpoa.prompts import PromptSet
 from gpoa.samples import EpisodeSample
+from gpoa.segmenters import with_mask_prompt
 from gpoa.teach import LabelledPair, save_taught, teach
 
 #: what an image or a mask may be given as
@@ -90,13 +91,15 @@ class Prediction:
     presence score (:mod:`gpoa.presence`; None without a threshold); ``confidence`` in [0, 1], how
     step-like the image's match scores are on the region they predict (below
     ``optimize.min_region_confidence`` the policy keeps the initial prompts); ``prompts`` the initial
-    and the optimised point prompts."""
+    and the optimised point prompts; ``track`` (frames of :meth:`GPOAPredictor.track` only) what the
+    tracker decided on the frame, a :class:`gpoa.video.FrameInfo`."""
 
     mask: np.ndarray
     confidence: float
     prompts: Prompts
     present: bool = True
     presence_score: Optional[float] = None
+    track: Optional[object] = None
 
 
 class GPOAPredictor:
@@ -104,12 +107,15 @@ class GPOAPredictor:
 
     ``cfg``: the settings (:func:`gpoa.config.load_config`); ``policy``: a trained policy file, or
     None for no agent (the initial prompts are segmented); ``device``: ``cpu``, ``cuda``, ``cuda:N``
-    or ``mps``. Models load when first needed and are shared by every image.
+    or ``mps``. Models load when first needed and are shared by every image; ``backends``: models
+    already built for ``cfg``'s features and segmenter (:class:`~gpoa.backends.Backends`, e.g. a run's
+    or another predictor's), shared instead of loading them again (``device`` is then theirs).
     """
 
-    def __init__(self, cfg: Config, policy: Optional[Union[str, Path]] = None, device: str = "cpu"):
+    def __init__(self, cfg: Config, policy: Optional[Union[str, Path]] = None, device: str = "cpu",
+                 backends: Optional[Backends] = None):
         self.cfg = cfg
-        self.backends = Backends(cfg, device)
+        self.backends = backends if backends is not None else Backends(cfg, device)
         self.grid = self.backends.grid
         self._reference: Optional[ReferenceFeatures] = None
         self._classifier: Optional[PatchClassifier] = None
@@ -203,20 +209,33 @@ class GPOAPredictor:
             raise InputError(_name(image, "image"), "no reference foreground patch matched this image (with "
                                                     f"matching.mutual_nearest={cfg.matching.mutual_nearest})",
                              "use matching.method=placement, which always places a positive prompt")
+        return self._segment(image, pixels, features, initial, reference, classifier)
+
+    def _segment(self, image: ImageLike, pixels: np.ndarray, features: np.ndarray, initial: PromptSet,
+                 reference: ReferenceFeatures, classifier: PatchClassifier, region_prior: Optional[np.ndarray] = None,
+                 mask_prompt: Optional[np.ndarray] = None) -> Prediction:
+        """Stage 3's edit of ``initial`` and stage 4's mask for one image (``pixels`` (H, W, 3), its patch
+        ``features``; ``image`` as given, for its name), against ``reference``. A clip's frame adds
+        the agent's ``region_prior`` (rows * cols,) and the segmenter's ``mask_prompt`` (H, W)
+        (:class:`~gpoa.samples.EpisodeSample`)."""
+        cfg, segmenter = self.cfg, self.backends.segmenter
+        name = Path(image).name if isinstance(image, (str, Path)) else ""
         confidence = region_confidence(reference, classifier, features, self.grid, cfg)
-        segmenter = self.backends.segmenter
         optimized, embedding, present, score, decoded = initial, None, True, None, None
         if self.optimizer is not None:
             sample = EpisodeSample(Path(name).stem, self.grid, features, initial, reference, image=pixels,
-                                   classifier=classifier)
+                                   classifier=classifier, region_prior=region_prior, mask_prompt=mask_prompt)
             try:
                 result = optimize_sample(self.optimizer, sample, segmenter, cfg.seed)
             except ValueError as exc:
                 raise InputError(_name(image, "image"), str(exc)) from None
             optimized, embedding = result.policy.prompt_set, result.embedding
             present, score = result.present, result.presence_score
-        elif self.presence_threshold is not None:  # no policy: the same decision on the initial prompts' mask
-            decoded = decode_masks(segmenter, pixels, [initial])[0]  # also the result: optimized is initial
+        if embedding is None and mask_prompt is not None:
+            embedding = with_mask_prompt(segmenter, segmenter.embed(pixels), mask_prompt)
+        if self.optimizer is None and self.presence_threshold is not None:
+            # no policy: the same decision on the initial prompts' mask, which is also the result
+            decoded = decode_masks(segmenter, pixels, [initial], embedding)[0]
             score = mask_presence_score(decoded, reference, features)
             present = score >= self.presence_threshold
         if not present:
@@ -228,10 +247,54 @@ class GPOAPredictor:
         return Prediction(mask=mask, confidence=confidence, prompts=Prompts(initial=initial, optimized=optimized),
                           present=bool(present), presence_score=score)
 
+    def _absent(self, pixels: np.ndarray, name: str = "") -> Prediction:
+        """The prediction of an image (H, W, 3) where the object is not: an empty mask, no prompts."""
+        height, width = pixels.shape[:2]
+        empty = PromptSet(name, (width, height), self.grid, [], [], source="absent")
+        return Prediction(mask=np.zeros((height, width), dtype=bool), confidence=0.0, prompts=Prompts(empty, empty),
+                          present=False)
+
     def predict_many(self, images: Iterable[ImageLike]) -> Iterator[Prediction]:
         """:meth:`predict` for each image, in order, one at a time (a generator)."""
         for image in images:
             yield self.predict(image)
+
+    def track(self, frames: Iterable[ImageLike], first_mask: ImageLike) -> Iterator[Prediction]:
+        """Follow the object of ``first_mask`` (the first frame's mask) through ``frames`` (a clip, in
+        time order, read one at a time): one :class:`Prediction` per frame, in order (a generator).
+        The first frame's is its mask as given; every other frame is segmented by :meth:`predict`'s
+        per-image step with what the frames before it know (:mod:`gpoa.video`: the previous mask
+        carried by optical flow, the previous points followed, the memory of accepted frames,
+        occlusion and the drift guard; settings ``track``). The reference set by
+        :meth:`set_reference` is not used: a clip's reference is its first frame.
+
+        With ``track.engine=sam2_video`` SAM 2's video predictor carries the first mask and GPOA's
+        points correct the frames where it disagrees with the first frame's reference
+        (:func:`gpoa.video.sam2_video_track`); SAM 2 reads the whole clip at once, so the frames are
+        all read first."""
+        from gpoa.video import ClipTracker, sam2_video_track
+
+        if self.cfg.track.engine == "sam2_video":
+            frames = [as_image(frame, f"frame {index}") for index, frame in enumerate(frames)]
+        frames = iter(frames)
+        try:
+            first = next(frames)
+        except StopIteration:
+            raise UsageError("track() got no frames; pass the clip's frames in time order, the first one "
+                             "annotated by first_mask") from None
+        pixels = as_image(first, "frame 0")
+        truth = as_mask(first_mask, "first mask", image_size(pixels))
+        if not truth.any():
+            raise InputError(_name(first_mask, "first mask"), "has no foreground pixels",
+                             "the first frame's mask must show the object to follow")
+        tracker = ClipTracker(self, pixels, truth)
+        yield Prediction(mask=truth, confidence=1.0, prompts=Prompts(tracker.first_prompts, tracker.first_prompts))
+        if self.cfg.track.engine == "sam2_video":
+            steps = sam2_video_track(self, [pixels, *frames], truth)
+        else:
+            steps = (tracker.step(as_image(frame, f"frame {index}"), frame) for index, frame in enumerate(frames, 1))
+        for prediction, info in steps:
+            yield dataclasses.replace(prediction, track=info)
 
 
 def as_image(value: ImageLike, name: str) -> np.ndarray:

@@ -27,6 +27,12 @@ class EpisodeSample:
     ``classifier`` (optional) is its reference's patch classifier, a second view of the patch
     scores for the predicted region (:mod:`gpoa.envs.mask_view`); ``domain`` (optional) the encoder
     of a taught policy's node columns that mean something only within its domain (:mod:`gpoa.domain`).
+
+    What a clip adds (:mod:`gpoa.video`): ``region_prior`` (rows * cols,) float32 in [0, 1], the
+    share of each patch inside the previous frame's mask carried to this frame; when given, the
+    agent's predicted region (its label-free yardstick) is the patches at least half inside it
+    instead of the one the match scores predict. ``mask_prompt`` (H, W) float32 in [0, 1]: the
+    segmenter's mask prompt (:func:`gpoa.segmenters.with_mask_prompt`) for every decode.
     """
 
     name: str
@@ -39,6 +45,8 @@ class EpisodeSample:
     task: str = ""
     classifier: Optional[PatchClassifier] = None
     domain: Optional[DomainEncoder] = None
+    region_prior: Optional[np.ndarray] = None
+    mask_prompt: Optional[np.ndarray] = None
 
     def load(self) -> EpisodeSample:
         return self

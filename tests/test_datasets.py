@@ -467,6 +467,173 @@ def test_cvc_tiff_pairs(tmp_path):
     assert len(read_episodes(out / "episodes.json")) == 2
 
 
+# ----- DAVIS 2016 and 2017 ----------------------------------------------------------------------------
+VOID = 255  # DAVIS 2017's void label
+
+
+def moving(frame: int, left: int = 4) -> np.ndarray:
+    """An object that moves right by 3 pixels a frame."""
+    return rect(6, left + 3 * frame, 20, left + 12 + 3 * frame)
+
+
+def davis_tree(src: Path, year: int) -> dict:
+    """A fake DAVIS tree (3-4 frames a sequence) → {sequence: [frame names]}. 2016: binary masks (one
+    written as 0/1: any nonzero pixel is the object) and image/mask path-pair lists; 2017: palette
+    masks of object ids (object 2 of 'dogs' first appears in frame 1, object 1 is hidden in frame 2,
+    void 255 pixels in frame 1) and lists of sequence names."""
+    sequences = {"bear": 4, "car": 3} if year == 2016 else {"dogs": 4, "kite": 3}
+    for k, (sequence, count) in enumerate(sequences.items()):
+        for frame in range(count):
+            name = f"{frame:05d}"
+            save(src / "JPEGImages" / "480p" / sequence / f"{name}.jpg", photo(40 * year + 10 * k + frame), quality=90)
+            path = src / "Annotations" / "480p" / sequence / f"{name}.png"
+            if year == 2016:
+                save(path, np.where(moving(frame), 1 if (sequence, frame) == ("car", 1) else 255, 0).astype(np.uint8))
+            else:
+                labels = np.zeros((H, W), np.uint8)
+                if sequence == "kite" or frame != 2:
+                    labels[moving(frame)] = 1
+                if sequence == "dogs" and frame >= 1:
+                    labels[24:30, 2 + 5 * frame:12 + 5 * frame] = 2
+                if sequence == "dogs" and frame == 1:
+                    labels[0:2, :] = VOID
+                im = Image.fromarray(labels, "P")
+                im.putpalette(voc_palette())
+                path.parent.mkdir(parents=True, exist_ok=True)
+                im.save(path)
+    folder = src / "ImageSets" / ("480p" if year == 2016 else "2017")
+    folder.mkdir(parents=True)
+    first, second = sequences
+    if year == 2016:
+        def pairs(sequence: str) -> str:
+            return "".join(f"/JPEGImages/480p/{sequence}/{f:05d}.jpg /Annotations/480p/{sequence}/{f:05d}.png\n"
+                           for f in range(sequences[sequence]))
+
+        (folder / "val.txt").write_text(pairs(first) + pairs(second))
+        (folder / "train.txt").write_text(pairs(second))
+    else:
+        (folder / "val.txt").write_text(f"{first}\n{second}\n")
+        (folder / "train.txt").write_text(f"{second}\n")
+    return {sequence: [f"{f:05d}" for f in range(count)] for sequence, count in sequences.items()}
+
+
+def davis_episodes(out: Path) -> dict:
+    """{clip: (reference, [queries])} of a converted DAVIS."""
+    clips: dict = {}
+    for episode in read_episodes(out / "episodes.json"):
+        clips.setdefault(episode.domain, (episode.support, []))[1].append(episode.query)
+    return clips
+
+
+def test_davis_2016_one_clip_per_sequence(tmp_path):
+    src = tmp_path / "DAVIS"
+    frames = davis_tree(src, 2016)
+    out = tmp_path / "out"
+    report = run_converter("davis", src, out)  # 2016 val by default
+    assert report.exit_code == 0 and report.images == 7 and report.domains == 2
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["bear", "car"]
+    for sequence, names in frames.items():
+        assert domain_stems(out, sequence) == names == domain_stems(out, sequence, "image")
+        assert not (out / sequence / "ignore").exists()
+        for frame, name in enumerate(names):
+            assert ((out / sequence / "image" / f"{name}.jpg").read_bytes()
+                    == (src / "JPEGImages" / "480p" / sequence / f"{name}.jpg").read_bytes())
+            assert_binary_mask(out / sequence / "mask" / f"{name}.png", moving(frame))
+    # the first frame is each clip's reference, every later frame a query, in time order
+    assert davis_episodes(out) == {s: ((names[0],), names[1:]) for s, names in frames.items()}
+    record = dataset_record(out)
+    assert record["variant"] == {"year": 2016, "split": "val"} and record["splits"] == {"val": ["bear", "car"]}
+    assert [task.name for task in resolve_tasks([out], tmp_path / "ws")] == ["bear", "car"]
+    # the train list holds car alone
+    train = run_converter("davis", src, tmp_path / "train", split="train")
+    assert train.images == 3 and sorted(p.name for p in (tmp_path / "train").iterdir() if p.is_dir()) == ["car"]
+
+
+def test_davis_2017_one_clip_per_object_from_its_first_frame(tmp_path):
+    src = tmp_path / "DAVIS"
+    davis_tree(src, 2017)
+    out = tmp_path / "out"
+    report = run_converter("davis", src, out, year=2017)
+    assert report.exit_code == 0 and report.images == 7 and report.domains == 3
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["dogs_1", "dogs_2", "kite_1"]
+    assert domain_stems(out, "dogs_1") == ["00000", "00001", "00002", "00003"]
+    assert domain_stems(out, "dogs_2") == ["00001", "00002", "00003"]  # starts where the object appears
+    assert domain_stems(out, "kite_1") == ["00000", "00001", "00002"]
+    # mask = the pixels of the clip's id; the hidden object's frame stays with an empty mask
+    assert_binary_mask(out / "dogs_1" / "mask" / "00001.png", moving(1))
+    assert_binary_mask(out / "dogs_1" / "mask" / "00002.png", np.zeros((H, W), bool))
+    assert_binary_mask(out / "dogs_2" / "mask" / "00003.png", rect(24, 17, 30, 27))
+    # void pixels are left out of the metrics, for every object of that frame
+    for clip in ("dogs_1", "dogs_2"):
+        assert domain_stems(out, clip, "ignore") == ["00001"]
+        assert_binary_mask(out / clip / "ignore" / "00001.png", rect(0, 0, 2, W))
+    assert ((out / "dogs_2" / "image" / "00001.jpg").read_bytes()
+            == (src / "JPEGImages" / "480p" / "dogs" / "00001.jpg").read_bytes())
+    assert davis_episodes(out)["dogs_2"] == (("00001",), ["00002", "00003"])
+    record = dataset_record(out)
+    assert record["variant"] == {"year": 2017, "split": "val"}
+    assert any("dogs_2 starts at frame 00001" in note for note in record["notes"])
+
+
+def test_davis_bad_frame_is_reported_and_a_rerun_resumes(tmp_path):
+    src = tmp_path / "DAVIS"
+    davis_tree(src, 2017)
+    broken = src / "JPEGImages" / "480p" / "kite" / "00001.jpg"
+    good = broken.read_bytes()
+    broken.write_bytes(b"not a jpeg")
+    (src / "Annotations" / "480p" / "dogs" / "00003.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    report = run_converter("davis", src, out, year=2017)
+    assert report.exit_code == 1 and len(report.failures) == 2
+    assert str(broken) in " ".join(report.failures) and "dogs/00003.png" in " ".join(report.failures)
+    assert domain_stems(out, "kite_1") == ["00000", "00002"] and domain_stems(out, "dogs_1")[-1] == "00002"
+    assert len(dataset_record(out)["failures"]) == 2
+    broken.write_bytes(good)
+    again = run_converter("davis", src, out, year=2017)
+    assert again.written == 1 and again.skipped == 5 and len(again.failures) == 1
+    assert domain_stems(out, "kite_1") == ["00000", "00001", "00002"]
+
+
+def test_davis_errors_name_what_is_missing(tmp_path):
+    src = tmp_path / "DAVIS"
+    davis_tree(src, 2016)
+    out = tmp_path / "out"
+    with pytest.raises(UsageError) as info:
+        convert("davis", src, out, year=2017, progress=False)
+    assert (f"'{src / 'ImageSets' / '2017' / 'val.txt'}' is missing: the list of DAVIS 2017's val split"
+            in str(info.value)) and "for DAVIS 2016 pass --year 2016" in str(info.value)
+    with pytest.raises(UsageError, match="DAVIS 2017 has no split 'trainval'; use --split train, val"):
+        convert("davis", src, out, year=2017, split="trainval", progress=False)
+    (src / "ImageSets" / "480p" / "trainval.txt").write_text("bear\n")
+    with pytest.raises(UsageError, match=r"trainval.txt' line 1 is 'bear', not a DAVIS 2016 pair .*--year 2017"):
+        convert("davis", src, out, split="trainval", progress=False)
+    with pytest.raises(UsageError, match="--year and --split are for davis only"):
+        convert("kvasir", src, out, split="val", progress=False)
+    with pytest.raises(UsageError, match="--episodes is not for davis"):
+        convert("davis", src, out, episodes=3, progress=False)
+    shutil.move(src / "Annotations", tmp_path / "elsewhere")
+    with pytest.raises(UsageError, match="Annotations.480p' is missing: DAVIS's Annotations at 480p"):
+        convert("davis", src, out, progress=False)
+    shutil.move(tmp_path / "elsewhere", src / "Annotations")
+    assert not out.exists()
+    run_converter("davis", src, out)
+    with pytest.raises(UsageError, match="already holds davis converted with year 2016, split val .* convert year "
+                                         "2016, split train into another folder"):
+        convert("davis", src, out, split="train", progress=False)
+
+
+def test_davis_command_line(tmp_path):
+    from gpoa.datasets.__main__ import main
+
+    src = tmp_path / "DAVIS"
+    davis_tree(src, 2017)
+    assert main(["davis", "--src", str(src), "--out", str(tmp_path / "out"), "--year", "2017", "--split", "train",
+                 "--quiet"], prog="gpoa convert") == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == ["kite_1"]
+    with pytest.raises(SystemExit):
+        main(["davis", "--src", str(src), "--out", str(tmp_path / "x"), "--year", "2018"])
+
+
 # ----- command line and errors ---------------------------------------------------------------------
 def test_command_line(kvasir_src, tmp_path):
     out = tmp_path / "out"
@@ -482,7 +649,7 @@ def test_command_line(kvasir_src, tmp_path):
 
 
 def test_every_benchmark_is_registered():
-    assert list(BENCHMARKS) == ["fss1000", "pascal5i", "coco20i", "isic2018", "kvasir", "cvc"]
+    assert list(BENCHMARKS) == ["fss1000", "pascal5i", "coco20i", "isic2018", "kvasir", "cvc", "davis"]
 
 
 @pytest.mark.parametrize("name, make, missing", [

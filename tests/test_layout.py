@@ -250,3 +250,37 @@ def test_domain_ignore_masks_are_paired_with_the_targets(tmp_path):
     layout = domain_task(domain, tmp_path / "ws")
     assert layout.ignore_masks == {"c": domain / "ignore" / "c.png"}
     assert domain_task(make_domain(tmp_path / "plain"), tmp_path / "ws").ignore_masks == {}
+
+
+# ----- clips -------------------------------------------------------------------------------------------
+def make_clip(root: Path, frames: int = 5, masked=(0, 2)) -> Path:
+    """A clip of ``frames`` frames named 00000.png, ...; only the frames ``masked`` have a mask."""
+    for index in range(frames):
+        touch_image(root / "image" / f"{index:05d}.png")
+        if index in masked:
+            touch_image(root / "mask" / f"{index:05d}.png")
+    return root
+
+
+def test_a_clip_needs_only_its_first_frames_mask(tmp_path):
+    folder = make_clip(tmp_path / "clips" / "swan")
+    with pytest.raises(UsageError, match="needs its mask"):  # as a plain domain, every image needs one
+        resolve_tasks([folder], tmp_path / "work")
+    (task,) = resolve_tasks([tmp_path / "clips"], tmp_path / "work", clips=True)
+    assert [i.stem for i, _ in task.reference] == ["00000"]
+    assert [p.stem for p in task.targets] == ["00001", "00002", "00003", "00004"]
+    assert sorted(task.target_masks) == ["00002"]  # the frames that are scored
+    (folder / "mask" / "00000.png").unlink()
+    with pytest.raises(UsageError, match=r"first frame '00000\.png' has no mask"):
+        domain_task(folder, tmp_path / "work", clip=True)
+
+
+def test_a_clip_whose_names_do_not_sort_in_time_order_is_refused(tmp_path):
+    folder = tmp_path / "cart"
+    for number in (1, 2, 10):
+        touch_image(folder / "image" / f"frame_{number}.png")
+    touch_image(folder / "mask" / "frame_1.png")
+    with pytest.raises(UsageError, match=r"'frame_10\.png' sorts before 'frame_2\.png'.*zero-padded"):
+        domain_task(folder, tmp_path / "work", clip=True)
+    with pytest.raises(UsageError, match="not clips"):
+        resolve_tasks([make_clip(tmp_path / "ok"), make_dataset(tmp_path / "cells")], tmp_path / "work", clips=True)

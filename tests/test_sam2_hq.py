@@ -366,3 +366,28 @@ def test_the_four_stages_run_end_to_end(checkpoints, tmp_path, monkeypatch, caps
     assert (saved.segmenter.backend, saved.segmenter.model_type) == (backend, cfg.model_type)
     masks = sorted((data / "results" / "masks" / "optimized").glob("*.png"))
     assert len(masks) == 2
+
+
+# ----- the mask prompt (mask_input) ------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_mask_prompt_is_the_official_predictors_mask_input(scenes, backend):
+    from gpoa.segmenters import with_mask_prompt
+    from gpoa.segmenters.common import mask_prompt_logits
+
+    segmenter, embedding, predictor = scenes[backend]
+    probability = np.zeros((HEIGHT, WIDTH), np.float32)
+    probability[15:75, 40:120] = 1.0
+    prompted = with_mask_prompt(segmenter, embedding, probability)
+    # SAM 2 stretches the image to its square 1024 input (256 x 256 low-res grid); the tiny HQ-SAM, like
+    # SAM, resizes the long side to its 256 input and pads: 154 x 256, a quarter of it on a 64 x 64 grid
+    logits = (mask_prompt_logits(probability, (256, 256), 256) if backend == "sam2"
+              else mask_prompt_logits(probability, (38, 64), 64))
+    np.testing.assert_allclose(prompted.mask_input[0, 0].cpu().numpy(), logits)
+    for prompts in (SETS[2], SETS[4]):
+        with torch.inference_mode():
+            expected, _, _ = predictor.predict(prompts.points, prompts.labels, mask_input=logits[None],
+                                               multimask_output=False)
+        expected = expected[0] > 0
+        masks, _ = segmenter.decode(prompted, [prompts])
+        assert (masks[0] != expected).mean() <= 1e-3 and expected.any() and not expected.all(), backend
+        assert (masks[0] != segmenter.decode(embedding, [prompts])[0][0]).any()  # the prompt is not ignored

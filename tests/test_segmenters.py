@@ -398,3 +398,73 @@ def test_mask_cells_are_the_share_of_each_cell_inside_the_mask(height, width, sh
             expected[r, c] = block.mean() if block.size else 0.0
     np.testing.assert_allclose(mask_cells(mask, shape), expected, atol=1e-6)
     np.testing.assert_allclose(mask_cells(mask[None], shape)[0], expected, atol=1e-6)
+
+
+# ----- the mask prompt (SAM's mask_input) ------------------------------------------------------------------
+def test_mask_prompt_logits_put_the_prompt_where_the_model_sees_the_image():
+    from gpoa.segmenters.common import MASK_PROMPT_LOGIT, mask_prompt_logits
+
+    probability = np.zeros((40, 80), np.float32)
+    probability[:, :40] = 1.0  # the left half of the image
+    logits = mask_prompt_logits(probability, (8, 16), 16)  # SAM: long side to the grid, the rest padded
+    expected = np.full((16, 16), -MASK_PROMPT_LOGIT, np.float32)
+    expected[:8, :8] = MASK_PROMPT_LOGIT
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+    half = mask_prompt_logits(np.full((40, 80), 0.5, np.float32), (16, 16), 16)  # SAM 2: stretched
+    np.testing.assert_allclose(half, 0.0, atol=1e-6)
+
+
+def test_classical_mask_prompt_fills_what_the_points_do_not_reach(scene):
+    segmenter, embedding, mask = scene
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
+    square = (np.abs(xx - 0.82 * WIDTH) < 0.08 * WIDTH) & (np.abs(yy - 0.3 * HEIGHT) < 0.12 * HEIGHT)
+    one_point = PointPrompts.from_xy([np.argwhere(mask).mean(axis=0)[::-1]], [])
+    alone = segmenter.decode(embedding, [one_point])[0][0]
+    # the prompt says the square (no point on it) is object too: the mask takes it, the disc stays
+    prompted = segmenter.with_mask_prompt(embedding, (mask | square).astype(np.float32))
+    guided = segmenter.decode(prompted, [one_point])[0][0]
+    assert alone[square].mean() < 0.05 and guided[square].mean() > 0.9
+    assert dice(guided & ~square, mask) > 0.9
+    # a point set without a positive still gives an empty mask
+    assert not segmenter.decode(prompted, [PointPrompts.from_xy([], [[5.0, 5.0]])])[0].any()
+    # the prompt's weight 0 is no prompt at all; a prompt of another size is refused
+    unweighted = ClassicalSegmenter(SegmenterConfig(mask_prompt_weight=0.0)).with_mask_prompt(embedding, mask * 1.0)
+    np.testing.assert_array_equal(segmenter.decode(unweighted, [one_point])[0][0], alone)
+    with pytest.raises(ValueError, match="image's size"):
+        segmenter.with_mask_prompt(embedding, np.zeros((10, 10)))
+
+
+def test_classical_rank_one_updates_stay_exact_with_a_mask_prompt(scene):
+    segmenter, embedding, mask = scene
+    prompted = segmenter.with_mask_prompt(embedding, np.roll(mask, 25, axis=1).astype(np.float32))
+    base = ideal_prompts(mask)
+    variants = ([PointPrompts(np.delete(base.points, i, 0), np.delete(base.labels, i)) for i in range(len(base))]
+                + [PointPrompts(np.r_[base.points, [[300.0, 20.0]]], np.r_[base.labels, 1])]
+                + [PointPrompts(base.points, np.where(np.arange(len(base)) == 9, 1, base.labels))])
+    fast = segmenter.decode_cells(prompted, variants, (12, 16), base=base)
+    slow = segmenter.decode_cells(prompted, variants, (12, 16))
+    np.testing.assert_allclose(fast, slow, atol=1e-6)
+    assert not np.allclose(slow, segmenter.decode_cells(embedding, variants, (12, 16)))  # the prompt counts
+
+
+def test_sam_mask_prompt_is_the_predictors_mask_input(sam_scene):
+    from segment_anything import SamPredictor
+
+    from gpoa.segmenters import with_mask_prompt
+    from gpoa.segmenters.common import mask_prompt_logits
+
+    segmenter, embedding = sam_scene
+    image = (np.random.default_rng(0).random((90, 150, 3)) * 255).astype(np.uint8)
+    probability = np.zeros((90, 150), np.float32)
+    probability[20:70, 30:110] = 1.0
+    prompted = with_mask_prompt(segmenter, embedding, probability)
+    predictor = SamPredictor(segmenter.model)
+    predictor.set_image(image)
+    # SAM's input: long side 1024 (614 x 1024), a quarter of it on the 256 x 256 grid (154 x 256)
+    logits = mask_prompt_logits(probability, (154, 256), 256)
+    np.testing.assert_allclose(prompted.mask_input[0, 0].numpy(), logits)
+    prompts = SAM_SETS[2]
+    expected, _, _ = predictor.predict(prompts.points, prompts.labels, mask_input=logits[None], multimask_output=False)
+    masks, _ = segmenter.decode(prompted, [prompts, SAM_SETS[3]])
+    assert (masks[0] != expected[0]).mean() <= 1e-3 and expected[0].any() and not expected[0].all()
+    assert (masks[0] != segmenter.decode(embedding, [prompts])[0][0]).any()  # the prompt is not ignored

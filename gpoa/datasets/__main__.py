@@ -27,10 +27,14 @@ def build_parser(prog: str = "python -m gpoa.datasets") -> argparse.ArgumentPars
     parser.add_argument("--seed", type=whole_number(0), default=0, help="episode seed (default 0)")
     parser.add_argument("--episodes", type=whole_number(1), default=None,
                         help="episodes per fold for pascal5i/coco20i (default 1000); queries per test class for "
-                             "fss1000 and queries in all for isic2018/kvasir/cvc (default: every image)")
+                             "fss1000 and queries in all for isic2018/kvasir/cvc (default: every image); not for davis")
     parser.add_argument("--split-file", type=Path, default=None,
                         help="fss1000 only: the official class split (JSON {train,val,test: [classes]} or text "
                              "with [train]/[val]/[test] sections)")
+    parser.add_argument("--year", type=int, choices=[2016, 2017], default=None,
+                        help="davis only: DAVIS 2016 (one clip per sequence, the default) or 2017 (one clip per object)")
+    parser.add_argument("--split", default=None,
+                        help="davis only: the ImageSets list to convert: train, val (default) or, for 2016, trainval")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -40,7 +44,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m gpoa.datas
     args = parser.parse_args(argv)
     return exit_code_of(parser.prog, lambda: convert(args.name, args.src, args.out, seed=args.seed,
                                                      episodes=args.episodes, split_file=args.split_file,
-                                                     progress=not args.quiet))
+                                                     year=args.year, split=args.split, progress=not args.quiet))
 
 
 if __name__ == "__main__":

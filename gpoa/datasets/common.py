@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from gpoa.errors import InputError, UsageError
@@ -53,11 +54,14 @@ DATASET_FORMAT = "gpoa-benchmark/1"
 @dataclass(frozen=True)
 class Options:
     """Settings of a conversion: the episodes' seed, how many (None: the benchmark's default),
-    for FSS-1000 a file with the official class split, and whether to show progress bars."""
+    for FSS-1000 a file with the official class split, for DAVIS the year and the split (None:
+    its defaults), and whether to show progress bars."""
 
     seed: int = 0
     episodes: Optional[int] = None
     split_file: Optional[Path] = None
+    year: Optional[int] = None
+    split: Optional[str] = None
     progress: bool = True
 
 
@@ -79,7 +83,9 @@ class Index:
 
     ``episodes(members)`` makes the episode list from ``members`` = {split: {domain: [stems]}} of
     the items that were converted; ``folds`` {fold: [domains]} for the fold-based benchmarks;
-    ``failures`` are messages about source files that cannot be used (reported, skipped)."""
+    ``failures`` are messages about source files that cannot be used (reported, skipped);
+    ``variant`` the settings that choose what is converted (DAVIS's year and split): a folder
+    converted with one variant is not added to with another."""
 
     items: list
     episodes: Callable[[dict], list]
@@ -88,6 +94,7 @@ class Index:
     notes: list = field(default_factory=list)
     failures: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    variant: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -150,6 +157,21 @@ def read_binary_mask(path: Path, size: tuple) -> np.ndarray:
     gray = read_image(path).max(axis=2)
     check_size(path, gray, size)
     return gray > 127 if gray.max() > 1 else gray > 0
+
+
+def read_label_png(path: Path, fix: str) -> np.ndarray:
+    """The label indices (H, W) uint8 of a palette or 8-bit gray PNG (class or object ids); an
+    InputError naming ``path`` when it is missing, unreadable or of another mode (``fix``: which
+    files to use instead)."""
+    if not path.is_file():
+        raise InputError(path, "label file does not exist")
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L"):
+                raise InputError(path, f"is a {im.mode} image, not a palette or 8-bit index PNG", fix)
+            return np.asarray(im)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InputError(path, f"cannot be read as a label PNG ({exc.__class__.__name__}: {exc})") from None
 
 
 def check_size(path: Path, array: np.ndarray, size: tuple) -> None:
@@ -272,13 +294,30 @@ def check_folders(src: Path, out: Path, benchmark: str) -> None:
                          "outside the source (the source is never modified)")
     record = out / "dataset.json"
     if record.is_file():
-        try:
-            previous = json.loads(record.read_text(encoding="utf-8")).get("benchmark")
-        except (ValueError, AttributeError):
-            previous = None
+        previous = previous_record(out).get("benchmark")
         if previous != benchmark:
             raise UsageError(f"'{out}' already holds a converted benchmark '{previous}' (see {record}); "
                              f"convert {benchmark} into another folder")
+
+
+def previous_record(out: Path) -> dict:
+    """The dataset.json of an earlier conversion into ``out`` ({} when there is none or it is unreadable)."""
+    try:
+        record = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def check_variant(out: Path, benchmark: str, variant: dict) -> None:
+    """A UsageError when ``out`` holds ``benchmark`` converted with another variant (see :class:`Index`)."""
+    previous = previous_record(out)
+    if previous and previous.get("variant", {}) != variant:
+        def say(settings: dict) -> str:
+            return ", ".join(f"{key} {value}" for key, value in settings.items()) or "the default settings"
+
+        raise UsageError(f"'{out}' already holds {benchmark} converted with {say(previous.get('variant', {}))} "
+                         f"(see {out / 'dataset.json'}); convert {say(variant)} into another folder")
 
 
 @dataclass(frozen=True)
@@ -297,6 +336,7 @@ def convert_benchmark(benchmark: Benchmark, src: PathLike, out: PathLike, option
     name = benchmark.name
     check_folders(src, out, name)
     index = benchmark.index(src, options)
+    check_variant(out, name, index.variant)
     check_stems(index.items)
     converted, written, skipped, write_failures = write_items(out, index.items, name, options.progress)
     failures = index.failures + write_failures
@@ -316,6 +356,7 @@ def convert_benchmark(benchmark: Benchmark, src: PathLike, out: PathLike, option
         **({"folds": {str(fold): names for fold, names in index.folds.items()}} if index.folds else {}),
         "episodes": {"file": "episodes.json", "count": len(episodes), "protocol": index.protocol},
         "stems": "splits.json",
+        **({"variant": index.variant} if index.variant else {}),
         **index.extra,
         "notes": index.notes,
         "failures": failures,

@@ -26,10 +26,17 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from gpoa.datasets.common import Benchmark, Index, Item, Options, fold_episodes, require_folder
+from gpoa.datasets.common import (
+    Benchmark,
+    Index,
+    Item,
+    Options,
+    fold_episodes,
+    read_label_png,
+    require_folder,
+)
 from gpoa.errors import InputError, UsageError
 from gpoa.layout import list_images
 from gpoa.protocols import (
@@ -51,16 +58,7 @@ LAYOUT = """  <src>/JPEGImages/<stem>.jpg
 
 def read_labels(path: Path) -> np.ndarray:
     """The label indices (H, W) uint8 of a palette or 8-bit gray PNG (values 0-20 and 255)."""
-    if not path.is_file():
-        raise InputError(path, "label file does not exist")
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("P", "L"):
-                raise InputError(path, f"is a {im.mode} image, not a palette or 8-bit index PNG",
-                                 "use the VOC SegmentationClass / SegmentationClassAug PNGs")
-            labels = np.asarray(im)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise InputError(path, f"cannot be read as a label PNG ({exc.__class__.__name__}: {exc})") from None
+    labels = read_label_png(path, "use the VOC SegmentationClass / SegmentationClassAug PNGs")
     unknown = sorted(set(np.unique(labels).tolist()) - set(range(len(PASCAL_CLASSES) + 1)) - {IGNORE_LABEL})
     if unknown:
         raise InputError(path, f"holds label values {unknown[:10]} outside 0-20 and 255",

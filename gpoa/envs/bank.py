@@ -24,7 +24,7 @@ from gpoa.metrics import dice_batch
 from gpoa.prompts import PointPrompts, PromptSet, sample_ideal_prompts
 from gpoa.runtime import content_seed
 from gpoa.samples import EpisodeSample
-from gpoa.segmenters import Segmenter, decode_cells
+from gpoa.segmenters import Segmenter, decode_cells, with_mask_prompt
 
 
 @dataclass
@@ -172,6 +172,17 @@ class EpisodeBank:
             self._records.popitem(last=False)
         return record
 
+    def embedding(self, record: SampleRecord) -> Any:
+        """The segmenter's embedding of ``record``'s image, made once, with the sample's mask prompt
+        when it has one (:func:`gpoa.segmenters.with_mask_prompt`)."""
+        if record.embedding is None:
+            sample = record.sample
+            embedding = self.segmenter.embed(sample.image)
+            if sample.mask_prompt is not None:
+                embedding = with_mask_prompt(self.segmenter, embedding, sample.mask_prompt)
+            record.embedding = embedding
+        return record.embedding
+
     def decode(self, record: SampleRecord, graphs: Sequence[DualSpaceGraph]) -> tuple:
         """Masks (B, H, W) bool of the active prompts of ``graphs`` (clones of ``record``'s graph), in one
         segmenter call, and their Dice (B,) against the truth mask (None without one)."""
@@ -180,9 +191,7 @@ class EpisodeBank:
     def decode_prompts(self, record: SampleRecord, prompts: Sequence[PointPrompts]) -> tuple:
         """Like :meth:`decode`, for explicit point prompts of ``record``'s image."""
         sample = record.sample
-        if record.embedding is None:
-            record.embedding = self.segmenter.embed(sample.image)
-        masks, _ = self.segmenter.decode(record.embedding, prompts)
+        masks, _ = self.segmenter.decode(self.embedding(record), prompts)
         masks = np.asarray(masks, dtype=bool)
         expected = (len(prompts), *sample.image.shape[:2])
         if masks.shape != expected:
@@ -197,9 +206,7 @@ class EpisodeBank:
         (:func:`gpoa.segmenters.decode_cells`; ``base`` lets a segmenter solve one-prompt variants of
         it by rank-one updates)."""
         sample = record.sample
-        if record.embedding is None:
-            record.embedding = self.segmenter.embed(sample.image)
-        cells = decode_cells(self.segmenter, record.embedding, prompts, (sample.grid.rows, sample.grid.cols),
+        cells = decode_cells(self.segmenter, self.embedding(record), prompts, (sample.grid.rows, sample.grid.cols),
                              base=base)
         return np.asarray(cells, dtype=np.float32).reshape(len(prompts), -1)
 

@@ -26,7 +26,7 @@ from scipy import ndimage
 
 from gpoa.config import PlacementConfig
 from gpoa.graph import MASK_COLUMNS, MASK_DISTANCE_SCALE, DualSpaceGraph
-from gpoa.placement import PatchScores, predicted_region, reference_foreground_share
+from gpoa.placement import PatchScores, predicted_region, reference_foreground_share, region_correlation
 from gpoa.samples import EpisodeSample
 
 #: lookahead changes of agreement, match rank and coverage are multiplied by this before clipping to [-1, 1]
@@ -56,11 +56,17 @@ class RegionView:
 def region_view(sample: EpisodeSample, graph: DualSpaceGraph, margin: np.ndarray,
                 settings: PlacementConfig) -> RegionView:
     """The :class:`RegionView` of a sample whose patches have nearest-neighbour ``margin`` (P,); the
-    logistic view joins when the sample carries its task's classifier."""
+    logistic view joins when the sample carries its task's classifier. A sample with a
+    ``region_prior`` (a clip's carried mask) has that as its region, and the confidence says how
+    step-like the match scores are on it (:func:`gpoa.placement.region_correlation`)."""
     logistic = None if sample.classifier is None else sample.classifier.score(sample.target_features)
     scores = PatchScores(margin=margin, logistic=logistic)
-    piece, _, confidence, _ = predicted_region(scores, graph.grid, reference_foreground_share(sample.reference),
-                                               settings)
+    if sample.region_prior is not None:
+        piece = (np.asarray(sample.region_prior, dtype=np.float32).reshape(-1) >= 0.5).astype(np.int64)
+        confidence = max(region_correlation(view, piece > 0) for view in scores.views())
+    else:
+        piece, _, confidence, _ = predicted_region(scores, graph.grid,
+                                                   reference_foreground_share(sample.reference), settings)
     share = float(sample.reference.foreground_share)
     rank = graph.patch_rank
     top = rank >= min(1.0 - share, float(rank.max()))

@@ -32,7 +32,7 @@ from gpoa.errors import UsageError
 from gpoa.evaluation import to_csv
 from gpoa.experiments import domains as bench_domains
 from gpoa.experiments.ablation import ABLATION_COLUMNS, load_ppd_run
-from gpoa.experiments.reproduce import load_paper_numbers
+from gpoa.experiments.published import footnotes, load_published, published_cells
 from gpoa.io import atomic_write_text
 from gpoa.runtime import StageReport, seed_everything
 from gpoa.stages.initial_prompts import generate_initial_prompts
@@ -81,9 +81,10 @@ def main(argv=None, prog: str = "bench_ppd.py") -> int:
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r['domain']} | {r['images']} | " + " | ".join(f"{100 * r[k]:.1f}" for k in COLUMNS[2:]) + " |"
               for r in rows]
-    for name, paper in load_paper_numbers("ppd-ablation")[0].items():  # configs/paper_numbers.yaml, with its source
-        lines.append(f"| paper: {name} (PASCAL VOC, SAM + DINOv2, mDSC) | | "
-                     + " | ".join(str(paper.get(k, "—")) for k in COLUMNS[2:]) + " |")
+    published = load_published("ppd-ablation")  # configs/paper_numbers.yaml: † marks a figure nobody here checked
+    lines += [f"| paper: {name} (SAM + DINOv2, mDSC) | | " + " | ".join(published_cells(published, name, COLUMNS[2:]))
+              + " |" for name in published.rows]
+    lines += footnotes(published)
     mean = rows[-1]
     headline = " ".join(f"{k}={mean[k]:.3f}" for k in COLUMNS[2:])
     atomic_write_text(out / "ppd_ablation.csv", to_csv(rows, COLUMNS))

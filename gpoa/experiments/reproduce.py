@@ -11,7 +11,12 @@ Tables (``TABLES``):
   (stage 1 + the defender) and for segmentation;
 - ``fss`` — one-shot mIoU (class-wise: intersection and union summed per class over its
   episodes, then averaged over classes; PASCAL-5i and COCO-20i: the mean over the four folds) and
-  FB-IoU on FSS-1000, PASCAL-5i and COCO-20i, same rows.
+  FB-IoU on FSS-1000, PASCAL-5i and COCO-20i, same rows;
+- ``davis`` — semi-supervised video object segmentation on DAVIS 2016 val: J, F and J&F means
+  (DAVIS's, :mod:`gpoa.metrics`: per clip over its scored frames, the first and the last frame not
+  scored, then the mean over clips) of GPOA's tracker (``gpoa track``'s own code,
+  :func:`gpoa.stages.track.track_clips`, as ``bench_video.py`` runs it) without the agent and with
+  each policy, beside the published DAVIS 2016 rows (OSVOS, OFL, BVS, FCP, JMP).
 
 Data: ``--root`` holds the converters' outputs (``python -m gpoa.datasets NAME --src RAW --out
 DATA/NAME``); each benchmark is found by its ``dataset.json`` and evaluated on its
@@ -19,7 +24,12 @@ DATA/NAME``); each benchmark is found by its ``dataset.json`` and evaluated on i
 A root that holds plain domain folders instead (``<domain>/image`` + ``<domain>/mask``, such as
 real-dev) stands in for the benchmarks: every domain is a data set of its own under the one-shot
 protocol of ``bench_domains.py`` (first sorted pair the reference, at most ``--targets`` queries),
-and for ``fss`` the domains are the classes of one benchmark.
+and for ``fss`` the domains are the classes of one benchmark. ``davis`` reads the clips of DAVIS
+2016 val as ``gpoa convert davis`` writes them (its ``dataset.json`` names the benchmark ``davis``
+with the variant year 2016, split val: found as ``davis2016``; ``--episodes N``: the first N + 2
+frames of every clip, so that N are scored), or a root of domain folders as stand-in clips (frames
+in time order; the first ``--targets`` + 2 frames of each). ``all``: every table whose data the
+root holds (the others are left out, said on stderr).
 
 Policies: a row that needs one trains it first, once, into ``OUT/policies/<learner>/`` and reuses
 it afterwards: on FSS-1000's training classes when the root has FSS-1000 (as Point Prompt
@@ -35,8 +45,14 @@ Several processes: ``torchrun --nproc-per-node N reproduce.py ...`` or ``--shard
 episode groups (a deterministic round-robin over the sorted groups). Each process writes its
 counts to ``OUT/tables/<table>/<data set>.part-<i>-of-<N>.json``; the one that completes the set
 merges them into exactly the tables one process writes (counts are integers, so the merge is exact).
-Outputs: ``OUT/<table>.csv`` (row, column, ours, published) and ``OUT/<table>.md`` in the paper's
-layout, published numbers (``configs/paper_numbers.yaml``, each with its source) beside ours.
+``davis`` splits the clips as ``gpoa track`` does (a clip is never split; its parts and their merge
+are the track stage's, under ``OUT/work/davis/<row>/``); the process that merges a row's clips
+writes them to ``OUT/tables/davis/<row>.json``, and the one that finds every row there writes the
+table.
+Outputs: ``OUT/<table>.csv`` (row, column, ours, published, verified) and ``OUT/<table>.md``, its
+header naming the backbones that produced ours, the published numbers (``configs/paper_numbers.yaml``,
+each with its source; † where nobody here could check one) beside ours
+(:func:`gpoa.experiments.published.side_by_side`).
 """
 
 from __future__ import annotations
@@ -57,7 +73,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import yaml
 from tqdm import tqdm
 
 from gpoa.agents.policy_file import load_policy
@@ -67,28 +82,49 @@ from gpoa.config import Config, config_to_dict, load_config, resolve_device
 from gpoa.distributed import rank_device
 from gpoa.errors import InputError, UsageError
 from gpoa.experiments.ablation import ABLATION_COLUMNS, load_ppd_run
+from gpoa.experiments.published import (
+    csv_text,
+    load_paper_numbers,  # noqa: F401 - the name benchmarks import from here
+    load_published,
+    side_by_side,
+)
+from gpoa.experiments.video import headline
 from gpoa.io import atomic_write_json, atomic_write_text, read_image, read_mask, read_prompt_file
 from gpoa.layout import TaskLayout, is_domain, list_images
+from gpoa.predictor import GPOAPredictor
 from gpoa.protocols import Episode, SegmentationCounts, read_episodes
 from gpoa.runtime import RunContext, StageReport, is_fresh, seed_everything, stable_seed
 from gpoa.stages.initial_prompts import generate_initial_prompts
 from gpoa.stages.optimize import optimize_prompts
 from gpoa.stages.segmentation import segment_and_evaluate
+from gpoa.stages.track import track_clips
 from gpoa.stages.train import BEST, STATE, train_policy
 from gpoa.tasks import Task
 
-TABLES = ("ppd-main", "ppd-ablation", "ppd-runtime", "fss")
+TABLES = ("ppd-main", "ppd-ablation", "ppd-runtime", "fss", "davis")
 LEARNERS = ("dqn", "ppo", "ppd")
-#: the benchmarks each table reads, and their column titles
+#: the benchmarks each table reads (as :func:`converted_benchmarks` names them), and their column titles
 TABLE_BENCHMARKS = {"ppd-main": ("pascal5i", "isic2018", "kvasir"), "ppd-ablation": ("pascal5i", "isic2018", "kvasir"),
-                    "ppd-runtime": ("pascal5i", "isic2018", "kvasir"), "fss": ("fss1000", "pascal5i", "coco20i")}
+                    "ppd-runtime": ("pascal5i", "isic2018", "kvasir"), "fss": ("fss1000", "pascal5i", "coco20i"),
+                    "davis": ("davis2016",)}
 TITLES = {"pascal5i": "PASCAL VOC", "isic2018": "ISIC 2018", "kvasir": "Kvasir-SEG", "fss1000": "FSS-1000",
           "coco20i": "COCO-20i", "cvc": "CVC-ClinicDB"}
 FSS_TITLES = {**TITLES, "pascal5i": "PASCAL-5i"}
 #: prompt sets (stage 4's names) → the table's row names
 ROWS = {"initial": "initial (FM)", "dqn": "FM + DQN", "ppo": "FM + PPO", "ppd": "FM + PPD", "dqn_topk": "top-k",
         "ideal": "ideal"}
-PAPER_NUMBERS = Path(__file__).resolve().parents[2] / "configs" / "paper_numbers.yaml"
+#: our ablation and runtime columns, and their titles
+ABLATION_TITLES = {"ideal": "ideal", "attacked": "attacked", "defended": "defended", "initial": "initial",
+                   "initial_defended": "initial → defended"}
+RUNTIME_COLUMNS = (("model_load_s", "model load (s)", ".2f"),
+                   ("prompt_engineering_s_per_image", "prompt engineering (s/image)", ".3f"),
+                   ("segmentation_s_per_image", "segmentation (s/image)", ".3f"))
+#: the davis table's rows (GPOA's tracker without the agent, and with each learner's policy) and columns
+TRACK_ROWS = {"none": "GPOA tracker, no agent", "dqn": "GPOA tracker + DQN", "ppo": "GPOA tracker + PPO",
+              "ppd": "GPOA tracker + PPD"}
+DAVIS_COLUMNS = (("j_mean", "J mean"), ("f_mean", "F mean"), ("jf_mean", "J&F mean"))
+#: DAVIS 2016 val, all of it: what the published rows were measured on (clips, frames)
+DAVIS_VAL = (20, 1376)
 
 
 @dataclass
@@ -102,19 +138,52 @@ class DataSet:
     note: str = ""
 
 
+@dataclass
+class ClipSet:
+    """The davis table's clips: a folder of clip folders, how many frames of each are followed (None:
+    all), and whether they stand in for DAVIS 2016 val."""
+
+    folder: Path
+    frames: Optional[int]
+    stand_in: bool
+    note: str = ""
+
+
+class NoData(UsageError):
+    """``--root`` holds none of a table's data (``all`` leaves that table out)."""
+
+
 # ----- finding the data -------------------------------------------------------------------------
+def benchmark_name(record: dict) -> str:
+    """The name a table reads a converter output by (``dataset.json``'s ``record``): its benchmark's,
+    with the year of its variant where it has one and the split where that is not val (DAVIS:
+    ``davis2016`` is DAVIS 2016 val, ``davis2017-train`` DAVIS 2017 train)."""
+    name, variant = record.get("benchmark"), record.get("variant") or {}
+    if not name:
+        return ""
+    year, split = variant.get("year"), variant.get("split", "val")
+    return f"{name}{'' if year is None else year}{'' if split == 'val' else f'-{split}'}"
+
+
 def converted_benchmarks(root: Path) -> dict:
-    """benchmark name → folder, for every converter output (``dataset.json``) at or under ``root``."""
+    """benchmark name (:func:`benchmark_name`) → folder, for every converter output (``dataset.json``)
+    at or under ``root``."""
     found = {}
     for record in [root / "dataset.json"] + sorted(root.glob("*/dataset.json")):
         if record.is_file():
             try:
-                name = json.loads(record.read_text()).get("benchmark")
-            except (OSError, ValueError):
+                name = benchmark_name(json.loads(record.read_text()))
+            except (OSError, ValueError, AttributeError):
                 continue
             if name:
                 found.setdefault(name, record.parent)
     return found
+
+
+def require_root(root: Path) -> None:
+    if not root.is_dir():
+        raise UsageError(f"--root '{root}' is not a folder; convert the benchmarks into it with "
+                         "python -m gpoa.datasets NAME --src RAW --out ROOT/NAME")
 
 
 def capped(episodes: list, per_fold: Optional[int]) -> list:
@@ -131,9 +200,7 @@ def capped(episodes: list, per_fold: Optional[int]) -> list:
 
 def find_datasets(root: Path, table: str, per_fold: Optional[int], targets: int, seed: int) -> list:
     """The data sets of ``table`` under ``root`` (module docstring)."""
-    if not root.is_dir():
-        raise UsageError(f"--root '{root}' is not a folder; convert the benchmarks into it with "
-                         "python -m gpoa.datasets NAME --src RAW --out ROOT/NAME")
+    require_root(root)
     converted = converted_benchmarks(root)
     wanted = TABLE_BENCHMARKS[table]
     if any(name in converted for name in wanted):
@@ -150,8 +217,8 @@ def find_datasets(root: Path, table: str, per_fold: Optional[int], targets: int,
         return datasets
     domains = sorted(p for p in root.iterdir() if p.is_dir() and is_domain(p))
     if not domains:
-        raise UsageError(f"'{root}' holds none of {', '.join(wanted)} (converter outputs with dataset.json) and no "
-                         "domain folders (<domain>/image + <domain>/mask)")
+        raise NoData(f"'{root}' holds none of {', '.join(wanted)} (converter outputs with dataset.json) and no "
+                     "domain folders (<domain>/image + <domain>/mask)")
     stand_in = []
     for domain in domains:
         stems = [p.stem for p in list_images(domain / "image")]  # sorted by name, as bench_domains.py sorts
@@ -162,6 +229,29 @@ def find_datasets(root: Path, table: str, per_fold: Optional[int], targets: int,
     if table == "fss":  # the domains are the classes of one benchmark
         return [DataSet(root.name, root.name, root, [e for _, episodes in stand_in for e in episodes], note)]
     return [DataSet(name, name, root, episodes, note) for name, episodes in stand_in]
+
+
+def find_clips(root: Path, per_clip: Optional[int], targets: int) -> ClipSet:
+    """The davis table's clips under ``root`` (module docstring): converted DAVIS 2016 val, else the
+    domain folders of ``root`` as stand-in clips; NoData naming the converter when there are neither."""
+    require_root(root)
+    converted = converted_benchmarks(root)
+    wanted = TABLE_BENCHMARKS["davis"][0]
+    if wanted in converted:
+        if per_clip is None:
+            return ClipSet(converted[wanted], None, False)
+        return ClipSet(converted[wanted], per_clip + 2, False,
+                       f"the first {per_clip + 2} frames of each clip ({per_clip} scored; --episodes {per_clip})")
+    command = f"gpoa convert davis --src RAW/DAVIS --out {root / wanted}"
+    others = sorted(name for name in converted if name.startswith("davis"))
+    if others:
+        raise NoData(f"'{root}' holds {', '.join(others)} (dataset.json) but not DAVIS 2016 val, which the davis table "
+                     f"reads; convert it with {command}")
+    if not any(p.is_dir() and is_domain(p) for p in root.iterdir()):
+        raise NoData(f"'{root}' holds no converted DAVIS 2016 val ({wanted}: a dataset.json of gpoa convert davis) and "
+                     f"no clip folders (<clip>/image + <clip>/mask); convert DAVIS with {command}")
+    return ClipSet(root, targets + 2, True, f"stand-in: the domain folders of {root.name} as clips (frames in name "
+                                            f"order), the first {targets + 2} of each ({targets} scored; --targets)")
 
 
 def training_sources(root: Path, train: Sequence[str]) -> list:
@@ -359,16 +449,21 @@ def evaluate_groups(groups: list, dataset: DataSet, policies: dict, cfg: Config,
 
 
 # ----- the tables ----------------------------------------------------------------------------------
-def load_paper_numbers(table: str) -> tuple:
-    """(rows {row: {column: value}}, source) of ``table`` in ``configs/paper_numbers.yaml``."""
-    if not PAPER_NUMBERS.is_file():
-        return {}, "not recorded"
-    entry = (yaml.safe_load(PAPER_NUMBERS.read_text()) or {}).get(table, {})
-    return entry.get("rows") or {}, str(entry.get("source", "not recorded")).strip()
+def percent(value: Optional[float]) -> Optional[float]:
+    return None if value is None or not np.isfinite(value) else 100 * value
 
 
-def cell(value: Optional[float]) -> str:
-    return "—" if value is None or not np.isfinite(value) else f"{100 * value:.1f}"
+def backbones(cfg: Config) -> str:
+    """Which backbones produced our numbers, said in every table's header, so that nobody reads a
+    stand-in as a reproduction."""
+    features, segmenter = cfg.features.backend, cfg.segmenter.backend
+    if (features, segmenter) == ("dinov2", "sam"):
+        return f"ours with SAM {cfg.segmenter.model_type} + DINOv2 {cfg.features.model}, the papers' backbones"
+    default = Config()
+    if (features, segmenter) == (default.features.backend, default.segmenter.backend):
+        return (f"ours with the embedded default ({features} features, {segmenter} segmenter): a stand-in for the "
+                "papers' SAM + DINOv2, not a reproduction of their numbers")
+    return f"ours with {features} features and the {segmenter} segmenter, not the papers' SAM + DINOv2"
 
 
 def fold_means(counts: dict, prompt_set: str) -> dict:
@@ -382,32 +477,22 @@ def fold_means(counts: dict, prompt_set: str) -> dict:
 
 
 def score_table(table: str, results: dict, datasets: list) -> tuple:
-    """(CSV rows, Markdown) of ``ppd-main`` or ``fss`` from merged counts per data set."""
+    """(CSV rows, Markdown) of ``ppd-main`` or ``fss`` from merged counts per data set, the published
+    numbers beside ours."""
     metrics = (("mdsc", "mDSC"), ("image_miou", "mIoU")) if table == "ppd-main" else (("miou", "mIoU"),
                                                                                        ("fb_iou", "FB-IoU"))
-    published, source = load_paper_numbers(table)
     columns = [(d, key, f"{d.title} {label}") for d in datasets for key, label in metrics]
-    csv_rows, lines = [], ["| method | " + " | ".join(c[2] for c in columns) + " |",
-                           "| --- |" + " ---: |" * len(columns)]
-    for prompt_set, row in ROWS.items():
-        values = []
-        for dataset, key, label in columns:
-            ours = fold_means(results[dataset.name], prompt_set).get(key)
-            paper = published.get(row, {}).get(label)
-            csv_rows.append({"row": row, "column": label, "ours": "" if ours is None else f"{100 * ours:.2f}",
-                             "published": "" if paper is None else paper})
-            values.append(cell(ours) + (f" ({paper})" if paper is not None else ""))
-        if any(v != "—" for v in values):
-            lines.append(f"| {row} | " + " | ".join(values) + " |")
-    return csv_rows, "\n".join(lines), source
+    ours = [(row, label, percent(fold_means(results[dataset.name], prompt_set).get(key)))
+            for prompt_set, row in ROWS.items() for dataset, key, label in columns]
+    return side_by_side(load_published(table), ours, list(ROWS.values()), [(label, label) for *_, label in columns])
 
 
-def write_table(out: Path, table: str, csv_rows: list, markdown: str, header: str, source: str, notes: list) -> None:
-    csv_text = "row,column,ours,published\n" + "".join(
-        f"{r['row']},{r['column']},{r['ours']},{r['published']}\n" for r in csv_rows)
-    atomic_write_text(out / f"{table}.csv", csv_text)
+def write_table(out: Path, table: str, csv_rows: list, markdown: str, header: str, cfg: Config, notes: list) -> None:
+    """``out/<table>.csv`` and ``out/<table>.md`` (printed too); the header says which backbones
+    produced ours."""
+    atomic_write_text(out / f"{table}.csv", csv_text(csv_rows))
     note_lines = "".join(f"- {n}\n" for n in notes if n)
-    text = f"# {header}\n\n{markdown}\n\nPublished numbers: {source.rstrip('.')}.\n" + (f"\n{note_lines}" if note_lines else "")
+    text = f"# {header}; {backbones(cfg)}\n\n{markdown}\n" + (f"\n{note_lines}" if note_lines else "")
     atomic_write_text(out / f"{table}.md", text)
     print(f"\n{text}")
 
@@ -424,6 +509,26 @@ class Request:
     targets: int
     runtime_images: int
     policies_only: bool = False
+    every: bool = False  # the tables were asked for as "all": a table whose data the root lacks is left out
+
+
+def find_data(request: Request, seed: int) -> dict:
+    """table → its data sets (:func:`find_datasets`; ``davis``: its :class:`ClipSet`), for every
+    requested table whose data ``request.root`` holds; with ``request.every`` the others are left out
+    (said on stderr) unless none has any."""
+    found, missing = {}, []
+    for table in request.tables:
+        try:
+            found[table] = (find_clips(request.root, request.per_fold, request.targets) if table == "davis" else
+                            find_datasets(request.root, table, request.per_fold, request.targets, seed))
+        except NoData as exc:
+            if not request.every:
+                raise
+            missing.append(exc)
+            print(f"[reproduce] {table} is left out: {exc}", file=sys.stderr)
+    if missing and not found:
+        raise missing[0]
+    return found
 
 
 def run(request: Request, cfg: Config, device: str) -> StageReport:
@@ -432,12 +537,12 @@ def run(request: Request, cfg: Config, device: str) -> StageReport:
     context = RunContext.from_settings(cfg.shard)
     one = dataclasses.replace(cfg, shard="0/1")  # the runner splits episodes; the stages must not split again
     backends = Backends(one, device)
-    learners = list(request.learners)
-    if any(t in ("ppd-ablation", "ppd-runtime") for t in request.tables) and "ppd" not in learners:
-        learners.append("ppd")
     # the data first: a wrong root is refused before any training
-    datasets_of = {t: find_datasets(request.root, t, request.per_fold, request.targets, cfg.seed) for t in request.tables}
-    sources = training_sources(request.root, request.train)
+    datasets_of = find_data(request, cfg.seed)
+    learners = list(request.learners)
+    if any(t in ("ppd-ablation", "ppd-runtime") for t in datasets_of) and "ppd" not in learners:
+        learners.append("ppd")
+    sources = training_sources(request.root, request.train) if learners else []
     missing = [name for name in learners if needs_training(request.out / "policies" / name, one)]
     if missing and context.world > 1 and not torchrun_started():
         raise UsageError(f"the {', '.join(missing)} policies are not trained yet; processes started by --shard do not "
@@ -445,12 +550,14 @@ def run(request: Request, cfg: Config, device: str) -> StageReport:
     policies = ensure_policies(one, device, learners, sources, request.out)
     if request.policies_only:
         return report
-    for table in request.tables:
-        datasets = datasets_of[table]
+    for table, datasets in datasets_of.items():
         parts_dir = request.out / "tables" / table
         if table == "ppd-runtime":
             if context.is_main:
                 runtime_table(request, datasets, policies["ppd"], one, device, report)
+            continue
+        if table == "davis":
+            davis_table(request, datasets, policies, cfg, device, backends, len(sources), report)
             continue
         merged = {}
         # parts of an earlier run (other episodes, policies or settings) are never merged with this one's
@@ -490,15 +597,15 @@ def run(request: Request, cfg: Config, device: str) -> StageReport:
             continue
         notes = sorted({d.note for d in datasets if d.note})
         if table == "ppd-ablation":
-            csv_rows, markdown, source = ablation_table(merged, datasets)
+            csv_rows, markdown = ablation_table(merged, datasets)
             header = "Point Prompt Defender ablation: ideal → attacked → defended, initial → defended (mDSC %)"
         else:
-            csv_rows, markdown, source = score_table(table, merged, datasets)
+            csv_rows, markdown = score_table(table, merged, datasets)
             header = ("Point Prompt Defender main table (mDSC / mIoU %, means over images)" if table == "ppd-main" else
                       "One-shot segmentation (class-wise mIoU / FB-IoU %, PASCAL-5i and COCO-20i: mean over folds)")
         episodes = sum(len(d.episodes) for d in datasets)
         notes.append(f"{episodes} episode(s); policies trained on {len(sources)} source(s) into {request.out / 'policies'}")
-        write_table(request.out, table, csv_rows, markdown, header, source, notes)
+        write_table(request.out, table, csv_rows, markdown, header, one, notes)
     return report
 
 
@@ -533,29 +640,22 @@ def ablation_rows(groups: list, dataset: DataSet, defender_path: Path, cfg: Conf
 
 
 def ablation_table(merged: dict, datasets: list) -> tuple:
-    published, source = load_paper_numbers("ppd-ablation")
-    lines = ["| data set | images | ideal | attacked | defended | initial | initial → defended |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    csv_rows = []
+    """(CSV rows, Markdown): the ablation's means per data set, the paper's beside them."""
+    ours = []
     for dataset in datasets:
         rows = merged[dataset.name]["rows"]
-        means = {k: float(np.mean([r[k] for r in rows])) if rows else None for k in ABLATION_COLUMNS}
-        lines.append(f"| {dataset.title} | {len(rows)} | " + " | ".join(cell(means[k]) for k in ABLATION_COLUMNS) + " |")
-        csv_rows += [{"row": dataset.title, "column": k, "ours": "" if means[k] is None else f"{100 * means[k]:.2f}",
-                      "published": ""} for k in ABLATION_COLUMNS]
-    for row, values in published.items():
-        lines.append(f"| {row} (paper) | | " + " | ".join(str(values.get(k, "—")) for k in ABLATION_COLUMNS) + " |")
-        csv_rows += [{"row": row, "column": k, "ours": "", "published": values.get(k, "")} for k in ABLATION_COLUMNS]
-    return csv_rows, "\n".join(lines), source
+        ours.append((dataset.title, "images", len(rows)))
+        ours += [(dataset.title, k, percent(float(np.mean([r[k] for r in rows])) if rows else None))
+                 for k in ABLATION_COLUMNS]
+    return side_by_side(load_published("ppd-ablation"), ours, [d.title for d in datasets],
+                        [("images", "images"), *ABLATION_TITLES.items()], corner="data set", formats={"images": "d"})
 
 
 def runtime_table(request: Request, datasets: list, defender_path: Path, cfg: Config, device: str,
                   report: StageReport) -> None:
     """Seconds for the models' load and per image for prompt engineering and segmentation, measured on
     the first ``runtime_images`` queries of each data set, from scratch (an empty feature cache)."""
-    lines = ["| data set | images | model load (s) | prompt engineering (s/image) | segmentation (s/image) |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    csv_rows = []
+    ours = []
     for dataset in datasets:
         groups, chosen, total = episode_groups(dataset.episodes), [], 0
         for group in groups:
@@ -588,18 +688,79 @@ def runtime_table(request: Request, datasets: list, defender_path: Path, cfg: Co
                     embedding = backends.segmenter.embed(read_image(image_path))
                     backends.segmenter.decode(embedding, [prompts.point_prompts()])
             segmentation = (time.perf_counter() - start) / max(total, 1)
-        lines.append(f"| {dataset.title} | {total} | {load:.2f} | {engineering:.3f} | {segmentation:.3f} |")
-        csv_rows += [{"row": dataset.title, "column": column, "ours": f"{value:.4f}", "published": ""}
-                     for column, value in (("model_load_s", load), ("prompt_engineering_s_per_image", engineering),
-                                           ("segmentation_s_per_image", segmentation))]
-    _, source = load_paper_numbers("ppd-runtime")
-    notes = [f"device {device}; backends: features {cfg.features.backend}, segmenter {cfg.segmenter.backend}; "
-             "prompt engineering = stage 1 (features, matching, placement) + the PPD defender"]
-    write_table(request.out, "ppd-runtime", csv_rows, "\n".join(lines), "Runtime", source, notes)
+        ours += [(dataset.title, "images", total), (dataset.title, "model_load_s", load),
+                 (dataset.title, "prompt_engineering_s_per_image", engineering),
+                 (dataset.title, "segmentation_s_per_image", segmentation)]
+    csv_rows, markdown = side_by_side(
+        load_published("ppd-runtime"), ours, [d.title for d in datasets],
+        [("images", "images"), *((key, title) for key, title, _ in RUNTIME_COLUMNS)], corner="data set",
+        formats={"images": "d", **{key: spec for key, _, spec in RUNTIME_COLUMNS}})
+    notes = [f"device {device}; prompt engineering = stage 1 (features, matching, placement) + the PPD defender"]
+    write_table(request.out, "ppd-runtime", csv_rows, markdown, "Runtime (seconds)", cfg, notes)
+
+
+def davis_table(request: Request, clips: ClipSet, policies: dict, cfg: Config, device: str, backends: Backends,
+                sources: int, report: StageReport) -> None:
+    """GPOA's tracker on every clip of ``clips`` (``gpoa track``'s :func:`~gpoa.stages.track.track_clips`,
+    its outputs under ``OUT/work/davis/<row>/``), without the agent and with the policy of each of
+    ``--learners``; DAVIS's J, F and J&F means (%) beside the published DAVIS 2016 rows, written to
+    ``OUT/davis.csv`` and ``OUT/davis.md`` by the process that finds every row's clips merged (module
+    docstring). ``cfg``: the run's settings, its shard the clips' split; ``sources``: how many the
+    policies were trained on (said under the table)."""
+    one = dataclasses.replace(cfg, shard="0/1")
+    rows = {"none": None, **{learner: policies[learner] for learner in request.learners}}
+    track_cfg = dataclasses.replace(cfg, data=[str(clips.folder)])
+    parts_dir = request.out / "tables" / "davis"
+    # rows of an earlier run (other clips, frames, policies or settings) are never put in this one's table
+    names = sorted(p.name for p in clips.folder.iterdir() if p.is_dir() and is_domain(p))
+    fingerprint = {"folder": str(clips.folder.resolve()), "clips": names, "frames": clips.frames,
+                   "policies": {key: path.stat().st_mtime for key, path in rows.items() if path is not None},
+                   "config": stable_seed(json.dumps(config_to_dict(one), sort_keys=True, default=str))}
+    for key, policy in rows.items():
+        predictor = GPOAPredictor(track_cfg, policy, device, backends)
+        row_report, clip_rows = track_clips(track_cfg, device, request.out / "work" / "davis" / key,
+                                            None if policy is None else str(policy), predictor=predictor,
+                                            max_frames=clips.frames)
+        report.merge(row_report)
+        if clip_rows:  # this process merged the row's clips (every process's part)
+            atomic_write_json(parts_dir / f"{key}.json", {"fingerprint": fingerprint, "rows": clip_rows})
+    merged = {}
+    for key in rows:
+        path = parts_dir / f"{key}.json"
+        part = json.loads(path.read_text()) if path.is_file() else {}
+        if part.get("fingerprint") == fingerprint:
+            merged[key] = part["rows"]
+    if len(merged) < len(rows):
+        print(f"[reproduce] davis: rows {', '.join(k for k in rows if k not in merged)} are not complete here (clips of "
+              "other processes, or clips that failed above); the table is written by the process that completes them")
+        return
+    ours = []
+    for key, clip_rows in merged.items():
+        means = headline(clip_rows, [])  # the means over clips bench_video.py reports
+        ours += [(TRACK_ROWS[key], column, percent(means[column])) for column, _ in DAVIS_COLUMNS]
+    csv_rows, markdown = side_by_side(load_published("davis2016"), ours, list(TRACK_ROWS.values()), DAVIS_COLUMNS)
+    counted = merged["none"]
+    clip_count, frames = len(counted), sum(row["frames"] for row in counted)
+    scored = sum(row["scored"] for row in counted)
+    what = f"{clips.folder.name} (stand-in clips, not DAVIS 2016 val)" if clips.stand_in else "DAVIS 2016 val"
+    header = (f"Video object segmentation, {what}: J, F and J&F (%, per clip over its scored frames, then the mean "
+              f"over clips), {clip_count} clip(s), {frames} frames ({scored} scored)")
+    learners = ", ".join(request.learners)
+    notes = [clips.note,
+             "rows: GPOA's tracker (gpoa track) without the agent" + (
+                 f" and with the policy of each of {learners}, trained on {sources} source(s) into "
+                 f"{request.out / 'policies'}" if learners else " (--learners '': no policy)"),
+             "the first and the last frame of each clip are not scored (DAVIS's protocol); a clip with no scored "
+             "frame is left out of the means",
+             "the published methods ran with their own backbones (their settings below), none of them GPOA's"]
+    if (clip_count, frames) != DAVIS_VAL:
+        notes.append(f"the published rows are over all of DAVIS 2016 val ({DAVIS_VAL[0]} clips, {DAVIS_VAL[1]} "
+                     f"frames), ours over {clip_count} clip(s) and {frames} frames: not directly comparable")
+    write_table(request.out, "davis", csv_rows, markdown, header, one, notes)
 
 
 # ----- the command line ----------------------------------------------------------------------------
-COMMAND = """Reproduce the papers' tables: ppd-main, ppd-ablation, ppd-runtime, fss.
+COMMAND = """Reproduce the papers' tables: ppd-main, ppd-ablation, ppd-runtime, fss, davis.
 
     reproduce.py TABLE [TABLE ...] --root DATA --out DIR [--config FILE] [--train DIR ...]
                  [--learners dqn,ppo,ppd] [--episodes N] [--targets N] [--set KEY=VALUE ...]
@@ -619,10 +780,13 @@ def main(argv=None, prog: str = "reproduce.py") -> int:
     parser.add_argument("--config", metavar="FILE", help="YAML config (configs/demo.yaml: the embedded default)")
     parser.add_argument("--train", action="append", default=[], metavar="DIR",
                         help="training data for the policies when --root has no FSS-1000 (repeatable), e.g. data/tasks")
-    parser.add_argument("--learners", default=",".join(LEARNERS), help="rows with a policy (default: dqn,ppo,ppd)")
-    parser.add_argument("--episodes", type=int, metavar="N", help="only the first N episodes of each fold")
+    parser.add_argument("--learners", default=",".join(LEARNERS),
+                        help="rows with a policy (default: dqn,ppo,ppd; '': none, no training)")
+    parser.add_argument("--episodes", type=int, metavar="N",
+                        help="only the first N episodes of each fold (davis: N scored frames of each clip)")
     parser.add_argument("--targets", type=int, default=10, metavar="N",
-                        help="queries per domain when --root holds domain folders (default 10)")
+                        help="queries per domain when --root holds domain folders (default 10; davis: scored frames "
+                             "per clip)")
     parser.add_argument("--runtime-images", type=int, default=10, metavar="N",
                         help="images per data set timed for ppd-runtime (default 10)")
     parser.add_argument("--policies-only", action="store_true", help="train the policies, then stop")
@@ -646,7 +810,8 @@ def main(argv=None, prog: str = "reproduce.py") -> int:
         seed_everything(cfg.seed)
         request = Request(tables=tables, root=Path(args.root), out=Path(args.out), train=args.train,
                           learners=learners, per_fold=args.episodes, targets=args.targets,
-                          runtime_images=args.runtime_images, policies_only=args.policies_only)
+                          runtime_images=args.runtime_images, policies_only=args.policies_only,
+                          every=args.tables == ["all"])
         return run(request, cfg, device)
 
     return exit_code_of(parser.prog, work)

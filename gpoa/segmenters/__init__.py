@@ -5,6 +5,10 @@ many point-prompt sets against that embedding, batched.
 embedded default: superpixel region graph + random-walker propagation, no download), ``sam``
 (segment-anything), ``sam2`` (SAM 2.1, the ``sam2`` package) or ``sam_hq`` (HQ-SAM,
 segment-anything-hq), each from a local checkpoint (checkpoints/README.md).
+
+Besides points, every backend takes a **mask prompt** (SAM's ``mask_input``: a dense prior of where
+the object is, e.g. the previous frame's mask carried to this frame): :func:`with_mask_prompt`
+returns the embedding that every later ``decode`` also prompts with it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,31 @@ class Segmenter(Protocol):
         Prompt sets may have different sizes; an empty prompt set gives an empty mask, score 0.
         """
         ...
+
+
+def check_mask_prompt(probability: np.ndarray, image_shape: tuple) -> np.ndarray:
+    """A mask prompt as float32 (H, W) in [0, 1]; ValueError unless it has the image's ``image_shape``
+    (H, W) and finite values in [0, 1]."""
+    probability = np.asarray(probability, dtype=np.float32)
+    if probability.shape != tuple(image_shape):
+        raise ValueError(f"mask prompt of shape {probability.shape} for an image of shape {tuple(image_shape)}; "
+                         "give the object's probability at the image's size")
+    if not np.all(np.isfinite(probability)) or probability.min(initial=0) < 0 or probability.max(initial=0) > 1:
+        raise ValueError("a mask prompt holds probabilities in [0, 1]")
+    return probability
+
+
+def with_mask_prompt(segmenter: Segmenter, embedding: Any, probability: np.ndarray) -> Any:
+    """``embedding`` (the segmenter's, of one image) with a mask prompt: ``probability`` (H, W) float in
+    [0, 1] at the image's size. Every ``decode`` (and :func:`decode_cells`) of the returned embedding
+    is prompted with it besides the point prompts; an empty point set still gives an empty mask. SAM,
+    SAM 2 and HQ-SAM take it as their low-resolution ``mask_input`` (logits); the classical segmenter
+    as a pull of every region towards it (:mod:`gpoa.segmenters.classical`)."""
+    own = getattr(segmenter, "with_mask_prompt", None)
+    if own is None:
+        raise UsageError(f"segmenter {type(segmenter).__name__} takes no mask prompt; use one of the backends "
+                         f"{', '.join(BACKENDS)}")
+    return own(embedding, probability)
 
 
 def decode_cells(segmenter: Segmenter, embedding: Any, prompt_sets: Sequence[PointPrompts], shape: tuple,
@@ -97,16 +126,22 @@ OPTIONAL_PACKAGES = {
 }
 
 
-def build_segmenter(cfg: Config, device: str = "cpu") -> Segmenter:
-    """The segmenter ``cfg.segmenter.backend`` names, on ``device`` (a model backend loads its model now)."""
-    backend = cfg.segmenter.backend
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown segmenter.backend '{backend}'; use one of {', '.join(BACKENDS)}")
+def require_package(backend: str) -> None:
+    """Raise :class:`UsageError` saying how to install it when the optional package of ``backend``
+    (:data:`OPTIONAL_PACKAGES`) is not installed."""
     if backend in OPTIONAL_PACKAGES:
         package, install = OPTIONAL_PACKAGES[backend]
         if importlib.util.find_spec(package) is None:
             raise UsageError(f"segmenter.backend={backend} needs the Python package '{package}', which is not "
                              f"installed; run {install} in the GPOA folder (make setup does)")
+
+
+def build_segmenter(cfg: Config, device: str = "cpu") -> Segmenter:
+    """The segmenter ``cfg.segmenter.backend`` names, on ``device`` (a model backend loads its model now)."""
+    backend = cfg.segmenter.backend
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown segmenter.backend '{backend}'; use one of {', '.join(BACKENDS)}")
+    require_package(backend)
     module, name = BACKENDS[backend]
     segmenter_class = getattr(importlib.import_module(module), name)
     if backend == "classical":

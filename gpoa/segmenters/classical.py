@@ -6,7 +6,13 @@ alike they look (mean Lab colour and local texture). ``decode`` seeds the region
 prompts (positive = 1, negative = 0) and solves the random-walker system for every other region's
 foreground probability, with a weak pull of every region towards a virtual background node so
 the system is well posed even with positive prompts only. The mask is every region with
-probability > 0.5. Like SAM, it rewards prompts on the object and is hurt by a positive prompt on
+probability > 0.5.
+
+A **mask prompt** (SAM's ``mask_input``: a dense prior such as the previous frame's mask carried to
+this one) is a second virtual node per region: :meth:`ClassicalSegmenter.with_mask_prompt` ties
+every region to the prompt's mean probability over its pixels with the weight
+``segmenter.mask_prompt_weight`` (relative to the edge weights in (0, 1]), so the points decide
+where they reach and the prompt where they do not. Like SAM, it rewards prompts on the object and is hurt by a positive prompt on
 the background, which floods the background regions that look like it.
 """
 
@@ -25,6 +31,7 @@ from skimage.segmentation import slic
 from gpoa.config import SegmenterConfig
 from gpoa.errors import UsageError
 from gpoa.prompts import PointPrompts
+from gpoa.segmenters import check_mask_prompt
 
 #: images whose long side exceeds this are segmented into superpixels on a downscaled copy
 MAX_SUPERPIXEL_SIDE = 640
@@ -42,6 +49,8 @@ class ClassicalEmbedding:
     ``system`` (n_regions, n_regions) CSR float64: graph Laplacian of the region graph plus
     ``background_prior`` on the diagonal (the edge of every region to the virtual background node).
     ``affinity`` (n_regions, n_regions) CSR float64: the region graph's edge weights in (0, 1].
+    ``mask_pull`` (n_regions,) float64 or None: with a mask prompt, each region's tie to it (the
+    weight times the region's mean prompt probability; the weight is on ``system``'s diagonal).
     """
 
     labels: np.ndarray
@@ -49,6 +58,7 @@ class ClassicalEmbedding:
     affinity: sp.csr_matrix
     # (rows, cols) → (rows * cols, n_regions) CSR share of each grid cell's pixels in each region
     cell_matrices: dict = field(default_factory=dict, compare=False, repr=False)
+    mask_pull: Optional[np.ndarray] = None
 
     @property
     def n_regions(self) -> int:
@@ -78,6 +88,8 @@ class ClassicalSegmenter:
         if cfg.background_prior <= 0:
             raise UsageError(f"segmenter.background_prior must be positive (it keeps regions no prompt "
                              f"reaches well defined), got {cfg.background_prior}")
+        if cfg.mask_prompt_weight < 0:
+            raise UsageError(f"segmenter.mask_prompt_weight must be zero or positive, got {cfg.mask_prompt_weight}")
         self.cfg = cfg
 
     # ----- embed ------------------------------------------------------------------------------
@@ -120,8 +132,7 @@ class ClassicalSegmenter:
         affinity = sp.coo_matrix((np.concatenate([weight, weight]),
                                   (np.concatenate([rows, cols]), np.concatenate([cols, rows]))),
                                  shape=(n_regions, n_regions)).tocsr()
-        degree = np.asarray(affinity.sum(axis=1)).ravel()
-        system = (sp.diags(degree + self.cfg.background_prior) - affinity).tocsr()
+        system = self._system(affinity, 0.0)
 
         if scale < 1.0:
             # nearest-neighbour upsampling of the label map to the original size
@@ -131,6 +142,25 @@ class ClassicalSegmenter:
                                   labels.shape[1] - 1)
             labels = labels[src_rows[:, None], src_cols[None, :]]
         return ClassicalEmbedding(labels=np.ascontiguousarray(labels), system=system, affinity=affinity)
+
+    def _system(self, affinity: sp.csr_matrix, mask_weight: float) -> sp.csr_matrix:
+        """The random walker's system: the region graph's Laplacian plus every region's ties to the
+        virtual background node and, with ``mask_weight`` > 0, to the mask prompt."""
+        degree = np.asarray(affinity.sum(axis=1)).ravel()
+        return (sp.diags(degree + self.cfg.background_prior + mask_weight) - affinity).tocsr()
+
+    def with_mask_prompt(self, embedding: ClassicalEmbedding, probability: np.ndarray) -> ClassicalEmbedding:
+        """``embedding`` with a mask prompt (module docstring): ``probability`` (H, W) float in [0, 1] at
+        the image's size, the object's probability (e.g. the previous frame's mask carried by optical
+        flow). Every decode of the returned embedding is prompted with it as well as with its points;
+        it replaces any mask prompt ``embedding`` had. The superpixels are not recomputed."""
+        probability = check_mask_prompt(probability, embedding.image_shape)
+        flat, n = embedding.labels.ravel(), embedding.n_regions
+        mean = np.bincount(flat, probability.ravel(), n) / np.maximum(np.bincount(flat, minlength=n), 1)
+        weight = float(self.cfg.mask_prompt_weight)
+        return ClassicalEmbedding(labels=embedding.labels, system=self._system(embedding.affinity, weight),
+                                  affinity=embedding.affinity, cell_matrices=embedding.cell_matrices,
+                                  mask_pull=weight * mean)
 
     # ----- decode -----------------------------------------------------------------------------
     def decode(self, embedding: ClassicalEmbedding,
@@ -167,9 +197,9 @@ class ClassicalSegmenter:
         if not free.any():
             return probability
         free_index = np.flatnonzero(free)
-        # (L + prior I)_FF x_F = W_FS x_S: only positive seeds (value 1) contribute to the right side.
-        positive = seeds[seed_value == 1.0]
-        rhs = np.asarray(embedding.affinity[free_index][:, positive].sum(axis=1)).ravel()
+        # (L + prior I)_FF x_F = W_FS x_S (+ the mask prompt's pull): only positive seeds (value 1)
+        # contribute to the right side.
+        rhs = _right_side(embedding, free_index, seeds[seed_value == 1.0])
         system = embedding.system[free_index][:, free_index].tocsc()
         # the system is symmetric positive definite: a symmetric ordering factorises it fastest
         factor = splu(system, permc_spec="MMD_AT_PLUS_A", options={"SymmetricMode": True})
@@ -241,7 +271,7 @@ class _RankOneSolver:
     - flip seed k's value v → v': x' = x − (v' − v) A_FF⁻¹ A_Fk (A_Fk = −W_Fk);
     - unseed region k (value v): z = A_FF⁻¹ A_Fk, y = x + v z,
       x_k = (b_k − A_kF y) / (A_kk − A_kF z), x_F = y − z x_k, where b_k sums k's affinities to the
-      remaining positive seeds.
+      remaining positive seeds (plus k's pull towards the mask prompt, if there is one).
 
     Anything else (several regions differ, no positive seed) is solved from scratch.
     """
@@ -259,8 +289,7 @@ class _RankOneSolver:
             return
         self.position = np.full(n, -1, dtype=np.int64)
         self.position[self.free_index] = np.arange(len(self.free_index))
-        positive = seeds[values == 1.0]
-        rhs = np.asarray(embedding.affinity[self.free_index][:, positive].sum(axis=1)).ravel()
+        rhs = _right_side(embedding, self.free_index, seeds[values == 1.0])
         system = embedding.system[self.free_index][:, self.free_index].tocsc()
         self.factor = splu(system, permc_spec="MMD_AT_PLUS_A", options={"SymmetricMode": True})
         self.solution = self.factor.solve(rhs)  # unclipped: the updates start from it
@@ -304,6 +333,8 @@ class _RankOneSolver:
             start, stop = affinity.indptr[k], affinity.indptr[k + 1]
             to_positive = np.array([variant.get(int(j)) == 1.0 for j in affinity.indices[start:stop]], dtype=bool)
             b_k = float(affinity.data[start:stop][to_positive].sum())
+            if self.embedding.mask_pull is not None:
+                b_k += float(self.embedding.mask_pull[k])
             x_k = (b_k - column @ y) / (self.embedding.system[k, k] - column @ z)
             x = y - z * x_k
         probability = np.zeros(self.embedding.n_regions)
@@ -313,6 +344,15 @@ class _RankOneSolver:
         for region, value in variant.items():
             probability[region] = value
         return probability
+
+
+def _right_side(embedding: ClassicalEmbedding, free_index: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """b_F of the random walker: each free region's affinity to the positive seeds, plus its pull
+    towards the mask prompt when there is one. (F,) float64."""
+    rhs = np.asarray(embedding.affinity[free_index][:, positive].sum(axis=1)).ravel()
+    if embedding.mask_pull is not None:
+        rhs = rhs + embedding.mask_pull[free_index]
+    return rhs
 
 
 def _consecutive(labels: np.ndarray) -> tuple[np.ndarray, int]:

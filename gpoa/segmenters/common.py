@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Callable, Optional
 
+import cv2
 import numpy as np
 import torch
 
@@ -160,6 +161,26 @@ def mask_choice(multimask: str, iou: torch.Tensor) -> torch.Tensor:
         return iou.argmax(dim=1)
     index = 0 if multimask == "single" else int(multimask)
     return torch.full((iou.shape[0],), index, dtype=torch.long, device=iou.device)
+
+
+#: the logit given to a pixel whose mask-prompt probability is 0 or 1: SAM's ``mask_input`` is usually its
+#: own previous low-resolution output, whose confident pixels have logits of about this size
+MASK_PROMPT_LOGIT = 10.0
+
+
+def mask_prompt_logits(probability: np.ndarray, scaled_size: tuple, low_res: int) -> np.ndarray:
+    """A mask prompt (H, W) float in [0, 1] at the image's size as a SAM-family ``mask_input``: logits
+    (low_res, low_res) float32 on the model's low-resolution mask grid (a quarter of its input
+    side). ``scaled_size`` (h, w) is the image's size on that grid (SAM: its long side resized to
+    the input side, the rest padded; SAM 2: stretched to the square); the padding is background.
+    A probability p becomes log(p / (1 - p)), held within ±:data:`MASK_PROMPT_LOGIT`."""
+    height, width = int(scaled_size[0]), int(scaled_size[1])
+    small = cv2.resize(np.asarray(probability, dtype=np.float32), (width, height), interpolation=cv2.INTER_AREA)
+    low = np.zeros((low_res, low_res), dtype=np.float32)
+    low[:height, :width] = np.clip(small, 0.0, 1.0)
+    eps = 1.0 / (1.0 + np.exp(MASK_PROMPT_LOGIT))
+    low = np.clip(low, eps, 1.0 - eps)
+    return np.log(low / (1.0 - low)).astype(np.float32)
 
 
 class SizeGroupedDecoder:

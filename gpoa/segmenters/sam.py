@@ -13,6 +13,7 @@ rounding). The checkpoint must fit the model exactly (:func:`gpoa.segmenters.com
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
@@ -22,6 +23,7 @@ import torch
 
 from gpoa.config import SegmenterConfig
 from gpoa.prompts import PointPrompts
+from gpoa.segmenters import check_mask_prompt
 from gpoa.segmenters.common import (
     BATCHING_CHOICES,
     SizeGroupedDecoder,
@@ -30,6 +32,7 @@ from gpoa.segmenters.common import (
     is_hq_key,
     load_strict,
     mask_choice,
+    mask_prompt_logits,
     read_state_dict,
 )
 
@@ -50,12 +53,14 @@ class SamEmbedding:
 
     ``features`` (1, 256, 64, 64) float tensor on the model's device: the image embedding.
     ``original_size`` (H, W) of the image given to ``embed``; ``input_size`` (h, w) of the image
-    after ``ResizeLongestSide`` (long side 1024), before padding to 1024 x 1024.
+    after ``ResizeLongestSide`` (long side 1024), before padding to 1024 x 1024. ``mask_input``
+    (1, 1, 256, 256) float logits or None: the mask prompt every decode adds (``with_mask_prompt``).
     """
 
     features: torch.Tensor
     original_size: tuple
     input_size: tuple
+    mask_input: Optional[torch.Tensor] = None
 
 
 class SamSegmenter(SizeGroupedDecoder):
@@ -107,6 +112,18 @@ class SamSegmenter(SizeGroupedDecoder):
         return SamEmbedding(features=self.predictor.features, original_size=tuple(self.predictor.original_size),
                             input_size=tuple(self.predictor.input_size))
 
+    def with_mask_prompt(self, embedding: SamEmbedding, probability: np.ndarray) -> SamEmbedding:
+        """``embedding`` whose decodes are also prompted with the mask prompt ``probability`` (H, W) float
+        in [0, 1] at the image's size, given to SAM as its low-resolution ``mask_input``
+        (:func:`~gpoa.segmenters.common.mask_prompt_logits`; what ``SamPredictor.predict(mask_input=...)``
+        takes). It replaces any mask prompt ``embedding`` had."""
+        probability = check_mask_prompt(probability, embedding.original_size)
+        low_res = self.model.prompt_encoder.mask_input_size[0]
+        scale = low_res / self.model.image_encoder.img_size
+        scaled = tuple(int(round(side * scale)) for side in embedding.input_size)
+        logits = mask_prompt_logits(probability, scaled, low_res)
+        return dataclasses.replace(embedding, mask_input=torch.as_tensor(logits, device=self.device)[None, None])
+
     def _decode_same_size(self, embedding: SamEmbedding,
                           prompt_sets: Sequence[PointPrompts]) -> tuple[np.ndarray, np.ndarray]:
         """G prompt sets of N > 0 points each, in one batched call → (bool (G, H, W), float32 (G,))."""
@@ -117,7 +134,7 @@ class SamSegmenter(SizeGroupedDecoder):
         with torch.inference_mode():
             points = (torch.as_tensor(coords, dtype=torch.float, device=self.device),
                       torch.as_tensor(labels, dtype=torch.int, device=self.device))
-            sparse, dense = model.prompt_encoder(points=points, boxes=None, masks=None)
+            sparse, dense = model.prompt_encoder(points=points, boxes=None, masks=embedding.mask_input)
             low_res, iou = self._mask_decoder(embedding, sparse, dense, multimask_output=self.cfg.multimask != "single")
             choice = mask_choice(self.cfg.multimask, iou)
             rows = torch.arange(len(prompt_sets), device=self.device)

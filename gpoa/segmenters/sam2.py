@@ -19,6 +19,7 @@ the CUDA extension, stays off); the score is SAM 2's predicted IoU in [0, 1].
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import torch
 
 from gpoa.config import SegmenterConfig
 from gpoa.prompts import PointPrompts
+from gpoa.segmenters import check_mask_prompt
 from gpoa.segmenters.common import (
     BATCHING_CHOICES,
     SizeGroupedDecoder,
@@ -36,6 +38,7 @@ from gpoa.segmenters.common import (
     download_hint,
     load_strict,
     mask_choice,
+    mask_prompt_logits,
     read_state_dict,
 )
 
@@ -73,12 +76,14 @@ class Sam2Embedding:
     ``image_embed`` (1, 256, 64, 64) float tensor on the model's device: the image embedding (with
     SAM 2's "no memory" embedding added). ``high_res_feats``: the two finer feature maps the mask
     decoder reads, (1, 32, 256, 256) and (1, 64, 128, 128). ``original_size`` (H, W) of the image
-    given to ``embed``.
+    given to ``embed``. ``mask_input`` (1, 1, 256, 256) float logits or None: the mask prompt every
+    decode adds (``with_mask_prompt``).
     """
 
     image_embed: torch.Tensor
     high_res_feats: tuple
     original_size: tuple
+    mask_input: Optional[torch.Tensor] = None
 
 
 class Sam2Segmenter(SizeGroupedDecoder):
@@ -122,6 +127,16 @@ class Sam2Segmenter(SizeGroupedDecoder):
         self.predictor.reset_predictor()
         return embedding
 
+    def with_mask_prompt(self, embedding: Sam2Embedding, probability: np.ndarray) -> Sam2Embedding:
+        """``embedding`` whose decodes are also prompted with the mask prompt ``probability`` (H, W) float
+        in [0, 1] at the image's size, given to SAM 2 as its low-resolution ``mask_input`` (the image is
+        stretched to the square, so is the prompt; what ``SAM2ImagePredictor.predict(mask_input=...)``
+        takes). It replaces any mask prompt ``embedding`` had."""
+        probability = check_mask_prompt(probability, embedding.original_size)
+        low_res = self.model.sam_prompt_encoder.mask_input_size[0]
+        logits = mask_prompt_logits(probability, (low_res, low_res), low_res)
+        return dataclasses.replace(embedding, mask_input=torch.as_tensor(logits, device=self.device)[None, None])
+
     def _decode_same_size(self, embedding: Sam2Embedding,
                           prompt_sets: Sequence[PointPrompts]) -> tuple[np.ndarray, np.ndarray]:
         """G prompt sets of N > 0 points each, in one batched call → (bool (G, H, W), float32 (G,))."""
@@ -130,7 +145,7 @@ class Sam2Segmenter(SizeGroupedDecoder):
             coords = torch.as_tensor(np.stack([p.points for p in prompt_sets]), dtype=torch.float, device=self.device)
             coords = self.transforms.transform_coords(coords, normalize=True, orig_hw=embedding.original_size)
             labels = torch.as_tensor(np.stack([p.labels for p in prompt_sets]), dtype=torch.int, device=self.device)
-            sparse, dense = model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+            sparse, dense = model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=embedding.mask_input)
             low_res, iou, _, _ = model.sam_mask_decoder(
                 image_embeddings=embedding.image_embed, image_pe=model.sam_prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
@@ -145,20 +160,22 @@ class Sam2Segmenter(SizeGroupedDecoder):
         return masks, scores
 
 
-def load_sam2(model_type: str, checkpoint: str) -> torch.nn.Module:
-    """Build SAM 2.1 of ``model_type`` (:data:`SAM2_MODELS`) with ``sam2.build_sam.build_sam2`` on
-    the CPU and load the local ``checkpoint`` strictly (see
-    :func:`gpoa.segmenters.common.load_strict`). Returns the model on the CPU, in eval mode."""
+def load_sam2(model_type: str, checkpoint: str, video: bool = False) -> torch.nn.Module:
+    """Build SAM 2.1 of ``model_type`` (:data:`SAM2_MODELS`) with ``sam2.build_sam.build_sam2`` (``video``:
+    ``build_sam2_video_predictor``, the same weights behind SAM 2's video predictor) on the CPU and
+    load the local ``checkpoint`` strictly (see :func:`gpoa.segmenters.common.load_strict`). Returns
+    the model on the CPU, in eval mode."""
     check_choice("model_type", model_type, list(SAM2_MODELS), "SAM 2.1 has")
     spec = SAM2_MODELS[model_type]
     download = download_hint(model_type, spec.checkpoint, CHECKPOINT_URL)
     state = read_state_dict(checkpoint, "SAM 2", download)
-    from sam2.build_sam import build_sam2
+    from sam2.build_sam import build_sam2, build_sam2_video_predictor
 
     def explain(missing: list, unexpected: list, mismatched: list) -> Optional[str]:
         if set(missing) == SAM21_ONLY_KEYS and not unexpected and not mismatched:
             return f"is a SAM 2.0 checkpoint (it lacks SAM 2.1's {', '.join(missing)}); GPOA builds SAM 2.1: {download}"
         return None
 
-    model = build_sam2(spec.config, ckpt_path=None, device="cpu", hydra_overrides_extra=list(spec.overrides))
+    build = build_sam2_video_predictor if video else build_sam2
+    model = build(spec.config, ckpt_path=None, device="cpu", hydra_overrides_extra=list(spec.overrides))
     return load_strict(model, state, checkpoint, "SAM 2", model_type, download, explain=explain)

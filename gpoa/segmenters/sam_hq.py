@@ -60,13 +60,15 @@ class SamHqEmbedding:
     ``features`` (1, 256, 64, 64): the image embedding. ``early_features`` (1, 64, 64, C): the
     image encoder's output after its first global-attention block (C = the encoder's width, 1024
     for vit_l, 160 for vit_tiny). ``original_size`` (H, W) of the image given to ``embed``;
-    ``input_size`` (h, w) after ``ResizeLongestSide`` (long side 1024), before padding.
+    ``input_size`` (h, w) after ``ResizeLongestSide`` (long side 1024), before padding;
+    ``mask_input`` the mask prompt's low-resolution logits or None (as :class:`SamEmbedding`'s).
     """
 
     features: torch.Tensor
     early_features: torch.Tensor
     original_size: tuple
     input_size: tuple
+    mask_input: Optional[torch.Tensor] = None
 
 
 class SamHqSegmenter(SamSegmenter):

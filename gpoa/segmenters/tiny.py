@@ -7,8 +7,10 @@ checkpoint. No weights exist or download; the masks are meaningless, the code pa
   block) at ``img_size`` px (256 by default: a 16 x 16 embedding grid), SAM's (or HQ-SAM's) real
   prompt encoder and mask decoder (256 wide, as in every size).
 - ``sam2``: SAM 2.1's ``hiera_t`` config with a 5-block, 16-wide Hiera trunk and a 64-wide neck,
-  hence a 64-wide prompt encoder and mask decoder; at SAM 2's fixed 1024 px (its image predictor
-  assumes 1024), built by ``sam2.build_sam.build_sam2`` through Hydra overrides.
+  hence a 64-wide prompt encoder and mask decoder, and a 64-wide memory path (one memory-attention
+  layer, memory encoder and mask downsampler), so the same checkpoint also builds SAM 2's video
+  predictor; at SAM 2's fixed 1024 px (its image predictor assumes 1024), built by
+  ``sam2.build_sam.build_sam2`` through Hydra overrides.
 
 :func:`register_tiny_model` adds a backend's tiny model to its registry in this process only, so
 ``segmenter.model_type`` can name it; :func:`save_random_segmenter` saves a random model of any
@@ -38,7 +40,16 @@ TINY_SAM2 = Sam2Model("configs/sam2.1/sam2.1_hiera_t.yaml", None, (
     "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
     "++model.image_encoder.neck.d_model=64",
     "++model.image_encoder.neck.position_encoding.num_pos_feats=64",
+    # the memory path at the model's own width (64), so that SAM 2's video predictor builds and runs
     "++model.memory_attention.num_layers=1",
+    "++model.memory_attention.d_model=64",
+    "++model.memory_attention.layer.d_model=64",
+    "++model.memory_attention.layer.dim_feedforward=256",
+    "++model.memory_attention.layer.self_attention.embedding_dim=64",
+    "++model.memory_attention.layer.cross_attention.embedding_dim=64",
+    "++model.memory_encoder.in_dim=64",
+    "++model.memory_encoder.mask_downsampler.embed_dim=64",
+    "++model.memory_encoder.fuser.layer.dim=64",
 ))
 
 

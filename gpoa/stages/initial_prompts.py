@@ -2,7 +2,7 @@
 
 Runs over every task of ``cfg.data`` with the models loaded once. Also caches the target patch
 features (fp16) for the later stages and draws the prompts on each target
-(``initial_indices/overlays/<stem>.png``).
+(``initial_indices/overlays/<stem>.png``, at most :data:`gpoa.viz.OVERLAY_MAX_SIDE` pixels long).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from gpoa.inference import TAUGHT_REFERENCE, policy_reference, taught_reference_
 from gpoa.io import read_image, write_png, write_prompt_file
 from gpoa.runtime import ONE_PROCESS, RunContext, StageReport, is_fresh, settings_stamp
 from gpoa.tasks import Task, load_tasks
-from gpoa.viz import draw_points
+from gpoa.viz import MaskOverlays
 
 INITIAL_FOLDER = "initial_indices"
 
@@ -73,5 +73,5 @@ def initial_prompts_of(task: Task, report: StageReport, context: RunContext = ON
             continue
         write_prompt_file(prompt_path, prompt_set)
         write_png(out / "overlays" / f"{stem}.png",
-                  draw_points(image, prompt_set.positive_points, prompt_set.negative_points))
+                  MaskOverlays(image).points(prompt_set.positive_points, prompt_set.negative_points), photo=True)
         report.done.append(name)

@@ -9,7 +9,8 @@ its prompt sets are decoded in one call. A prompt file that says ``"present": fa
 presence decision, :mod:`gpoa.presence`) gets an empty mask.
 
 Writes to ``segmentation.out`` (default: the task's ``results/``; with several tasks
-``OUT/<task>/``): ``masks/<set>/<stem>.png`` (0/255, original size), ``overlays/<set>/<stem>.png``,
+``OUT/<task>/``): ``masks/<set>/<stem>.png`` (0/255, original size), ``overlays/<set>/<stem>.png``
+(long side at most :data:`gpoa.viz.OVERLAY_MAX_SIDE`),
 ``metrics.csv`` (one row per image and prompt set, with raw pixel counts; ``metrics.json`` the same
 rows at full precision), ``summary.csv``,
 ``summary.md`` and the resolved ``config.yaml``. A mask already written and newer than its prompt
@@ -32,13 +33,13 @@ from gpoa.errors import InputError, UsageError
 from gpoa.evaluation import (
     ROW_COLUMNS,
     SUMMARY_COLUMNS,
-    image_row,
+    image_rows,
     markdown_table,
     mean_over_tasks,
     summarise,
     to_csv,
 )
-from gpoa.inference import decode_masks
+from gpoa.inference import decode_masks, ideal_prompts
 from gpoa.io import (
     atomic_write_json,
     atomic_write_text,
@@ -51,10 +52,9 @@ from gpoa.io import (
     write_png,
 )
 from gpoa.layout import TaskLayout
-from gpoa.prompts import PromptSet, sample_ideal_prompts
-from gpoa.runtime import ONE_PROCESS, RunContext, StageReport, content_seed, is_fresh, settings_stamp
+from gpoa.runtime import ONE_PROCESS, RunContext, StageReport, is_fresh, settings_stamp
 from gpoa.tasks import Task, load_tasks
-from gpoa.viz import overlay_mask
+from gpoa.viz import MaskOverlays
 
 IDEAL = "ideal"
 
@@ -178,10 +178,7 @@ def segment_task(task: Task, backends: Backends, extra_prompts: list, out: Path,
                 continue
             prompt_sets[name] = (prompt_set, prompt_path)
         if truth is not None:
-            rng = np.random.default_rng(content_seed(cfg.seed, "ideal", truth))
-            positive, negative = sample_ideal_prompts(grid, truth, cfg.segmentation.ideal_positive,
-                                                      cfg.segmentation.ideal_negative, rng)
-            prompt_sets[IDEAL] = (PromptSet(image_path.name, size, grid, positive, negative, source=IDEAL), None)
+            prompt_sets[IDEAL] = (ideal_prompts(truth, grid, cfg, image_path.name), None)
         if not prompt_sets:
             continue
 
@@ -202,18 +199,19 @@ def segment_task(task: Task, backends: Backends, extra_prompts: list, out: Path,
             present = [n for n in to_decode if n not in absent]
             decoded = list(decode_masks(segmenter, image, [prompt_sets[n][0] for n in present])) if present else []
             decoded += [np.zeros(image.shape[:2], dtype=bool) for _ in absent]
+            overlays = MaskOverlays(image) if cfg.segmentation.overlays else None  # the image shrunk once
             for name, mask in zip(present + absent, decoded):
                 prompt_set = prompt_sets[name][0]
                 masks[name] = mask
                 write_mask(out / "masks" / name / f"{stem}.png", mask)
-                if cfg.segmentation.overlays:
+                if overlays is not None:
                     write_png(out / "overlays" / name / f"{stem}.png",
-                              overlay_mask(image, mask, prompt_set.positive_points, prompt_set.negative_points))
+                              overlays(mask, prompt_set.positive_points, prompt_set.negative_points), photo=True)
             report.done.append(label)
         else:
             report.skipped.append((label, "masks exist"))
         if truth is not None:
-            rows += [image_row(task.name, name, stem, masks[name], truth, ignore) for name in order if name in masks]
+            rows += image_rows(task.name, stem, {name: masks[name] for name in order if name in masks}, truth, ignore)
 
     if context.world > 1:
         fingerprint = {"targets": [p.stem for p in layout.targets], "settings": stamp.read_text()}
