@@ -2,6 +2,7 @@
 
     gpoa prompts | train | optimize | segment   the four stages (also Generate_initial_prompts.py,
                                                 train_GPOA.py, test_GPOA.py and main_seg.py)
+    gpoa teach --data DOMAIN --labelled K --out POLICY   one domain's labelled pairs → one policy file
     gpoa track --data CLIPS [--policy PATH]      follow the first frame's object through each clip
     gpoa convert NAME --src RAW --out DIR        a benchmark into GPOA's domain layout
     gpoa reproduce TABLE ... --root DATA         the papers' tables (also reproduce.py)
@@ -21,7 +22,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import Callable, Optional
 
-from gpoa.commandline import exit_code_of
+from gpoa.commandline import exit_code_of, whole_number
 from gpoa.config import Config, load_config, resolve_device
 
 EPILOG = """\
@@ -101,7 +102,9 @@ def prompts(argv: Optional[Sequence[str]] = None, prog: str = "gpoa prompts") ->
     parser = stage_parser(prog, "Stage 1: match the reference pair(s) onto every target image and write initial "
                                 "point prompts (initial_indices/<stem>.json, overlays/; patch features cached in "
                                 "cache/).")
-    return run_stage(parser, generate_initial_prompts, argv)
+    parser.add_argument("--policy", metavar="PATH", help="a taught policy (gpoa teach): match against its references")
+    return run_stage(parser, generate_initial_prompts, argv,
+                     lambda args: [f"optimize.policy={args.policy}"] if args.policy else [])
 
 
 def train(argv: Optional[Sequence[str]] = None, prog: str = "gpoa train") -> int:
@@ -150,6 +153,26 @@ def segment(argv: Optional[Sequence[str]] = None, prog: str = "gpoa segment") ->
         return extra + ([f"segmentation.out={args.out}"] if args.out else [])
 
     return run_stage(parser, segment_and_evaluate, argv, overrides)
+
+
+def teach(argv: Optional[Sequence[str]] = None, prog: str = "gpoa teach") -> int:
+    """Teach one domain (:func:`gpoa.teach.teach_domain`)."""
+    from gpoa.teach import teach_domain
+
+    parser = stage_parser(prog, "Teach GPOA one domain: its labelled pairs (a domain folder's first K + 1, a dataset "
+                                "folder's reference and first K training pairs) choose the references, train an "
+                                "agent and calibrate the gates, all kept in ONE policy file that gpoa prompts, "
+                                "optimize and the predictor use with --policy.")
+    parser.add_argument("--labelled", type=whole_number(1), metavar="K",
+                        help="labelled pairs after the reference (default: every pair of the folder)")
+    parser.add_argument("--out", required=True, metavar="POLICY", help="the policy file to write")
+    parser.add_argument("--init", metavar="POLICY", help="start the agent from this policy (e.g. make demo's)")
+
+    def overrides(args):
+        return ([f"teach.out={args.out}"] + ([f"teach.labelled={args.labelled}"] if args.labelled else [])
+                + ([f"teach.init={args.init}"] if args.init else []))
+
+    return run_stage(parser, teach_domain, argv, overrides)
 
 
 def track(argv: Optional[Sequence[str]] = None, prog: str = "gpoa track") -> int:
@@ -204,6 +227,7 @@ COMMANDS = {
     "train": (train, "stage 2: train one prompt-editing policy over every task given"),
     "optimize": (optimize, "stage 3: a trained policy edits every initial prompt file"),
     "segment": (segment, "stage 4: masks of every prompt set, and the metrics where masks exist"),
+    "teach": (teach, "teach one domain from its labelled pairs: one policy file"),
     "track": (track, "follow the first frame's object through each clip"),
     "convert": (convert, "convert a benchmark's download into GPOA's domain layout"),
     "reproduce": (reproduce, "the papers' tables"),

@@ -215,6 +215,9 @@ class EnvConfig:
     # observation padding: graphs with more nodes are rejected with a clear error (the default
     # graph has at most 8 + 8 prompts and 16 + 16 candidates)
     max_nodes: int = 64
+    # node columns that mean something only within one domain (gpoa/domain.py), appended to every
+    # observation: a taught policy's (gpoa/teach.py); 0 for a policy that serves every domain
+    domain_inputs: int = 0
     # graph reward weights: positive feature compactness, positive-negative feature separation,
     # positive spatial spread, negative spatial spread, positive-to-nearest-negative distance
     graph_weights: list = field(default_factory=lambda: [5.0, 5.0, 1.0, 1.0, 1.0])
@@ -321,14 +324,16 @@ class OptimizeConfig:
     # policy checkpoint; empty means the best checkpoint of the most recent run under train.checkpoints
     policy: str = ""
     # do-no-harm gate: the policy toggles a node only when the node's score beats STOP's by more
-    # than this (for DQN, the expected gain in Dice); 0 takes every edit the policy prefers to STOP
-    stop_margin: float = 0.0
+    # than this (for DQN, the expected gain in Dice); 0 takes every edit the policy prefers to STOP.
+    # Empty: the value a taught policy calibrated on its labelled pairs (gpoa.teach), else 0
+    stop_margin: Optional[float] = None
     # second gate: on a target whose predicted region has a confidence (how step-like the match
     # scores are on it, gpoa.placement) below this, the policy keeps the start set, since its edits
     # follow that region; 0 turns it off. Needs the segmenter in the loop (the policies of
-    # env.reward=segmentation); ignored for the others. 0.5: placement's own threshold for a
-    # trustworthy region (placement.min_correlation), not a tuned value
-    min_region_confidence: float = 0.5
+    # env.reward=segmentation); ignored for the others. Empty: a taught policy's calibrated value,
+    # else 0.5: placement's own threshold for a trustworthy region (placement.min_correlation), not
+    # a tuned value
+    min_region_confidence: Optional[float] = None
     # also write oracle_indices/: the greedy oracle that reads target_mask/ (evaluation yardstick)
     oracle: bool = False
     # presence (gpoa.presence): a target whose initial mask does not hold what the reference's object
@@ -339,6 +344,63 @@ class OptimizeConfig:
     # the presence score's threshold; empty takes the one the policy fitted on its training corpus (at
     # the equal error rate); with neither, no target is called absent
     presence_threshold: Optional[float] = None
+
+    def gates(self, calibrated: Optional[dict] = None) -> tuple:
+        """(stop_margin, min_region_confidence) as inference applies them: each as set here, else the
+        value in ``calibrated`` (a taught policy's ``gates``, gpoa.teach), else the built-in default."""
+        calibrated = calibrated or {}
+        return tuple(float(value if value is not None else calibrated.get(name, default))
+                     for name, value, default in (("stop_margin", self.stop_margin, DEFAULT_STOP_MARGIN),
+                                                  ("min_region_confidence", self.min_region_confidence,
+                                                   DEFAULT_MIN_REGION_CONFIDENCE)))
+
+
+#: the inference gates without a setting and without a taught policy's calibration (OptimizeConfig.gates)
+DEFAULT_STOP_MARGIN = 0.0
+DEFAULT_MIN_REGION_CONFIDENCE = 0.5
+
+
+@dataclass
+class TeachConfig:
+    """gpoa teach (gpoa/teach.py): what a few labelled pairs of ONE domain teach GPOA, each part
+    chosen by the leave-one-out Dice of the labelled pairs."""
+
+    # the policy file written (gpoa teach --out)
+    out: str = ""
+    # the labelled pairs: a domain folder's first labelled + 1 pairs (stems sorted: the first is
+    # the reference), a dataset folder's reference pair(s) and first `labelled` training pairs; 0: all
+    labelled: int = 0
+    # the reference sets compared: the labelled pairs ranked by how well each alone prompts the
+    # others, the first n of them for every n here (0: all of them)
+    reference_counts: list = field(default_factory=lambda: [1, 2, 3, 5, 8, 0])
+    # the agent's node columns that mean something only within the domain (gpoa/domain.py): the
+    # patch classifier's two and the first feature_axes principal axes of the patch features;
+    # domain_inputs false: none (the agent sees what every policy sees)
+    domain_inputs: bool = True
+    feature_axes: int = 8
+    # a policy file to start the agent from (gpoa teach --init; its graph and environment settings
+    # come with it); empty: a new network of `hidden` units
+    init: str = ""
+    hidden: int = 64
+    # the agent learns the change in Dice of every toggle at the states the greedy oracle and the
+    # hand-made rule visit, then this many times more at the states it visits itself (DAgger)
+    rounds: int = 1
+    # the fit of the node scores to those changes (a Huber loss, plus rank_weight times a cross-entropy
+    # of which action is best at rank_temperature, in Dice); the passes over the states are chosen
+    # out of fold among `epochs` (0: the policy of --init as it is; left out without one); Adam's
+    # step size and weight decay, states per step
+    rank_weight: float = 1.0
+    rank_temperature: float = 0.02
+    epochs: list = field(default_factory=lambda: [0, 20, 60])
+    learning_rate: float = 0.001
+    weight_decay: float = 0.0001
+    batch_size: int = 64
+    # the gates are calibrated on out-of-fold predictions: the labelled pairs in this many folds,
+    # each predicted by an agent trained on the others
+    folds: int = 3
+    # the values tried for optimize.stop_margin and optimize.min_region_confidence
+    stop_margins: list = field(default_factory=lambda: [0.0, 0.005, 0.01, 0.02])
+    min_region_confidences: list = field(default_factory=lambda: [0.0, 0.25, 0.5])
 
 
 @dataclass
@@ -423,6 +485,7 @@ class Config:
     ppd: PPDConfig = field(default_factory=PPDConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
+    teach: TeachConfig = field(default_factory=TeachConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
 
@@ -541,17 +604,18 @@ def with_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
 POSITIVE_FIELDS = ("features.working_size", "features.patch_size", "segmenter.n_segments", "env.episode_length",
                    "env.max_nodes", "dqn.batch_size", "dqn.buffer_size", "dqn.target_update", "dqn.train_frequency",
                    "dqn.hidden", "train.eval_every", "train.parallel_envs", "placement.n_positive",
-                   "placement.interior_depth", "serve.max_pixels")
+                   "placement.interior_depth", "teach.hidden", "teach.batch_size", "serve.max_pixels")
 #: fields that must be at least 0
 NON_NEGATIVE_FIELDS = ("matching.max_positive", "matching.max_negative", "segmentation.ideal_positive",
                        "segmentation.ideal_negative", "graph.extra_positive", "graph.extra_negative",
                        "graph.negative_ring", "graph.positive_spacing", "graph.negative_spacing",
                        "env.min_positive", "env.max_positive", "env.min_negative", "env.max_negative",
-                       "env.step_penalty", "env.harm_weight", "train.total_steps", "dqn.learning_starts",
+                       "env.step_penalty", "env.harm_weight", "env.domain_inputs", "train.total_steps", "dqn.learning_starts",
                        "train.bank_capacity", "train.cpu_threads", "optimize.stop_margin",
                        "optimize.min_region_confidence", "placement.n_negative", "placement.ring_inner",
-                       "track.point_error", "track.memory_recent", "track.memory_every", "track.search_radius",
-                       "track.regrow_radius")
+                       "teach.labelled", "teach.feature_axes", "teach.rounds", "teach.weight_decay",
+                       "teach.rank_weight", "track.point_error", "track.memory_recent", "track.memory_every",
+                       "track.search_radius", "track.regrow_radius")
 
 MATCHING_METHODS = ("placement", "nearest")
 #: how placement ranks the patches: one view, or the mean of the two views' ranks
@@ -578,7 +642,7 @@ def check_settings(cfg: Config) -> None:
         if value(key) < 1:
             raise ValueError(f"config key '{key}' must be at least 1, got {value(key)}")
     for key in NON_NEGATIVE_FIELDS:
-        if value(key) < 0:
+        if value(key) is not None and value(key) < 0:  # None: an optional setting left empty
             raise ValueError(f"config key '{key}' must not be negative, got {value(key)}")
     for key, choices in CHOICES.items():
         if value(key) not in choices:
@@ -621,6 +685,34 @@ def check_settings(cfg: Config) -> None:
         raise ValueError(f"config key 'serve.max_upload_mb' must be positive, got {cfg.serve.max_upload_mb}")
     if not cfg.serve.host.strip():
         raise ValueError("config key 'serve.host' is empty; use 127.0.0.1 (this machine only) or an address")
+    check_teach(cfg.teach)
+
+
+def check_teach(teach: TeachConfig) -> None:
+    """The checks of :func:`check_settings` for the ``teach`` section."""
+    if teach.folds < 2:
+        raise ValueError(f"config key 'teach.folds' must be at least 2 (each fold is predicted by an agent trained "
+                         f"on the others), got {teach.folds}")
+    for key in ("learning_rate", "rank_temperature"):
+        if getattr(teach, key) <= 0:
+            raise ValueError(f"config key 'teach.{key}' must be positive, got {getattr(teach, key)}")
+    for key, low, high in (("reference_counts", 0, None), ("epochs", 0, None), ("stop_margins", 0, None),
+                           ("min_region_confidences", 0, 1)):
+        values = getattr(teach, key)
+        try:
+            numbers = [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise ValueError(f"config key 'teach.{key}' must be a list of numbers, got {values!r}") from None
+        if not numbers or any(v < low or (high is not None and v > high) for v in numbers):
+            bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"config key 'teach.{key}' must be a non-empty list of numbers {bounds}, got {values!r}")
+    for key in ("reference_counts", "epochs"):
+        if any(float(n) != int(float(n)) for n in getattr(teach, key)):
+            raise ValueError(f"config key 'teach.{key}' must be whole numbers, got {getattr(teach, key)!r}")
+    if sorted(set(int(n) for n in teach.epochs)) != [int(n) for n in teach.epochs]:
+        raise ValueError(f"config key 'teach.epochs' must be increasing, got {teach.epochs!r}")
+    if not any(int(n) > 0 for n in teach.epochs):
+        raise ValueError(f"config key 'teach.epochs' needs a number of passes above 0, got {teach.epochs!r}")
 
 
 def validate(cfg: Config) -> None:

@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import torch
 
 from gpoa.agents.greedy import GreedyPolicy, LookaheadRule, run_greedy
 from gpoa.agents.policy_file import check_observation, load_policy
 from gpoa.config import Config, EnvConfig, GraphConfig
+from gpoa.domain import DomainEncoder
 from gpoa.envs import GLOBAL_FEATURES, EpisodeBank, PromptEnv
 from gpoa.envs.oracle import run_oracle
 from gpoa.errors import UsageError
@@ -45,7 +47,7 @@ from gpoa.placement import (
 )
 from gpoa.presence import mask_presence_score
 from gpoa.prompts import PromptSet, sample_ideal_prompts
-from gpoa.runtime import content_seed
+from gpoa.runtime import array_digest, content_seed
 from gpoa.samples import EpisodeSample
 from gpoa.segmenters import Segmenter
 
@@ -59,6 +61,44 @@ def reference_features(feature_grids: Sequence[np.ndarray], masks: Sequence[np.n
     fractions = [grid.mask_fraction(mask) for mask in masks]
     instances = [count_instances(mask) for mask in masks]
     return build_reference(list(feature_grids), fractions, cfg.matching.foreground_fraction, instances)
+
+
+def taught_reference_payload(feature_grids: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                             grid: PatchGrid) -> dict:
+    """What a taught policy file keeps of its references (gpoa.teach), not the images: the patch
+    features ``features`` (R, rows, cols, D) float16 (the feature cache's precision, so nothing is
+    lost), the masks at grid resolution ``mask_fractions`` (R, rows, cols) float32 (each patch's share
+    of foreground pixels) and the objects per reference ``instances``."""
+    return {"features": torch.as_tensor(np.stack([np.asarray(f, np.float32) for f in feature_grids]).astype(np.float16)),
+            "mask_fractions": torch.as_tensor(np.stack([grid.mask_fraction(mask) for mask in masks]).astype(np.float32)),
+            "instances": [count_instances(mask) for mask in masks]}
+
+
+def taught_reference(payload: dict, cfg: Config) -> ReferenceFeatures:
+    """The references a taught policy file keeps (:func:`taught_reference_payload`), as
+    :func:`reference_features` makes them from the pairs themselves (the same values)."""
+    grids = torch.as_tensor(payload["features"]).float().numpy()
+    fractions = torch.as_tensor(payload["mask_fractions"]).float().numpy()
+    return build_reference(list(grids), list(fractions), cfg.matching.foreground_fraction,
+                           [int(n) for n in payload["instances"]])
+
+
+#: the key of a prompt file made from a taught policy's references: their digest (taught_reference_digest)
+TAUGHT_REFERENCE = "taught_reference"
+
+
+def taught_reference_digest(reference: ReferenceFeatures) -> str:
+    """What identifies a taught policy's references in the prompt files matched against them."""
+    return array_digest(reference.features)
+
+
+def policy_reference(cfg: Config) -> Optional[ReferenceFeatures]:
+    """The references of the taught policy that ``optimize.policy`` names (gpoa.teach), which stage 1
+    matches every target against as stage 3 does; None when no policy is named or it holds none."""
+    if not cfg.optimize.policy:
+        return None
+    meta = load_policy(Path(cfg.optimize.policy), device="cpu").extra
+    return taught_reference(meta["references"], cfg) if "references" in meta else None
 
 
 # ----- stage 1: initial prompts ------------------------------------------------------------------
@@ -116,6 +156,10 @@ class Optimizer:
     source: str
     # below this presence score (gpoa.presence) a target is called absent; None: no target is
     presence_threshold: Optional[float] = None
+    # a taught policy's (gpoa.teach): the references every target is matched against (None: the
+    # task's or the predictor's own) and the encoder of its domain node columns (gpoa.domain)
+    reference: Optional[ReferenceFeatures] = None
+    domain: Optional[DomainEncoder] = None
 
 
 def load_optimizer(policy_path: Path, cfg: Config, feature_key: str, grid: PatchGrid) -> Optimizer:
@@ -123,8 +167,10 @@ def load_optimizer(policy_path: Path, cfg: Config, feature_key: str, grid: Patch
     features (``feature_key``, ``grid``) of ``cfg``: UsageError naming the file when it does not fit."""
     policy_path = Path(policy_path)
     policy = load_policy(policy_path, device="cpu")
-    check_observation(policy, policy_path, NODE_FEATURES, GLOBAL_FEATURES)
     meta = policy.extra
+    domain = DomainEncoder.from_dict(meta["domain"]) if "domain" in meta else None
+    check_observation(policy, policy_path, tuple(NODE_FEATURES) + (domain.names if domain is not None else ()),
+                      GLOBAL_FEATURES)
     if meta.get("feature_cache_key", feature_key) != feature_key:
         raise UsageError(f"policy '{policy_path}' was trained on '{meta['feature_cache_key']}' features but this "
                          f"config gives '{feature_key}'; run with the features settings the policy was trained with")
@@ -138,7 +184,7 @@ def load_optimizer(policy_path: Path, cfg: Config, feature_key: str, grid: Patch
     run_cfg = dataclasses.replace(cfg, graph=GraphConfig(**meta["config"]["graph"]),
                                   env=EnvConfig(**{**trained_env, "reward": "graph", "start": start}))
     in_loop = bool(meta.get("segmenter_in_loop"))
-    greedy = GreedyPolicy.gated(policy.network, cfg.optimize, in_loop)
+    greedy = GreedyPolicy.gated(policy.network, cfg.optimize, in_loop, meta.get("gates"))
     # the hand-made baseline, under the policy's confidence gate: the two edit the same targets
     rule = (LookaheadRule(NODE_FEATURES, min_confidence=greedy.min_confidence, confidence_index=greedy.confidence_index)
             if in_loop and run_cfg.env.lookahead else None)
@@ -149,8 +195,9 @@ def load_optimizer(policy_path: Path, cfg: Config, feature_key: str, grid: Patch
     presence = presence_threshold(cfg, meta)
     if presence is not None:
         gates += f" [presence_threshold={presence:g}]"
+    reference = taught_reference(meta["references"], cfg) if "references" in meta else None
     return Optimizer(policy_path, policy.learner, greedy, rule, run_cfg, in_loop,
-                     f"gpoa-{policy.learner}:{policy_path}{gates}", presence)
+                     f"gpoa-{policy.learner}:{policy_path}{gates}", presence, reference, domain)
 
 
 def presence_threshold(cfg: Config, policy_extra: Optional[dict] = None) -> Optional[float]:
@@ -234,6 +281,8 @@ def optimize_sample(optimizer: Optimizer, sample: EpisodeSample, segmenter: Opti
     Raises ValueError for a sample the settings cannot play.
     """
     run_cfg = optimizer.run_cfg
+    if optimizer.domain is not None:  # a taught policy observes its domain columns
+        sample = dataclasses.replace(sample, domain=optimizer.domain)
     bank = EpisodeBank([sample], run_cfg, segmenter if optimizer.in_loop else None, seed=seed)
     env = PromptEnv(bank, run_cfg, seed=seed)
     actions, info, _ = run_greedy(optimizer.greedy, env, options={"sample": 0}, seed=seed)

@@ -9,6 +9,7 @@
     result.present                                # False: the object is not in the image (gpoa.presence)
     result.prompts.optimized.points               # (N, 2) (x, y) pixels; .labels (N,) 1 object, 0 background
     for result in predictor.predict_many(targets): ...
+    predictor.teach(images, masks, "taught.pt")   # labelled pairs of one domain → a taught policy, used from now on
 
 Like segment-anything's ``SamPredictor``: the models are loaded once (``from_config``), the
 reference is encoded once (``set_reference``), and ``predict`` runs one image. Images are uint8
@@ -66,6 +67,7 @@ from gpoa.presence import mask_presence_score
 from gpoa.prompts import PromptSet
 from gpoa.samples import EpisodeSample
 from gpoa.segmenters import with_mask_prompt
+from gpoa.teach import LabelledPair, save_taught, teach
 
 #: what an image or a mask may be given as
 ImageLike = Union[np.ndarray, Image.Image, str, Path]
@@ -115,13 +117,21 @@ class GPOAPredictor:
         self.cfg = cfg
         self.backends = backends if backends is not None else Backends(cfg, device)
         self.grid = self.backends.grid
-        self.optimizer = (None if policy is None else
-                          load_optimizer(Path(policy), cfg, self.backends.feature_key, self.grid))
-        # the policy's (or, without one, the config's) presence threshold; None: no target is called absent
-        self.presence_threshold = (presence_threshold(cfg) if self.optimizer is None
-                                   else self.optimizer.presence_threshold)
         self._reference: Optional[ReferenceFeatures] = None
         self._classifier: Optional[PatchClassifier] = None
+        self.use_policy(policy)
+
+    def use_policy(self, policy: Optional[Union[str, Path]]) -> None:
+        """Edit with the policy file ``policy`` from now on (None: no agent). A taught policy (gpoa.teach)
+        brings its references, which replace the reference set so far (``set_reference`` replaces them)."""
+        self.optimizer = (None if policy is None else
+                          load_optimizer(Path(policy), self.cfg, self.backends.feature_key, self.grid))
+        # the policy's (or, without one, the config's) presence threshold; None: no target is called absent
+        self.presence_threshold = (presence_threshold(self.cfg) if self.optimizer is None
+                                   else self.optimizer.presence_threshold)
+        if self.optimizer is not None and self.optimizer.reference is not None:
+            self._reference = self.optimizer.reference
+            self._classifier = fit_patch_classifier(self._reference, self.cfg.placement.regularisation)
 
     @classmethod
     def from_config(cls, config: Optional[Union[str, Path, Config]] = None, policy: Optional[Union[str, Path]] = None,
@@ -164,6 +174,26 @@ class GPOAPredictor:
             raise InputError(None, f"reference: {exc}") from None
         self._reference = reference
         self._classifier = fit_patch_classifier(reference, self.cfg.placement.regularisation)
+
+    def teach(self, images: list, masks: list, out: Union[str, Path]) -> Path:
+        """Teach the predictor one domain (:mod:`gpoa.teach`): ``images`` and their ``masks`` (lists; a
+        mask may be empty where the object is absent) choose the references, train the agent and
+        calibrate the gates (``cfg.teach``; its ``init`` the policy to start from). Writes the policy
+        file ``out`` that ``gpoa teach`` writes from the same pairs, uses it from now on and returns
+        its path."""
+        if not isinstance(images, (list, tuple)) or not isinstance(masks, (list, tuple)) or len(images) != len(masks):
+            raise UsageError(f"teach takes two lists of the same length, images and their masks; got "
+                             f"{_count(images)} image(s) and {_count(masks)} mask(s)")
+        pairs = []
+        for i, (image, mask) in enumerate(zip(images, masks)):
+            pixels = as_image(image, f"labelled image {i}")
+            truth = as_mask(mask, f"labelled mask {i}", image_size(pixels))
+            name = Path(image).stem if isinstance(image, (str, Path)) else f"pair_{i}"
+            pairs.append(LabelledPair(name, pixels, truth, patch_features(self.backends.extractor, pixels)))
+        taught = teach(pairs, self.cfg, self.backends)
+        save_taught(Path(out), taught, pairs, self.cfg, self.backends)
+        self.use_policy(out)
+        return Path(out)
 
     # ----- prediction -----------------------------------------------------------------------------------
     def predict(self, image: ImageLike) -> Prediction:

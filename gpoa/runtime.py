@@ -86,13 +86,17 @@ def stable_seed(*parts) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+def array_digest(array: np.ndarray) -> str:
+    """A digest of an array's CONTENT (dtype, shape and values), 24 hex characters."""
+    array = np.ascontiguousarray(array)
+    return hashlib.sha256(f"{array.dtype.str}{array.shape}".encode() + array.tobytes()).hexdigest()[:24]
+
+
 def content_seed(seed: int, purpose: str, image: np.ndarray) -> int:
     """A 32-bit seed from the run ``seed``, a ``purpose`` and the CONTENT of ``image`` (its shape and
     values), never from a file or folder name: the same image gets the same draws under any name,
     in any task, read from a file or given as an array."""
-    image = np.ascontiguousarray(image)
-    digest = hashlib.sha256(f"{image.dtype.str}{image.shape}".encode() + image.tobytes()).hexdigest()[:24]
-    return stable_seed(seed, purpose, digest)
+    return stable_seed(seed, purpose, array_digest(image))
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 
+from gpoa.domain import DomainEncoder
 from gpoa.grid import PatchGrid
 from gpoa.matching import ReferenceFeatures
 from gpoa.placement import PatchClassifier
 from gpoa.prompts import PromptSet
+from gpoa.runtime import array_digest
 
 
 @dataclass
@@ -24,7 +25,8 @@ class EpisodeSample:
     uint8 and ``truth_mask`` (H, W) bool, at the original image size, are needed for a segmenter
     in the loop and for the segmentation reward / ideal start respectively. ``task`` names the task;
     ``classifier`` (optional) is its reference's patch classifier, a second view of the patch
-    scores for the predicted region (:mod:`gpoa.envs.mask_view`).
+    scores for the predicted region (:mod:`gpoa.envs.mask_view`); ``domain`` (optional) the encoder
+    of a taught policy's node columns that mean something only within its domain (:mod:`gpoa.domain`).
 
     What a clip adds (:mod:`gpoa.video`): ``region_prior`` (rows * cols,) float32 in [0, 1], the
     share of each patch inside the previous frame's mask carried to this frame; when given, the
@@ -42,6 +44,7 @@ class EpisodeSample:
     truth_mask: Optional[np.ndarray] = None
     task: str = ""
     classifier: Optional[PatchClassifier] = None
+    domain: Optional[DomainEncoder] = None
     region_prior: Optional[np.ndarray] = None
     mask_prompt: Optional[np.ndarray] = None
 
@@ -51,8 +54,7 @@ class EpisodeSample:
     @property
     def content(self) -> str:
         """A digest of the image (or, without it, of the features): what seeds a per-image draw."""
-        values = np.ascontiguousarray(self.image if self.image is not None else self.target_features)
-        return hashlib.sha256(f"{values.dtype.str}{values.shape}".encode() + values.tobytes()).hexdigest()[:24]
+        return array_digest(self.image if self.image is not None else self.target_features)
 
 
 @dataclass

@@ -32,11 +32,14 @@ from gpoa.samples import EpisodeSample, LazySample
 class Task:
     """One task of a run: files, feature cache, reference features, stage-1 prompt proposal."""
 
-    def __init__(self, layout: TaskLayout, backends: Backends, cfg: Config):
+    def __init__(self, layout: TaskLayout, backends: Backends, cfg: Config,
+                 taught_reference: Optional[ReferenceFeatures] = None):
         self.layout, self.backends, self.cfg = layout, backends, cfg
         self.name = layout.name
         self.grid = backends.grid
         self.store = FeatureStore(layout.cache, backends)
+        # a taught policy's references (gpoa.teach), which replace the layout's reference pair(s)
+        self.taught_reference = taught_reference
 
     def __repr__(self) -> str:
         return f"Task({self.name!r}, {self.layout.kind} '{self.layout.source}')"
@@ -45,8 +48,11 @@ class Task:
     def reference(self) -> ReferenceFeatures:
         """Features and foreground/background patch labels of every reference pair (k-shot: all).
 
-        A bad reference pair stops the task (nothing can be matched without it): UsageError.
+        A bad reference pair stops the task (nothing can be matched without it): UsageError. With a
+        taught policy's references (``taught_reference``) the layout's pairs are not read.
         """
+        if self.taught_reference is not None:
+            return self.taught_reference
         self.layout.require("reference")
         grids, masks = [], []
         for image_path, mask_path in self.layout.reference:
@@ -152,7 +158,8 @@ class Task:
 
 
 def load_tasks(cfg: Config, backends: Backends, max_targets: Optional[int] = None,
-               paths: Optional[Sequence] = None) -> list:
-    """The tasks of ``paths`` (default ``cfg.data``): see :func:`gpoa.layout.resolve_tasks`."""
+               paths: Optional[Sequence] = None, taught_reference: Optional[ReferenceFeatures] = None) -> list:
+    """The tasks of ``paths`` (default ``cfg.data``): see :func:`gpoa.layout.resolve_tasks`; with
+    ``taught_reference`` (a taught policy's, gpoa.teach) every task matches against it."""
     layouts = resolve_tasks(list(paths if paths is not None else cfg.data), cfg.workspace, max_targets)
-    return [Task(layout, backends, cfg) for layout in layouts]
+    return [Task(layout, backends, cfg, taught_reference) for layout in layouts]

@@ -27,11 +27,11 @@ def test_defaults():
     assert cfg.device == "auto" and cfg.seed == 0
     assert cfg.env.graph_weights == [5.0, 5.0, 1.0, 1.0, 1.0]
     assert cfg.data == ["data/demo/membrane"] and cfg.workspace == "outputs"
-    assert cfg.train.bank_capacity == 0 and cfg.optimize.stop_margin == 0.0 and cfg.optimize.oracle is False
+    assert cfg.train.bank_capacity == 0 and cfg.optimize.gates()[0] == 0.0 and cfg.optimize.oracle is False
     # the method as measured: placement prompts, spread candidates, the shield, the prior, the gate
     assert cfg.matching.method == "placement" and cfg.graph.extra_positive == cfg.graph.extra_negative == 16
     assert cfg.env.shield == 0.02 and cfg.env.harm_weight == 2.0 and cfg.agent.agreement_prior == 1.0
-    assert cfg.optimize.min_region_confidence == 0.5 and cfg.train.total_steps == 12000
+    assert cfg.optimize.gates() == (0.0, 0.5) and cfg.train.total_steps == 12000
 
 
 def test_the_demo_config_sets_no_method_setting_of_its_own():

@@ -60,12 +60,14 @@ class GreedyPolicy:
         self.head_bias2[:-2] *= scale
 
     @classmethod
-    def gated(cls, network: NodeSetNetwork, optimize_cfg, in_loop: bool) -> GreedyPolicy:
-        """The policy as inference runs it (stage 3): ``optimize_cfg``'s ``stop_margin`` and, for a policy
-        with the segmenter in the loop (the only one whose observation has a meaningful region
-        confidence), its ``min_region_confidence``."""
-        return cls(network, stop_margin=optimize_cfg.stop_margin,
-                   min_confidence=optimize_cfg.min_region_confidence if in_loop else 0.0,
+    def gated(cls, network: NodeSetNetwork, optimize_cfg, in_loop: bool,
+              calibrated: Optional[dict] = None) -> GreedyPolicy:
+        """The policy as inference runs it (stage 3): the ``stop_margin`` and, for a policy with the
+        segmenter in the loop (the only one whose observation has a meaningful region confidence),
+        the ``min_region_confidence`` of ``optimize_cfg.gates(calibrated)`` (``calibrated``: a taught
+        policy's gates, which replace the defaults but not a value set in the config)."""
+        stop_margin, min_confidence = optimize_cfg.gates(calibrated)
+        return cls(network, stop_margin=stop_margin, min_confidence=min_confidence if in_loop else 0.0,
                    confidence_index=GLOBAL_FEATURES.index("region_confidence"))
 
     def scores(self, obs: dict) -> np.ndarray:

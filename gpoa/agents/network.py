@@ -65,6 +65,18 @@ class NodeSetNetwork(nn.Module):
                 "node_layers": self.node_layers, "value_head": self.value_out is not None,
                 "prior_column": self.prior_column, "prior_weight": self.prior_weight}
 
+    def with_node_inputs(self, count: int) -> NodeSetNetwork:
+        """A copy that reads ``count`` more node columns, appended after this network's F, through
+        zero weights: until training moves them it scores every observation exactly as this network
+        scores the observation without those columns (``gpoa teach --init``)."""
+        wider = NodeSetNetwork(**{**self.architecture, "node_dim": self.node_dim + count})
+        state = {name: value.detach().clone() for name, value in self.state_dict().items()}
+        weight = state["node_encoder.weight"]  # (H, F + 1): the last column reads the validity flag
+        state["node_encoder.weight"] = torch.cat([weight[:, :-1], weight.new_zeros(len(weight), count),
+                                                  weight[:, -1:]], dim=1)
+        wider.load_state_dict(state)
+        return wider
+
     def with_prior(self, scores: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
         """Node scores (...) of nodes (..., F) plus the fixed prior, ``prior_weight`` · the prior
         column (the scores themselves when there is no prior)."""

@@ -41,6 +41,9 @@ class SampleRecord:
     start_dice: Optional[float] = None
     # the environments' mask view of the start state, by (edits, lookahead, shield) setting
     start_observations: dict = field(default_factory=dict)
+    # (N, env.domain_inputs - 1) float32 static node columns of a taught policy's domain encoder
+    # (gpoa.domain; the environment adds the lookahead one); None without
+    domain_columns: Optional[np.ndarray] = None
 
     def prompts(self, graph: DualSpaceGraph) -> PointPrompts:
         """The active nodes of ``graph`` (a clone of this record's) as point prompts: positives,
@@ -108,7 +111,24 @@ def build_record(sample: EpisodeSample, cfg: Config, seed: int) -> SampleRecord:
     view = region_view(sample, graph, nearest_foreground - nearest_background,
                        cfg.placement)
     return SampleRecord(sample, graph, sample.grid.index_to_original_xy(graph.indices, original_size),
-                        sample.grid.patch_centre_pixels(graph.indices, original_size), view)
+                        sample.grid.patch_centre_pixels(graph.indices, original_size), view,
+                        domain_columns=domain_columns(sample, graph, cfg.env.domain_inputs))
+
+
+def domain_columns(sample: EpisodeSample, graph: DualSpaceGraph, count: int) -> Optional[np.ndarray]:
+    """The static domain columns of ``graph``'s nodes (:mod:`gpoa.domain`), (N, count - 1) float32 for
+    ``count`` = ``env.domain_inputs`` (the last, the lookahead, is the environment's); None when
+    ``count`` is 0. ValueError when the sample lacks its encoder or the encoder has another number
+    of columns."""
+    if not count:
+        return None
+    if sample.domain is None:
+        raise ValueError(f"sample '{sample.name}' has no domain encoder, but env.domain_inputs is {count}: only a "
+                         "taught policy (gpoa teach) observes domain columns")
+    if len(sample.domain.names) != count:
+        raise ValueError(f"the domain encoder of sample '{sample.name}' gives {len(sample.domain.names)} node "
+                         f"columns, but env.domain_inputs is {count}")
+    return sample.domain.columns(sample.target_features, graph.indices)
 
 
 class EpisodeBank:

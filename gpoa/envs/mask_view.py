@@ -19,6 +19,7 @@ means the same on any image and with any features:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from scipy import ndimage
@@ -41,13 +42,15 @@ class RegionView:
     """Per-image constants of the mask view: ``region`` (P,) float32 0/1 (P = rows * cols patches),
     ``confidence`` in [0, 1], ``top`` (P,) bool the best-matching patches (as many as the reference's
     object area covers), ``patch_rank`` (P,) float32 match ranks, ``reference_share`` the share of
-    the reference image inside its mask."""
+    the reference image inside its mask; ``domain_region`` (P,) float32 0/1, with a taught policy's
+    domain encoder, the patches its classifier calls the object (:mod:`gpoa.domain`), else None."""
 
     region: np.ndarray
     confidence: float
     top: np.ndarray
     patch_rank: np.ndarray
     reference_share: float
+    domain_region: Optional[np.ndarray] = None
 
 
 def region_view(sample: EpisodeSample, graph: DualSpaceGraph, margin: np.ndarray,
@@ -67,7 +70,22 @@ def region_view(sample: EpisodeSample, graph: DualSpaceGraph, margin: np.ndarray
     share = float(sample.reference.foreground_share)
     rank = graph.patch_rank
     top = rank >= min(1.0 - share, float(rank.max()))
-    return RegionView((piece > 0).astype(np.float32), float(np.clip(confidence, 0.0, 1.0)), top, rank, share)
+    domain = None if sample.domain is None else sample.domain.region(sample.target_features)
+    return RegionView((piece > 0).astype(np.float32), float(np.clip(confidence, 0.0, 1.0)), top, rank, share, domain)
+
+
+def soft_dice(cells: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Soft Dice (B,) float64 of per-patch mask shares ``cells`` (B, P) with a 0/1 ``region`` (P,)."""
+    cells = np.asarray(cells, dtype=np.float64)
+    return 2.0 * (cells @ region) / np.maximum(cells.sum(axis=1) + region.sum(), 1e-9)
+
+
+def domain_lookahead(cells_now: np.ndarray, cells_after: np.ndarray, view: RegionView) -> np.ndarray:
+    """The ``domain_lookahead_agreement`` column (:mod:`gpoa.domain`) of V one-toggle variants, (V,)
+    float32 in [-1, 1]: the change of the mask's soft Dice with ``view.domain_region``, scaled as the
+    lookahead's agreement column."""
+    change = soft_dice(cells_after, view.domain_region) - soft_dice(cells_now[None], view.domain_region)[0]
+    return np.clip(change * LOOKAHEAD_SCALE, -1.0, 1.0).astype(np.float32)
 
 
 def cell_statistics(cells: np.ndarray, view: RegionView) -> np.ndarray:
@@ -76,7 +94,7 @@ def cell_statistics(cells: np.ndarray, view: RegionView) -> np.ndarray:
     top patches covered."""
     cells = np.asarray(cells, dtype=np.float64)
     area = cells.sum(axis=1)
-    agreement = 2.0 * (cells @ view.region) / np.maximum(area + view.region.sum(), 1e-9)
+    agreement = soft_dice(cells, view.region)
     rank = (cells @ view.patch_rank) / np.maximum(area, 1e-9)
     coverage = cells[:, view.top].mean(axis=1) if view.top.any() else np.zeros(len(cells))
     return np.column_stack([agreement, area / cells.shape[1], rank, coverage])

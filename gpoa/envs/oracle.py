@@ -19,22 +19,33 @@ from gpoa.envs.prompt_env import PromptEnv
 MIN_GAIN = 1e-9
 
 
+def toggle_dice(env: PromptEnv, shielded: bool = False) -> tuple:
+    """Every valid toggle of ``env``'s current state decoded: (toggles (V,) int64 node indices, masks
+    (V, H, W) bool, Dice (V,) float64 against the truth). ``shielded``: leave out the toggles the
+    shield refuses (what a policy may take); the oracle reads them all."""
+    graph, record = env.graph, env.record
+    toggles = np.flatnonzero(env.action_masks(shielded=shielded)[:graph.num_nodes])
+    if len(toggles) == 0:
+        return toggles, None, np.zeros(0)
+    prompts = []
+    for node in toggles:  # each candidate set: toggle, read the prompts, toggle back (O(N) each)
+        graph.toggle(node)
+        prompts.append(record.prompts(graph))
+        graph.toggle(node)
+    masks, dice = env.bank.decode_prompts(record, prompts)
+    return toggles, masks, dice
+
+
 def run_oracle(env: PromptEnv, options: Optional[dict] = None, seed: Optional[int] = None) -> tuple:
     """One greedy-with-truth episode → (actions list, final info). Its Dice never ends below the start's."""
     env.reset(seed=seed, options=options)
     if env.segmenter is None or env.dice is None:
         raise ValueError("the oracle needs a segmenter in the loop and the sample's truth mask")
-    graph, record, actions = env.graph, env.record, []
+    actions = []
     while True:
-        toggles = np.flatnonzero(env.action_masks(shielded=False)[:graph.num_nodes])
-        prompts = []
-        for node in toggles:  # each candidate set: toggle, read the prompts, toggle back (O(N) each)
-            graph.toggle(node)
-            prompts.append(record.prompts(graph))
-            graph.toggle(node)
+        toggles, masks, dice = toggle_dice(env)
         best = None
-        if prompts:
-            masks, dice = env.bank.decode_prompts(record, prompts)
+        if len(toggles):
             k = int(np.argmax(dice))
             if dice[k] > env.dice + MIN_GAIN:
                 best = (int(toggles[k]), masks[k], float(dice[k]))

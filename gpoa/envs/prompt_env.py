@@ -30,7 +30,13 @@ from gymnasium.utils import seeding
 
 from gpoa.config import EDITS, Config
 from gpoa.envs.bank import EpisodeBank, SampleRecord
-from gpoa.envs.mask_view import LOOKAHEAD_SCALE, cell_statistics, current_columns, lookahead_columns
+from gpoa.envs.mask_view import (
+    LOOKAHEAD_SCALE,
+    cell_statistics,
+    current_columns,
+    domain_lookahead,
+    lookahead_columns,
+)
 from gpoa.graph import MASK_COLUMNS, NODE_FEATURES, DualSpaceGraph
 from gpoa.kernels import write_action_mask
 from gpoa.prompts import PromptSet
@@ -66,7 +72,8 @@ class PromptEnv(gymnasium.Env):
     Observation (dict):
 
     - ``"nodes"`` (max_nodes, F) float32 in [-1, 2]: :meth:`DualSpaceGraph.node_features` (columns
-      :data:`gpoa.graph.NODE_FEATURES`), zero rows past the graph's N nodes;
+      :data:`gpoa.graph.NODE_FEATURES`), then ``env.domain_inputs`` columns of a taught policy's
+      domain encoder (:mod:`gpoa.domain`; none by default), zero rows past the graph's N nodes;
     - ``"valid"`` (max_nodes,) int8: 1 for the N real nodes;
     - ``"globals"`` (G,) float32: :data:`GLOBAL_FEATURES`.
 
@@ -108,7 +115,8 @@ class PromptEnv(gymnasium.Env):
         global_low = np.zeros(len(GLOBAL_FEATURES), np.float32)
         global_low[GLOBAL_FEATURES.index("mask_reference_ratio")] = -1.0
         self.observation_space = spaces.Dict({
-            "nodes": spaces.Box(low=-1.0, high=2.0, shape=(env.max_nodes, len(NODE_FEATURES)), dtype=np.float32),
+            "nodes": spaces.Box(low=-1.0, high=2.0, shape=(env.max_nodes, len(NODE_FEATURES) + env.domain_inputs),
+                                dtype=np.float32),
             "valid": spaces.MultiBinary(env.max_nodes),
             "globals": spaces.Box(low=global_low, high=global_high, dtype=np.float32),
         })
@@ -123,6 +131,7 @@ class PromptEnv(gymnasium.Env):
         self._shielded: Optional[np.ndarray] = None  # (N,) bool, toggles the shield refuses now
         self._edits, self._shield_on = cfg.env.edits, True
         self._mask_globals = np.zeros(len(MASK_GLOBALS), dtype=np.float32)
+        self._domain_lookahead: Optional[np.ndarray] = None  # (N,), a taught policy's (gpoa.domain)
         self._score = 0.0
 
     @property
@@ -154,6 +163,12 @@ class PromptEnv(gymnasium.Env):
     def done(self) -> bool:
         return self._done
 
+    @property
+    def toggled(self) -> np.ndarray:
+        """(N,) bool: the nodes toggled in this episode (each may be toggled once); with the active
+        nodes, what makes one state of an episode differ from another."""
+        return self._toggled
+
     def prompt_set(self, source: str = "env") -> PromptSet:
         """The active prompts of the current episode as a :class:`PromptSet`."""
         self._require_episode()
@@ -183,10 +198,12 @@ class PromptEnv(gymnasium.Env):
             record, key = self.record, (self._edits, self.cfg.env.lookahead, self.cfg.env.shield)
             if key not in record.start_observations:  # the start state's mask view is the same every episode
                 self.observe_mask(*self.bank.start_mask(record))
-                record.start_observations[key] = (self._mask_columns, self._mask_globals, self._shielded)
+                record.start_observations[key] = (self._mask_columns, self._mask_globals, self._shielded,
+                                                  self._domain_lookahead)
             else:
                 self._mask, self._dice = record.start_mask, record.start_dice
-                self._mask_columns, self._mask_globals, self._shielded = record.start_observations[key]
+                (self._mask_columns, self._mask_globals, self._shielded,
+                 self._domain_lookahead) = record.start_observations[key]
         self._score = self.graph.graph_score(self._weights)
         return self.observation(), self.info()
 
@@ -289,6 +306,7 @@ class PromptEnv(gymnasium.Env):
         columns = np.zeros((graph.num_nodes, len(MASK_COLUMNS)), dtype=np.float32)
         columns[:, :2] = current_columns(mask, cells, graph, record.node_pixels)
         self._shielded = None
+        self._domain_lookahead = None if view.domain_region is None else np.zeros(graph.num_nodes, np.float32)
         if self.cfg.env.lookahead:
             toggles = np.flatnonzero(self.action_masks(shielded=False)[:graph.num_nodes])
             if len(toggles):
@@ -299,6 +317,8 @@ class PromptEnv(gymnasium.Env):
                     variants.append(record.prompts_of(active, graph.is_positive))
                 cells_after = self.bank.decode_cells(record, variants, base=record.prompts(graph))
                 columns[toggles, 2:] = lookahead_columns(cells, stats, cells_after, view)
+                if view.domain_region is not None:
+                    self._domain_lookahead[toggles] = domain_lookahead(cells, cells_after, view)
             if self.cfg.env.shield >= 0 and self._shield_on:
                 agreement = columns[:, MASK_COLUMNS.index("lookahead_region_agreement")] / LOOKAHEAD_SCALE
                 self._shielded = agreement < -self.cfg.env.shield
@@ -328,8 +348,14 @@ class PromptEnv(gymnasium.Env):
     # ----- what the agent sees ------------------------------------------------------------------
     def observation(self) -> dict:
         graph, env = self.graph, self.cfg.env
-        nodes = np.zeros((self.max_nodes, len(NODE_FEATURES)), dtype=np.float32)
-        graph.node_features(self._mask_columns, out=nodes[:graph.num_nodes])
+        nodes = np.zeros((self.max_nodes, len(NODE_FEATURES) + env.domain_inputs), dtype=np.float32)
+        if self.record.domain_columns is None:
+            graph.node_features(self._mask_columns, out=nodes[:graph.num_nodes])
+        else:  # a taught policy's domain columns (gpoa.domain) after the columns every policy sees
+            nodes[:graph.num_nodes, :len(NODE_FEATURES)] = graph.node_features(self._mask_columns)
+            nodes[:graph.num_nodes, len(NODE_FEATURES):-1] = self.record.domain_columns
+            if self._domain_lookahead is not None:
+                nodes[:graph.num_nodes, -1] = self._domain_lookahead
         valid = np.zeros(self.max_nodes, dtype=np.int8)
         valid[:graph.num_nodes] = 1
         globals_ = np.empty(len(GLOBAL_FEATURES), dtype=np.float32)

@@ -44,6 +44,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -52,12 +53,13 @@ from gpoa.config import load_config, resolve_device
 from gpoa.distributed import rank_device
 from gpoa.errors import UsageError
 from gpoa.evaluation import MEAN_TASK, mean_over_tasks, summarise, to_csv
+from gpoa.experiments.taught import TRAIN_SETS, taught_domains, taught_summary
 from gpoa.features.store import file_digest
 from gpoa.io import atomic_write_text, image_size, read_image, write_mask
 from gpoa.layout import TaskLayout, resolve_tasks
 from gpoa.runtime import RunContext, StageReport, is_fresh, seed_everything, stable_seed
 from gpoa.stages.initial_prompts import generate_initial_prompts
-from gpoa.stages.optimize import optimize_prompts
+from gpoa.stages.optimize import optimize_prompts, optimize_task
 from gpoa.stages.segmentation import segment_and_evaluate
 from gpoa.tasks import Task
 
@@ -157,13 +159,13 @@ def is_absent(stem: str) -> bool:
     return stem.startswith(f"{ABSENT}__")
 
 
-def domain_rows(summary: list) -> list:
-    """Stage 4's summary rows → rows of ``COLUMNS`` in the benchmark's prompt-set order, MEAN last."""
+def domain_rows(summary: list, order: tuple = PROMPT_SETS) -> list:
+    """Stage 4's summary rows → rows of ``COLUMNS`` in the benchmark's prompt-set ``order``, MEAN last."""
     per_task = [s for s in summary if s["task"] != MEAN_TASK]
-    ordered = [s for domain in dict.fromkeys(s["task"] for s in per_task) for name in PROMPT_SETS
+    ordered = [s for domain in dict.fromkeys(s["task"] for s in per_task) for name in order
                for s in per_task if s["task"] == domain and s["prompt_set"] == name]
     return [{"domain": s["task"], **{k: s[k] for k in COLUMNS[1:]}}
-            for s in ordered + mean_over_tasks(per_task, PROMPT_SETS)]
+            for s in ordered + mean_over_tasks(per_task, order)]
 
 
 def present_summary(tasks: list) -> list:
@@ -218,6 +220,27 @@ def headline(rows: list) -> dict:
             "rule_mean": mean("lookahead_rule"), "capture": capture(optimized, initial, oracle), "gains": gains}
 
 
+def taught_headline(rows: list, domains: list) -> dict:
+    """The numbers ``--train`` adds to the last line: means over the domains of ``taught``,
+    ``taught_rule``, ``rule_kshot``, ``plugplay`` (the one-shot ``optimized`` row), ``initial_kshot``
+    and ``oracle_kshot``; ``taught_capture`` = (taught − initial_kshot) / (oracle_kshot − initial_kshot)
+    over those means; ``train_seconds``, the longest teaching of one domain."""
+    by = {(r["domain"], r["prompt_set"]): r["dice_mean"] for r in rows}
+    names = [d.name for d in domains]
+
+    def mean(name):
+        values = [by[(d, name)] for d in names if (d, name) in by]
+        return float(np.mean(values)) if values else float("nan")
+
+    h = {f"{key}_mean": mean(name) for key, name in (("taught", "taught"), ("taught_rule", "taught_rule"),
+                                                     ("rule_kshot", "rule_kshot"), ("plugplay", "optimized"),
+                                                     ("initial_kshot", "initial_kshot"),
+                                                     ("oracle_kshot", "oracle_kshot"))}
+    h["taught_capture"] = capture(h["taught_mean"], h["initial_kshot_mean"], h["oracle_kshot_mean"])
+    h["train_seconds"] = max(d.train_seconds for d in domains)
+    return h
+
+
 def headline_line(h: dict) -> str:
     line = (f"domains={h['domains']} mean_gain={h['mean_gain']:+.3f} worst_gain={h['worst_gain']:+.3f} "
             f"worst_domain={h['worst_domain']} gain_vs_topk={h['gain_vs_topk']:+.3f} "
@@ -225,32 +248,53 @@ def headline_line(h: dict) -> str:
             f"oracle_mean={h['oracle_mean']:.3f} rule_mean={h['rule_mean']:.3f} capture={h['capture']:.3f}")
     if "absent_empty_share" in h:
         line += f" absent_empty_share={h['absent_empty_share']:.3f} present_kept_share={h['present_kept_share']:.3f}"
+    if "taught_mean" in h:
+        line += "".join(f" {key}={h[key]:.3f}" for key in ("taught_mean", "taught_rule_mean", "rule_kshot_mean",
+                                                          "plugplay_mean", "initial_kshot_mean", "oracle_kshot_mean",
+                                                          "taught_capture"))
+        line += f" train_seconds={h['train_seconds']:.0f}"
     return line
 
 
 def markdown(rows: list, h: dict, policy: Path, config: str, targets: int, reference: int = 0, shots: int = 0,
-             absent: int = 0) -> str:
-    """Dice (%) per domain (rows) and prompt set (columns), the gain, the capture, and the headline."""
-    present = [name for name in PROMPT_SETS if any(r["prompt_set"] == name for r in rows)]
+             absent: int = 0, taught: Optional[list] = None) -> str:
+    """Dice (%) per domain (rows) and prompt set (columns), the gain, the capture, and the headline;
+    with ``taught`` (``--train``'s domains) the taught capture and the teaching time per domain too."""
+    present = [name for name in PROMPT_SETS + TRAIN_SETS if any(r["prompt_set"] == name for r in rows)]
     by = {(r["domain"], r["prompt_set"]): r for r in rows}
     setting = (f", reference: pair {reference} of each domain (stems sorted)" if reference else "") \
         + (f", {shots}-shot: the first {shots} pairs are the references, the targets those after the first "
            f"{SHOT_POOL}" if shots else "") \
         + (f", {absent} images of the other domains added to each as targets without the object (the rows are "
-           "over the domain's own targets)" if absent else "")
+           "over the domain's own targets)" if absent else "") \
+        + (f", {taught[0].labelled - 1 if taught else 0} labelled pairs after the reference taught each domain "
+           "(`gpoa teach`; targets = the test targets, the pairs after those; optimized = plugplay; taught capture "
+           "= (taught − initial_kshot) / (oracle_kshot − initial_kshot); teach s = its training time)" if taught
+           else "")
     lines = [f"# Cross-domain benchmark\n\npolicy `{policy}`, config `{config}`, at most {targets} targets per "
              f"domain{setting}; Dice in % (mean over targets; MEAN = mean over domains), gain = optimized − "
              "initial, capture = gain / (oracle − initial).\n",
-             "| domain | targets | " + " | ".join(present) + " | gain | capture |",
-             "| --- | ---: | " + " | ".join("---:" for _ in present) + " | ---: | ---: |"]
+             "| domain | targets | " + " | ".join(present) + " | gain | capture |"
+             + (" taught capture | teach s |" if taught else ""),
+             "| --- | ---: | " + " | ".join("---:" for _ in present) + " | ---: | ---: |"
+             + (" ---: | ---: |" if taught else "")]
+    seconds = {d.name: d.train_seconds for d in taught or []}
     for domain in dict.fromkeys(r["domain"] for r in rows):
         cells = [f"{100 * by[(domain, n)]['dice_mean']:.1f}" if (domain, n) in by else "" for n in present]
         images = by.get((domain, "initial"), next(r for r in rows if r["domain"] == domain))["images"]
         dice = {n: by[(domain, n)]["dice_mean"] for n in ("initial", "optimized", "oracle") if (domain, n) in by}
         gain = dice["optimized"] - dice["initial"] if {"initial", "optimized"} <= dice.keys() else float("nan")
         share = capture(dice["optimized"], dice["initial"], dice["oracle"]) if len(dice) == 3 else float("nan")
-        lines.append(f"| {domain} | {images} | " + " | ".join(cells) + f" | {100 * gain:+.1f} | "
-                     + ("–" if np.isnan(share) else f"{share:.2f}") + " |")
+        line = (f"| {domain} | {images} | " + " | ".join(cells) + f" | {100 * gain:+.1f} | "
+                + ("–" if np.isnan(share) else f"{share:.2f}") + " |")
+        if taught:
+            kshot = {n: by[(domain, n)]["dice_mean"] for n in ("taught", "initial_kshot", "oracle_kshot")
+                     if (domain, n) in by}
+            share = capture(kshot["taught"], kshot["initial_kshot"], kshot["oracle_kshot"]) if len(kshot) == 3 \
+                else float("nan")
+            line += (" –" if np.isnan(share) else f" {share:.2f}") + " | " \
+                + (f"{seconds[domain]:.0f}" if domain in seconds else "–") + " |"
+        lines.append(line)
     return "\n".join(lines) + f"\n\n`{headline_line(h)}`\n"
 
 
@@ -280,6 +324,9 @@ def main(argv=None, prog: str = "bench_domains.py") -> int:
                              f"first {SHOT_POOL} the targets")
     parser.add_argument("--absent", type=int, default=0, metavar="N",
                         help="add N images of the other domains to each domain's targets, with empty truth masks")
+    parser.add_argument("--train", type=int, default=0, metavar="K",
+                        help="teach each domain on its K labelled pairs after the reference (gpoa teach) and score "
+                             "the taught rows on the pairs after those (gpoa/experiments/taught.py)")
     parser.add_argument("--shard", default="", metavar="I/N",
                         help="handle the I-th of N shares of every domain's targets (torchrun: RANK / WORLD_SIZE)")
     args = parser.parse_args(argv)
@@ -294,15 +341,28 @@ def main(argv=None, prog: str = "bench_domains.py") -> int:
         backends = Backends(cfg, device)
         if args.absent < 0:
             raise UsageError(f"--absent must be 0 or more, got {args.absent}")
-        tasks = benchmark_tasks(args.roots, out, args.targets, cfg, backends, args.reference, args.shots, args.absent)
-        print(f"[bench] {len(tasks)} domain(s): {', '.join(t.name for t in tasks)}; policy {args.policy}")
-        report = StageReport("bench")
-        report.merge(generate_initial_prompts(cfg, device, tasks))
-        report.merge(optimize_prompts(cfg, device, tasks))
+        if args.train and (args.shots or args.absent or args.reference):
+            raise UsageError("--train K takes the first pair as the reference and the next K as the labelled set; "
+                             "leave out --shots, --absent and --reference")
+        report, taught = StageReport("bench"), None
+        context = RunContext.from_settings(cfg.shard)
+        if args.train:
+            taught = taught_domains(args.roots, out, args.train, args.targets, cfg, backends, Path(args.policy))
+            tasks = [task for domain in taught for task in domain.tasks.values()]
+            print(f"[bench] {len(taught)} domain(s) taught: {', '.join(d.name for d in taught)}; policy {args.policy}")
+            report.merge(generate_initial_prompts(cfg, device, tasks))
+            for domain in taught:
+                for kind, task in domain.tasks.items():
+                    optimize_task(task, backends, domain.optimizers[kind], report, context)
+        else:
+            tasks = benchmark_tasks(args.roots, out, args.targets, cfg, backends, args.reference, args.shots,
+                                    args.absent)
+            print(f"[bench] {len(tasks)} domain(s): {', '.join(t.name for t in tasks)}; policy {args.policy}")
+            report.merge(generate_initial_prompts(cfg, device, tasks))
+            report.merge(optimize_prompts(cfg, device, tasks))
         report.merge(segment_and_evaluate(cfg, device, tasks)[0])
         # every task's merged summary (complete once every shard has finished its part; one older
         # than a part of this run is an earlier run's)
-        context = RunContext.from_settings(cfg.shard)
         summaries = [task.layout.results / "summary.json" for task in tasks]
         if not all(is_fresh(path, *(task.layout.results / name for name in context.part_names("metrics.json")))
                    for path, task in zip(summaries, tasks)):
@@ -312,6 +372,11 @@ def main(argv=None, prog: str = "bench_domains.py") -> int:
         if args.absent:
             rows = domain_rows(present_summary(tasks))
             h = {**headline(rows), **presence_shares(tasks)}
+        elif taught:
+            rows = domain_rows(taught_summary(taught, {task.name: json.loads(path.read_text())
+                                                       for task, path in zip(tasks, summaries)}),
+                               PROMPT_SETS + TRAIN_SETS)
+            h = {**headline(rows), **taught_headline(rows, taught)}
         else:
             rows = domain_rows([row for path in summaries for row in json.loads(path.read_text())])
             h = headline(rows)
@@ -320,7 +385,7 @@ def main(argv=None, prog: str = "bench_domains.py") -> int:
         return 2
     return write_tables(out / "domains", to_csv(rows, COLUMNS),
                         markdown(rows, h, Path(args.policy), args.config, args.targets, args.reference,
-                                  args.shots, args.absent),
+                                  args.shots, args.absent, taught),
                         headline_line(h), report)
 
 

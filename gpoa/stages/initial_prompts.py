@@ -15,6 +15,7 @@ from tqdm import tqdm
 from gpoa.backends import Backends
 from gpoa.config import Config, save_config
 from gpoa.errors import InputError
+from gpoa.inference import TAUGHT_REFERENCE, policy_reference, taught_reference_digest
 from gpoa.io import read_image, write_png, write_prompt_file
 from gpoa.runtime import ONE_PROCESS, RunContext, StageReport, is_fresh, settings_stamp
 from gpoa.tasks import Task, load_tasks
@@ -24,8 +25,10 @@ INITIAL_FOLDER = "initial_indices"
 
 
 def generate_initial_prompts(cfg: Config, device: str = "cpu", tasks: Optional[list] = None) -> StageReport:
-    """Stage 1 over ``tasks`` (default: the tasks of ``cfg.data``)."""
-    tasks = tasks if tasks is not None else load_tasks(cfg, Backends(cfg, device))
+    """Stage 1 over ``tasks`` (default: the tasks of ``cfg.data``, matched against the references of
+    the taught policy ``optimize.policy`` names, if it is one: gpoa.teach)."""
+    tasks = tasks if tasks is not None else load_tasks(cfg, Backends(cfg, device),
+                                                       taught_reference=policy_reference(cfg))
     report = StageReport("initial prompts")
     context = RunContext.from_settings(cfg.shard)
     for task in tasks:
@@ -42,8 +45,9 @@ def initial_prompts_of(task: Task, report: StageReport, context: RunContext = ON
     out = layout.prompt_folder(INITIAL_FOLDER)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    references = [{"file": str(p), "bytes": p.stat().st_size, "modified": p.stat().st_mtime}
-                  for pair in layout.reference for p in pair]
+    taught = None if task.taught_reference is None else taught_reference_digest(task.taught_reference)
+    references = ([{"file": str(p), "bytes": p.stat().st_size, "modified": p.stat().st_mtime}
+                   for pair in layout.reference for p in pair] if taught is None else [{TAUGHT_REFERENCE: taught}])
     stamp = settings_stamp(out / "settings.txt", {"matching": dataclasses.asdict(cfg.matching),
                                                     "placement": dataclasses.asdict(cfg.placement), "seed": cfg.seed,
                                                     "features": task.store.key, "reference": references})
@@ -61,6 +65,8 @@ def initial_prompts_of(task: Task, report: StageReport, context: RunContext = ON
             report.fail(name, str(exc))
             continue
         prompt_set = task.propose(image_path.name, image, features)
+        if taught is not None:  # stage 3 checks that a taught policy edits prompts of its own references
+            prompt_set.extra[TAUGHT_REFERENCE] = taught
         if len(prompt_set.positive_indices) == 0:
             report.fail(name, "no reference foreground patch matched this image (with "
                               f"matching.mutual_nearest={cfg.matching.mutual_nearest}); skipped")

@@ -29,7 +29,13 @@ from tqdm import tqdm
 from gpoa.backends import Backends
 from gpoa.config import Config, save_config
 from gpoa.errors import InputError
-from gpoa.inference import Optimizer, load_optimizer, optimize_sample
+from gpoa.inference import (
+    TAUGHT_REFERENCE,
+    Optimizer,
+    load_optimizer,
+    optimize_sample,
+    taught_reference_digest,
+)
 from gpoa.io import atomic_write_json, write_prompt_file
 from gpoa.runtime import ONE_PROCESS, RunContext, StageReport, is_fresh, stable_seed
 from gpoa.stages.train import resolve_policy
@@ -54,8 +60,9 @@ def _up_to_date(task: Task, stem: str, outputs: list, policy_path: Path, source:
 def optimize_prompts(cfg: Config, device: str = "cpu", tasks: Optional[list] = None) -> StageReport:
     """Stage 3 over ``tasks`` (default: the tasks of ``cfg.data``)."""
     backends = tasks[0].backends if tasks else Backends(cfg, device)  # the tasks' models: loaded once
-    tasks = tasks if tasks is not None else load_tasks(cfg, backends)
     optimizer = load_optimizer(resolve_policy(cfg), cfg, backends.feature_key, backends.grid)
+    # a taught policy's references replace the tasks' (as they did in stage 1)
+    tasks = tasks if tasks is not None else load_tasks(cfg, backends, taught_reference=optimizer.reference)
     report = StageReport("optimize")
     context = RunContext.from_settings(cfg.shard)
     for task in tasks:
@@ -90,10 +97,15 @@ def optimize_task(task: Task, backends: Backends, optimizer: Optimizer, report: 
     with_images = in_loop or oracle or optimizer.presence_threshold is not None  # presence decodes the image
     sources = task.prompt_file_samples(layout.initial_indices, report, with_images=with_images,
                                        with_truth=oracle, skip=done_before)
+    taught = None if optimizer.reference is None else taught_reference_digest(optimizer.reference)
     for lazy in tqdm(sources, desc=f"optimize [{task.name}]", unit="image"):
         name = f"{task.name}/{lazy.name}"
         try:
             sample = lazy.load()
+            if taught is not None and sample.prompt_set.extra.get(TAUGHT_REFERENCE) != taught:
+                raise InputError(layout.initial_indices / f"{lazy.name}.json",
+                                 f"was not matched against the references of the taught policy '{policy_path}'",
+                                 f"run gpoa prompts --policy {policy_path} first")
             rng = np.random.default_rng(stable_seed(cfg.seed, "random_subset", lazy.content))
             result = optimize_sample(optimizer, sample, backends.segmenter, cfg.seed, baseline_rng=rng, rule=True,
                                      oracle=oracle)

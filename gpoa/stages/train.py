@@ -315,7 +315,7 @@ def _train(cfg: Config, device: str, tasks: Optional[list], context: RunContext)
         if evaluated[0] == step or not main:  # rank 0 evaluates and writes
             return
         evaluated[0] = step
-        scores = evaluate(GreedyPolicy(agent.network, cfg.optimize.stop_margin), eval_env, seed=cfg.seed)
+        scores = evaluate(GreedyPolicy(agent.network, cfg.optimize.gates()[0]), eval_env, seed=cfg.seed)
         log.add(step, scores)
         if scores[eval_key] > best:
             best = scores[eval_key]
