@@ -145,15 +145,17 @@ def test_training_under_torchrun_writes_a_policy_that_loads(demo_master, tmp_pat
     result = torchrun("train_GPOA.py", "--config", str(DEMO_CONFIG), "--data", str(data),
                       # train.run, not --run: torchrun's own parser takes --run for its --run-path
                       *sets(TINY + [f"train.checkpoints={checkpoints}", "train.run=ddp", f"agent.learner={learner}",
-                                    "ppd.attack_steps=[1,2]"]))
+                                    "ppd.attack_steps=[1,2]", "train.total_steps=48", "train.eval_every=48",
+                                    "dqn.learning_starts=8", "dqn.batch_size=8"]))
     assert result.returncode == 0, result.stderr[-3000:]
     run = checkpoints / "ddp"
     policy_file = load_policy(run / "best.pt")
     assert policy_file.learner == learner
     state = torch.load(run / "train_state.pt", weights_only=True)
     assert state["world"] == 2
-    # each rank collected half of the 96 transitions
-    assert state["agent"]["global_step"] == 48
+    # each rank collected half of the 48 transitions, and the defender's updates ran (DDP-synchronised)
+    assert state["agent"]["global_step"] == 24
+    assert state["agent"]["defender"]["gradient_steps"] > 0
     assert (run / "log.csv").is_file() and "2 processes" in result.stdout
     # a resume with another number of processes is refused with a clear message
     code = train_GPOA.main(["--config", str(DEMO_CONFIG), "--data", str(data), "--run", "ddp",
