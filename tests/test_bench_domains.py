@@ -24,6 +24,11 @@ HEADLINE = re.compile(r"^domains=(\d+) mean_gain=([+-]\d\.\d{3}) worst_gain=([+-
                       r"( absent_empty_share=(\d\.\d{3}) present_kept_share=(\d\.\d{3}))?$")
 
 
+#: 2-step episodes and 3 + 3 candidate prompts, in training and in every bench run: the tests check
+#: the tables, the headline and which images are scored, not how much the policy gains
+CHEAP = [a for o in ("env.episode_length=2", "graph.extra_positive=3", "graph.extra_negative=3") for a in ("--set", o)]
+
+
 def as_domain(dataset: Path, out: Path) -> Path:
     """A demo dataset folder rewritten in the domain layout (image/ + mask/), reference first by name."""
     for folder, prefix in (("reference", "a_"), ("target", "b_")):
@@ -48,7 +53,7 @@ def benchmark_run(demo_master, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert train_GPOA.main(["--config", str(DEMO_CONFIG), "--data", str(domains), "--run", "tiny",
+        assert train_GPOA.main(["--config", str(DEMO_CONFIG), *CHEAP, "--data", str(domains), "--run", "tiny",
                                 "--set", f"train.checkpoints={root / 'checkpoints'}", "--set", f"workspace={root / 'ws'}",
                                 "--set", "train.total_steps=96", "--set", "dqn.learning_starts=32",
                                 "--set", "dqn.batch_size=16", "--set", "train.eval_every=96",
@@ -58,7 +63,7 @@ def benchmark_run(demo_master, tmp_path_factory):
     before = snapshot(domains)
     out = root / "out"
     code = bench_domains.main([str(domains), "--out", str(out), "--policy", str(root / "checkpoints" / "tiny" / "best.pt"),
-                               "--targets", "2", "--config", str(DEMO_CONFIG)])
+                               "--targets", "2", "--config", str(DEMO_CONFIG), *CHEAP])
     return domains, out, code, before
 
 
@@ -121,7 +126,7 @@ def test_two_shards_write_the_tables_one_process_writes(benchmark_run, capsys):
     domains, out, code, _ = benchmark_run
     sharded = out.parent / "sharded"
     args = [str(domains), "--out", str(sharded), "--policy", str(out.parent / "checkpoints" / "tiny" / "best.pt"),
-            "--targets", "2", "--config", str(DEMO_CONFIG)]
+            "--targets", "2", "--config", str(DEMO_CONFIG), *CHEAP]
     assert bench_domains.main(args + ["--shard", "0/2"]) == code
     assert not (sharded / "domains.csv").exists()  # the first shard alone cannot write the tables
     capsys.readouterr()
@@ -136,7 +141,7 @@ def test_reference_option_makes_another_pair_the_one_shot(benchmark_run, capsys)
     domains, out, _, _ = benchmark_run
     rotated = out.parent / "rotated"
     args = [str(domains), "--out", str(rotated), "--policy", str(out.parent / "checkpoints" / "tiny" / "best.pt"),
-            "--targets", "1", "--config", str(DEMO_CONFIG)]
+            "--targets", "1", "--config", str(DEMO_CONFIG), *CHEAP]
     assert bench_domains.main(args + ["--reference", "1"]) == 0
     # the second sorted pair is the reference, so the first (the default reference) is the one target
     for family in ("membrane", "objects"):
@@ -155,14 +160,14 @@ def test_shots_take_the_first_pairs_as_references_and_score_the_same_targets(ben
     targets = {}
     for shots in (1, 3):
         folder = out.parent / f"shots{shots}"
-        args = [str(domains), "--out", str(folder), "--policy", policy, "--targets", "2", "--config", str(DEMO_CONFIG),
+        args = [str(domains), "--out", str(folder), "--policy", policy, "--targets", "2", "--config", str(DEMO_CONFIG), *CHEAP,
                 "--shots", str(shots)]
         assert bench_domains.main(args) == 0
         assert f"{shots}-shot" in (folder / "domains.md").read_text()
         assert HEADLINE.match(capsys.readouterr().out.strip().splitlines()[-1])
         targets[shots] = sorted(p.stem for p in (folder / "membrane" / "initial_indices").glob("*.json"))
     assert targets[1] == targets[3] == stems[5:]
-    base = [str(domains), "--out", str(out.parent / "bad"), "--policy", policy, "--config", str(DEMO_CONFIG)]
+    base = [str(domains), "--out", str(out.parent / "bad"), "--policy", policy, "--config", str(DEMO_CONFIG), *CHEAP]
     assert bench_domains.main(base + ["--shots", "6"]) == 2
     assert "--shots must be 1 to 5" in capsys.readouterr().err
     assert bench_domains.main(base + ["--shots", "2", "--reference", "1"]) == 2
@@ -172,7 +177,7 @@ def test_absent_adds_other_domains_images_and_reports_the_presence_shares(benchm
     domains, out, _, before = benchmark_run
     folder = out.parent / "absent"
     args = [str(domains), "--out", str(folder), "--policy", str(out.parent / "checkpoints" / "tiny" / "best.pt"),
-            "--targets", "2", "--config", str(DEMO_CONFIG), "--absent", "2", "--set", "optimize.presence=true"]
+            "--targets", "2", "--config", str(DEMO_CONFIG), *CHEAP, "--absent", "2", "--set", "optimize.presence=true"]
     assert bench_domains.main(args) == 0
     match = HEADLINE.match(capsys.readouterr().out.strip().splitlines()[-1])
     assert match and match[11] is not None

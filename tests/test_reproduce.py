@@ -21,10 +21,12 @@ from gpoa.experiments.reproduce import DomainIndex, Group, group_task
 from gpoa.features.store import file_digest
 from gpoa.stages.track import track_clips
 
-#: small grid and budgets: the fake images are 40 x 32 pixels
-FAST = ["features.working_size=224", "segmenter.n_segments=200", "train.total_steps=48", "train.eval_every=48",
+#: small grid, few candidate prompts, 2-step episodes and tiny budgets: the fake images are 40 x 32
+#: pixels, and every assertion here is about which rows and files the tables get, not their values
+FAST = ["features.working_size=112", "segmenter.n_segments=100", "train.total_steps=48", "train.eval_every=48",
         "dqn.learning_starts=16", "dqn.batch_size=8", "train.parallel_envs=2", "dqn.hidden=16", "ppo.hidden=16",
-        "ppo.num_steps=8", "ppd.attack_steps=[1,2]"]
+        "ppo.num_steps=8", "ppd.attack_steps=[1,2]", "env.episode_length=2", "graph.extra_positive=3",
+        "graph.extra_negative=3"]
 
 
 def sets(overrides: list) -> list:
