@@ -50,7 +50,9 @@ def test_every_table_from_fake_trees_and_two_shards_match(fss_src, pascal_src, i
                       ("isic2018", isic_src), ("kvasir", kvasir_src)):
         assert convert(name, src, root / name, episodes=2, progress=False).exit_code == 0
     out = tmp_path / "out"
-    args = ["--root", str(root), "--config", str(DEMO_CONFIG), "--episodes", "1", "--runtime-images", "1", *sets(FAST)]
+    # the domains' feature caches go to the workspace: a temporary one, never the repository's outputs/
+    args = ["--root", str(root), "--config", str(DEMO_CONFIG), "--episodes", "1", "--runtime-images", "1", *sets(FAST),
+            "--set", f"workspace={tmp_path / 'workspace'}"]
     assert reproduce.main(["all", "--out", str(out), *args]) == 0
     printed, err = capsys.readouterr()
     # all: the tables whose data the root holds; davis's clips are not there, and the message says how to add them
