@@ -183,7 +183,7 @@ def test_davis_table_is_gpoa_tracks_numbers_beside_the_published_rows(tmp_path, 
     davis_tree(src, 2016)
     assert convert("davis", src, root / "davis2016", progress=False).exit_code == 0
     assert convert("davis", src, train, split="train", progress=False).exit_code == 0  # the policy's training clip
-    settings = sets(FAST + ["track.overlay=none"])
+    settings = sets(FAST + ["track.overlay=none", f"workspace={tmp_path / 'workspace'}"])
     args = ["--root", str(root), "--config", str(DEMO_CONFIG), "--learners", "dqn", "--train", str(train), *settings]
     out = tmp_path / "out"
     assert gpoa_main(["reproduce", "davis", "--out", str(out), *args]) == 0
