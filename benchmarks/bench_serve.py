@@ -133,11 +133,11 @@ def main(argv=None) -> int:
         process.wait(timeout=60)
 
     failures, mismatches, latencies = [], 0, []
+    predictor = GPOAPredictor.from_config(args.config, args.policy, device=args.device)  # models loaded once
     for (reference, _), outcome in zip(work, outcomes):
         if isinstance(outcome, Exception):
             failures.append(str(outcome))
             continue
-        predictor = GPOAPredictor.from_config(args.config, args.policy, device=args.device)
         predictor.set_reference(*reference)
         for target, mask, seconds in outcome:
             latencies.append(seconds)

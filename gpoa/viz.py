@@ -58,6 +58,17 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, positive_xy: Optional[np.n
 OVERLAY_MAX_SIDE = 1024
 
 
+def fit_within(image: np.ndarray, max_side: int) -> np.ndarray:
+    """``image`` (H, W, ...) shrunk (area averaging) so that its long side is at most ``max_side`` pixels;
+    ``image`` itself when it is already."""
+    height, width = image.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
 class MaskOverlays:
     """:func:`overlay_mask` of one image for many masks, drawn at display size: an image whose long side
     exceeds ``max_side`` pixels is shrunk once (area averaging) and every mask (a pixel is foreground
@@ -65,11 +76,9 @@ class MaskOverlays:
     its own size, exactly as :func:`overlay_mask` draws it."""
 
     def __init__(self, image: np.ndarray, max_side: int = OVERLAY_MAX_SIDE):
-        height, width = image.shape[:2]
-        self.scale = min(1.0, max_side / max(height, width))
-        self.size = (max(1, round(width * self.scale)), max(1, round(height * self.scale)))  # (width, height)
-        self.image = (cv2.resize(image, self.size, interpolation=cv2.INTER_AREA) if self.scale < 1.0
-                      else np.asarray(image))
+        self.scale = min(1.0, max_side / max(image.shape[:2]))
+        self.image = fit_within(np.asarray(image), max_side)
+        self.size = self.image.shape[1::-1]  # (width, height)
 
     def __call__(self, mask: np.ndarray, positive_xy: Optional[np.ndarray] = None,
                  negative_xy: Optional[np.ndarray] = None) -> np.ndarray:

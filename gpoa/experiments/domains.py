@@ -267,7 +267,7 @@ def markdown(rows: list, h: dict, policy: Path, config: str, targets: int, refer
            f"{SHOT_POOL}" if shots else "") \
         + (f", {absent} images of the other domains added to each as targets without the object (the rows are "
            "over the domain's own targets)" if absent else "") \
-        + (f", {taught[0].labelled - 1 if taught else 0} labelled pairs after the reference taught each domain "
+        + (f", {taught[0].labelled - 1} labelled pairs after the reference taught each domain "
            "(`gpoa teach`; targets = the test targets, the pairs after those; optimized = plugplay; taught capture "
            "= (taught − initial_kshot) / (oracle_kshot − initial_kshot); teach s = its training time)" if taught
            else "")

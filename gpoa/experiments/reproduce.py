@@ -186,6 +186,11 @@ def require_root(root: Path) -> None:
                          "python -m gpoa.datasets NAME --src RAW --out ROOT/NAME")
 
 
+def config_digest(cfg: Config) -> int:
+    """A number that changes with any setting of ``cfg`` (the fingerprints of the tables' parts)."""
+    return stable_seed(json.dumps(config_to_dict(cfg), sort_keys=True, default=str))
+
+
 def capped(episodes: list, per_fold: Optional[int]) -> list:
     """The first ``per_fold`` episodes of every fold (all of them with None), order kept."""
     if per_fold is None:
@@ -564,7 +569,7 @@ def run(request: Request, cfg: Config, device: str) -> StageReport:
         fingerprint = {"episodes": sum(len(d.episodes) for d in datasets), "cap": request.per_fold,
                        "learners": sorted(request.learners),
                        "policies": {k: policies[k].stat().st_mtime for k in sorted(policies)},
-                       "config": stable_seed(json.dumps(config_to_dict(one), sort_keys=True, default=str))}
+                       "config": config_digest(one)}
         for dataset in datasets:
             groups = context.mine(episode_groups(dataset.episodes))
             desc = f"{table} [{dataset.name}]"
@@ -715,7 +720,7 @@ def davis_table(request: Request, clips: ClipSet, policies: dict, cfg: Config, d
     names = sorted(p.name for p in clips.folder.iterdir() if p.is_dir() and is_domain(p))
     fingerprint = {"folder": str(clips.folder.resolve()), "clips": names, "frames": clips.frames,
                    "policies": {key: path.stat().st_mtime for key, path in rows.items() if path is not None},
-                   "config": stable_seed(json.dumps(config_to_dict(one), sort_keys=True, default=str))}
+                   "config": config_digest(one)}
     for key, policy in rows.items():
         predictor = GPOAPredictor(track_cfg, policy, device, backends)
         row_report, clip_rows = track_clips(track_cfg, device, request.out / "work" / "davis" / key,

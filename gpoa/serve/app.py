@@ -31,7 +31,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from gpoa.errors import GPOAError, UsageError
-from gpoa.serve.workbench import ID_PATTERN, Settings, UploadTooLarge, Workbench
+from gpoa.serve.workbench import Settings, UploadTooLarge, Workbench
 
 STATIC = Path(__file__).resolve().parent / "static"
 #: the page's files: the only files a request for the page can reach
@@ -106,9 +106,8 @@ def create_app(workbench: Workbench) -> Starlette:
         return JSONResponse({"url": f"/api/archives/{path.stem}.zip"})
 
     async def download(request: Request) -> Response:
-        key = request.path_params["id"]
-        path = workbench.folder / "archives" / f"{key}.zip"
-        if not ID_PATTERN.fullmatch(key) or not path.is_file():
+        path = workbench.archive_file(request.path_params["id"])
+        if path is None:
             return error(404, "no such zip on this server; press the download button again")
         return FileResponse(path, media_type="application/zip", filename="gpoa-results.zip",
                             headers=SECURITY_HEADERS)

@@ -31,17 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Optional, Union
 
-import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from gpoa.config import Config, with_overrides
 from gpoa.errors import InputError, UsageError
 from gpoa.io import atomic_write_bytes, encode_png, read_image, read_mask, write_mask, write_prompt_file
-from gpoa.metrics import dice, iou
+from gpoa.metrics import overlap_counts, overlap_scores
 from gpoa.predictor import GPOAPredictor
 from gpoa.prompts import PromptSet
-from gpoa.viz import overlay_mask
+from gpoa.viz import fit_within, overlay_mask
 
 #: the image formats GPOA reads (gpoa.io), as Pillow names them, and the suffix their file gets here
 #: (the suffix matters: a JPEG mask is thresholded at half its range)
@@ -210,7 +209,7 @@ class Workbench:
         longest side at most DISPLAY_SIZE: what the page shows and paints on."""
         item = self._get(self.uploads, upload_id, "uploaded file")
         with self._named_errors():
-            return encode_png(display(read_image(item.path)))
+            return encode_png(fit_within(read_image(item.path), DISPLAY_SIZE))
 
     # ----- references and targets ----------------------------------------------------------------------
     def reference(self, image_ids: list, mask_ids: list) -> str:
@@ -241,17 +240,17 @@ class Workbench:
             truth = None if truth_file is None else read_mask(truth_file.path, expected_size=target.size)
             prediction = predictor.predict(target.path)
             image = read_image(target.path)
+        scores = (None, None) if truth is None else overlap_scores(*overlap_counts(prediction.mask, truth))
         result = Result(new_id(), target.name, target.size, settings or self.default_settings, prediction.present,
-                        prediction.confidence, prediction.presence_score,
-                        None if truth is None else dice(prediction.mask, truth),
-                        None if truth is None else iou(prediction.mask, truth),
+                        prediction.confidence, prediction.presence_score, *scores,
                         dataclasses.replace(prediction.prompts.initial, image=target.name),
                         dataclasses.replace(prediction.prompts.optimized, image=target.name),
                         self.folder / "results" / new_id())
         write_mask(result.folder / "mask.png", prediction.mask)
         write_prompt_file(result.folder / "initial.json", result.initial)
         write_prompt_file(result.folder / "optimized.json", result.optimized)
-        atomic_write_bytes(result.folder / "overlay.png", encode_png(display(overlay_mask(image, prediction.mask))))
+        atomic_write_bytes(result.folder / "overlay.png",
+                           encode_png(fit_within(overlay_mask(image, prediction.mask), DISPLAY_SIZE)))
         self.results[result.id] = result
         return result
 
@@ -287,6 +286,11 @@ class Workbench:
                                                          "policy", "presence")])
             archive.writestr("results.csv", table.getvalue())
         return path
+
+    def archive_file(self, archive_id: str) -> Optional[Path]:
+        """The zip :meth:`archive` wrote as ``archive_id`` (None: there is none)."""
+        path = self.folder / "archives" / f"{archive_id}.zip"
+        return path if ID_PATTERN.fullmatch(archive_id) and path.is_file() else None
 
     def warm_up(self) -> None:
         """Load the models now: a model that cannot be loaded stops the server at its start, with the
@@ -328,13 +332,3 @@ def display_name(name: str) -> str:
 def safe_stem(name: str) -> str:
     """A file name reduced to letters, digits, - and _ (at most 60): a zip entry anyone can unpack."""
     return re.sub(r"[^A-Za-z0-9_-]+", "_", PurePosixPath(name).stem).strip("_")[:60] or "image"
-
-
-def display(image: np.ndarray) -> np.ndarray:
-    """``image`` (H, W, 3) shrunk so that its longest side is at most DISPLAY_SIZE (area averaging)."""
-    height, width = image.shape[:2]
-    scale = DISPLAY_SIZE / max(height, width)
-    if scale >= 1:
-        return image
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
