@@ -371,7 +371,7 @@ class DualSpaceGraph:
         return float(weights @ self.graph_terms())
 
 
-def _unique_in_order(indices: np.ndarray) -> np.ndarray:
+def unique_in_order(indices: np.ndarray) -> np.ndarray:
     _, first = np.unique(indices, return_index=True)
     return indices[np.sort(first)]
 
@@ -454,8 +454,8 @@ def build_graph(grid: PatchGrid, target_features: np.ndarray, prompt_set: Prompt
                          f"({grid.rows}, {grid.cols}, D) for its {grid.rows}x{grid.cols} patch grid")
     if prompt_set.grid != grid:
         raise ValueError(f"prompt set of '{prompt_set.image}' is on grid {prompt_set.grid}, the features on {grid}")
-    positives = _unique_in_order(prompt_set.positive_indices)
-    negatives = _unique_in_order(prompt_set.negative_indices)
+    positives = unique_in_order(prompt_set.positive_indices)
+    negatives = unique_in_order(prompt_set.negative_indices)
     both = np.intersect1d(positives, negatives)
     if len(both):
         raise ValueError(f"prompt set of '{prompt_set.image}' has patches {both.tolist()} as both positive and "

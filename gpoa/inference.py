@@ -120,8 +120,7 @@ def propose(reference: ReferenceFeatures, classifier: PatchClassifier, features:
         return PromptSet(name, size, grid, match.positive_indices, match.negative_indices, source="matching")
     scores = score_patches(reference, features, classifier)
     if window is not None:
-        scores = PatchScores(*(None if view is None else np.where(window, view, view.min() - 1.0)
-                               for view in (scores.margin, scores.logistic)))
+        scores = scores.within(window)
     rng = np.random.default_rng(content_seed(cfg.seed, "placement", image))
     placement = place_prompts(scores, grid, reference_foreground_share(reference), cfg.placement, rng)
     return PromptSet(name, size, grid, placement.positive_indices, placement.negative_indices,
@@ -130,11 +129,12 @@ def propose(reference: ReferenceFeatures, classifier: PatchClassifier, features:
 
 
 def region_confidence(reference: ReferenceFeatures, classifier: PatchClassifier, features: np.ndarray,
-                      grid: PatchGrid, cfg: Config) -> float:
+                      grid: PatchGrid, cfg: Config, scores: Optional[PatchScores] = None) -> float:
     """How step-like the target's match scores are on the region they predict, in [0, 1]
     (:func:`gpoa.placement.predicted_region`; the value the confidence gate compares with
-    ``optimize.min_region_confidence``)."""
-    scores = score_patches(reference, features, classifier)
+    ``optimize.min_region_confidence``; ``scores``: the features' :func:`score_patches` against
+    ``reference`` and ``classifier`` when the caller has them)."""
+    scores = score_patches(reference, features, classifier) if scores is None else scores
     _, _, confidence, _ = predicted_region(scores, grid, reference_foreground_share(reference), cfg.placement)
     return float(np.clip(confidence, 0.0, 1.0))
 

@@ -140,6 +140,11 @@ class PatchScores:
             return (rankdata(self.margin) + rankdata(self.logistic)) / (2.0 * len(self.margin))
         raise ValueError(f"unknown ranking {how!r}; use one of {RANKINGS}")
 
+    def within(self, window: np.ndarray) -> PatchScores:
+        """These scores with every patch outside ``window`` (N,) bool below every patch inside it."""
+        return PatchScores(*(None if view is None else np.where(window, view, view.min() - 1.0)
+                             for view in (self.margin, self.logistic)))
+
 
 def score_patches(reference: ReferenceFeatures, target_features: np.ndarray,
                   classifier: Optional[PatchClassifier] = None) -> PatchScores:

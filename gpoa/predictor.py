@@ -62,7 +62,7 @@ from gpoa.io import (
     read_mask,
 )
 from gpoa.matching import ReferenceFeatures
-from gpoa.placement import PatchClassifier, fit_patch_classifier
+from gpoa.placement import PatchClassifier, PatchScores, fit_patch_classifier
 from gpoa.presence import mask_presence_score
 from gpoa.prompts import PromptSet
 from gpoa.samples import EpisodeSample
@@ -213,14 +213,14 @@ class GPOAPredictor:
 
     def _segment(self, image: ImageLike, pixels: np.ndarray, features: np.ndarray, initial: PromptSet,
                  reference: ReferenceFeatures, classifier: PatchClassifier, region_prior: Optional[np.ndarray] = None,
-                 mask_prompt: Optional[np.ndarray] = None) -> Prediction:
+                 mask_prompt: Optional[np.ndarray] = None, scores: Optional[PatchScores] = None) -> Prediction:
         """Stage 3's edit of ``initial`` and stage 4's mask for one image (``pixels`` (H, W, 3), its patch
         ``features``; ``image`` as given, for its name), against ``reference``. A clip's frame adds
         the agent's ``region_prior`` (rows * cols,) and the segmenter's ``mask_prompt`` (H, W)
-        (:class:`~gpoa.samples.EpisodeSample`)."""
+        (:class:`~gpoa.samples.EpisodeSample`); ``scores``: ``features`` scored against ``reference``, if known."""
         cfg, segmenter = self.cfg, self.backends.segmenter
         name = Path(image).name if isinstance(image, (str, Path)) else ""
-        confidence = region_confidence(reference, classifier, features, self.grid, cfg)
+        confidence = region_confidence(reference, classifier, features, self.grid, cfg, scores)
         optimized, embedding, present, score, decoded = initial, None, True, None, None
         if self.optimizer is not None:
             sample = EpisodeSample(Path(name).stem, self.grid, features, initial, reference, image=pixels,
@@ -290,7 +290,7 @@ class GPOAPredictor:
         tracker = ClipTracker(self, pixels, truth)
         yield Prediction(mask=truth, confidence=1.0, prompts=Prompts(tracker.first_prompts, tracker.first_prompts))
         if self.cfg.track.engine == "sam2_video":
-            steps = sam2_video_track(self, [pixels, *frames], truth)
+            steps = sam2_video_track(tracker, [pixels, *frames], truth)
         else:
             steps = (tracker.step(as_image(frame, f"frame {index}"), frame) for index, frame in enumerate(frames, 1))
         for prediction, info in steps:

@@ -153,10 +153,17 @@ def read_labelled_pairs(paths: Sequence[tuple], store) -> tuple:
 
 
 # ----- 1. references --------------------------------------------------------------------------
-def reference_of(pairs: Sequence[LabelledPair], grid: PatchGrid, cfg: Config) -> tuple:
-    """(:class:`ReferenceFeatures`, :class:`PatchClassifier`) of ``pairs`` as k-shot references."""
+def reference_of(pairs: Sequence[LabelledPair], grid: PatchGrid, cfg: Config, cache: Optional[dict] = None) -> tuple:
+    """(:class:`ReferenceFeatures`, :class:`PatchClassifier`) of ``pairs`` as k-shot references;
+    ``cache`` (a dict) keeps them by the pairs, so a set met again is not fitted again."""
+    key = tuple(id(p) for p in pairs)
+    if cache is not None and key in cache:
+        return cache[key]
     reference = reference_features([p.features for p in pairs], [p.mask for p in pairs], grid, cfg)
-    return reference, fit_patch_classifier(reference, cfg.placement.regularisation)
+    fitted = reference, fit_patch_classifier(reference, cfg.placement.regularisation)
+    if cache is not None:
+        cache[key] = fitted
+    return fitted
 
 
 def usable_references(pairs: Sequence[LabelledPair], grid: PatchGrid, cfg: Config) -> list:
@@ -181,18 +188,18 @@ def leave_one_out(target: int, chosen: Sequence[int], ranking: Sequence[int]) ->
 
 
 def initial_dice(pair: LabelledPair, embedding: Any, references: Sequence[LabelledPair], segmenter, grid: PatchGrid,
-                 cfg: Config) -> float:
+                 cfg: Config, cache: Optional[dict] = None) -> float:
     """Dice of the segmenter's mask of stage 1's prompts on ``pair`` proposed from ``references``."""
-    reference, classifier = reference_of(references, grid, cfg)
+    reference, classifier = reference_of(references, grid, cfg, cache)
     prompts = propose(reference, classifier, pair.features, pair.image, grid, cfg, pair.name)
     return dice(decode_masks(segmenter, pair.image, [prompts], embedding)[0], pair.mask)
 
 
 def edited_dice(pair: LabelledPair, embedding: Any, references: Sequence[LabelledPair], segmenter, grid: PatchGrid,
-                cfg: Config) -> float:
+                cfg: Config, cache: Optional[dict] = None) -> float:
     """Dice on ``pair`` after the hand-made rule (:class:`~gpoa.agents.greedy.LookaheadRule`, no gate)
     edits stage 1's prompts proposed from ``references``: what the references leave for editing."""
-    reference, classifier = reference_of(references, grid, cfg)
+    reference, classifier = reference_of(references, grid, cfg, cache)
     prompts = propose(reference, classifier, pair.features, pair.image, grid, cfg, pair.name)
     sample = EpisodeSample(pair.name, grid, pair.features, prompts, reference, pair.image, pair.mask, task=TASK,
                            classifier=classifier)
@@ -214,9 +221,9 @@ def choose_references(pairs: Sequence[LabelledPair], embeddings: Sequence, segme
         raise UsageError(f"teaching needs at least 2 labelled pairs whose mask holds the object (one to match "
                          f"against, one to be matched), got {len(usable)} of {len(pairs)}; label more images")
     present = [i for i, pair in enumerate(pairs) if pair.mask.any()]
-    alone = {}
+    alone, fitted = {}, {}
     for j in tqdm(usable, desc="teach: references alone", unit="pair"):
-        alone[j] = float(np.mean([initial_dice(pairs[i], embeddings[i], [pairs[j]], segmenter, grid, cfg)
+        alone[j] = float(np.mean([initial_dice(pairs[i], embeddings[i], [pairs[j]], segmenter, grid, cfg, fitted)
                                   for i in present if i != j]))
     ranking = sorted(usable, key=lambda j: (-alone[j], pairs[j].content))
     counts = sorted({min(n, len(ranking)) if n > 0 else len(ranking) for n in cfg.teach.reference_counts})
@@ -225,7 +232,7 @@ def choose_references(pairs: Sequence[LabelledPair], embeddings: Sequence, segme
         chosen = ranking[:count]
         scores[count] = float(np.mean([
             edited_dice(pairs[i], embeddings[i], [pairs[j] for j in leave_one_out(i, chosen, ranking)], segmenter,
-                        grid, cfg) for i in present]))
+                        grid, cfg, fitted) for i in present]))
     best = max(scores, key=lambda n: (scores[n], n))  # ties: more references
     report = {"alone": {pairs[j].name: alone[j] for j in ranking}, "sets": {str(n): s for n, s in scores.items()},
               "count": best, "edited_loo_dice": scores[best]}
@@ -272,18 +279,18 @@ class States:
     target: list = field(default_factory=list)
     toggle: list = field(default_factory=list)
     pair: list = field(default_factory=list)
-    seen: set = field(default_factory=set)
+    seen: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.pair)
 
     def add(self, obs: dict, env: PromptEnv, index: int) -> tuple:
-        """Label ``env``'s current state (once: a state met again adds nothing) → (toggles, gains)."""
-        toggles, _, after = toggle_dice(env, shielded=True)
-        gains = after - env.dice
+        """Label ``env``'s current state (once: a state met again is not decoded again) → (toggles, gains)."""
         key = (index, env.graph.active.tobytes(), env.toggled.tobytes())
         if key not in self.seen:
-            self.seen.add(key)
+            toggles, _, after = toggle_dice(env, shielded=True)
+            gains = after - env.dice
+            self.seen[key] = (toggles, gains)
             target = np.zeros(len(obs["valid"]), np.float32)
             toggle = np.zeros(len(obs["valid"]), bool)
             target[toggles], toggle[toggles] = gains, True
@@ -291,7 +298,7 @@ class States:
                                  (self.target, target), (self.toggle, toggle)):
                 store.append(np.array(value))
             self.pair.append(index)
-        return toggles, gains
+        return self.seen[key]
 
     def arrays(self, pairs: Optional[set] = None) -> tuple:
         """(nodes, valid, globals, target, toggle) stacked over the states of ``pairs`` (all by default)."""
@@ -379,9 +386,9 @@ def labelled_samples(pairs: Sequence[LabelledPair], chosen: Sequence[int], ranki
     """One sample per labelled pair, its prompts proposed from its leave-one-out references
     (:func:`leave_one_out`), with its truth, the references' patch classifier and, with
     ``domain_inputs``, the domain encoder of the OTHER pairs (:func:`domain_encoder`)."""
-    samples = []
+    samples, fitted = [], {}
     for i, pair in enumerate(tqdm(pairs, desc="teach: leave-one-out samples", unit="pair")):
-        reference, classifier = reference_of([pairs[j] for j in leave_one_out(i, chosen, ranking)], grid, cfg)
+        reference, classifier = reference_of([pairs[j] for j in leave_one_out(i, chosen, ranking)], grid, cfg, fitted)
         prompts = propose(reference, classifier, pair.features, pair.image, grid, cfg, pair.name)
         encoder = domain_encoder([p for j, p in enumerate(pairs) if j != i], grid, cfg) if domain_inputs else None
         samples.append(EpisodeSample(pair.name, grid, pair.features, prompts, reference, pair.image, pair.mask,

@@ -42,6 +42,7 @@ from scipy import ndimage
 
 from gpoa.config import PlacementConfig, TrackConfig
 from gpoa.features import patch_features
+from gpoa.graph import unique_in_order
 from gpoa.grid import PatchGrid
 from gpoa.inference import propose, reference_features
 from gpoa.metrics import dice
@@ -186,14 +187,8 @@ def carried_prompts(cells: np.ndarray, grid: PatchGrid, settings: PlacementConfi
         moved_positive, moved_negative = (np.asarray(p, dtype=np.int64) for p in propagated)
         positive = np.concatenate([moved_positive[piece[moved_positive] > 0], positive])
         negative = np.concatenate([moved_negative[cells[moved_negative] <= 0], negative])
-    positive = _first_unique(positive, settings.n_positive)
-    return positive, _first_unique(negative[~np.isin(negative, positive)], settings.n_negative)
-
-
-def _first_unique(indices: np.ndarray, count: int) -> np.ndarray:
-    """The first ``count`` distinct values of ``indices``, in order of first appearance (int64)."""
-    _, first = np.unique(indices, return_index=True)
-    return np.asarray(indices, dtype=np.int64)[np.sort(first)][:count]
+    positive = unique_in_order(positive)[:settings.n_positive]
+    return positive, unique_in_order(negative[~np.isin(negative, positive)])[:settings.n_negative]
 
 
 def regrowth(scores: PatchScores, near: np.ndarray, looks_like: np.ndarray, grid: PatchGrid, share: float,
@@ -204,9 +199,7 @@ def regrowth(scores: PatchScores, near: np.ndarray, looks_like: np.ndarray, grid
     it, on the patches that look like the object (``looks_like`` (N,) bool). Parts of the object the
     carried mask lost (thin parts, a fast motion the flow missed) come back this way; look-alikes
     farther away do not."""
-    windowed = PatchScores(*(None if view is None else np.where(near, view, view.min() - 1.0)
-                             for view in (scores.margin, scores.logistic)))
-    piece, _, _, _ = predicted_region(windowed, grid, share, settings)
+    piece, _, _, _ = predicted_region(scores.within(near), grid, share, settings)
     return ((piece > 0) & near & looks_like).astype(np.float64)
 
 
@@ -347,7 +340,8 @@ class ClipTracker:
             positive, negative = carried_prompts(prompt_cells, grid, self.cfg.placement, rng, propagated)
             initial = PromptSet(name, (width, height), grid, positive, negative, source="track")
             prediction = predictor._segment(source, image, features, initial, reference, classifier,
-                                            region_prior=cells, mask_prompt=carried if settings.mask_prompt else None)
+                                            region_prior=cells, mask_prompt=carried if settings.mask_prompt else None,
+                                            scores=first_scores if reference is self.first_reference else None)
             info.carried = True
         else:  # lost, hidden or drifted: searched for near where it was last seen
             shift = self.velocity * (self.index - self.seen_at)
@@ -356,7 +350,7 @@ class ClipTracker:
                 initial = propose(self.first_reference, self.first_classifier, features, image, grid, self.cfg, name,
                                   window=window)
                 prediction = predictor._segment(source, image, features, initial, self.first_reference,
-                                                self.first_classifier)
+                                                self.first_classifier, scores=first_scores)
             else:  # nothing near it looks like the object: it is hidden (or gone)
                 prediction = predictor._absent(image, name)
         mask = prediction.mask
@@ -388,7 +382,7 @@ class ClipTracker:
 
 
 # ----- SAM 2's video predictor with GPOA's corrections ----------------------------------------------------
-def sam2_video_track(predictor: Any, frames: Sequence[np.ndarray], first_mask: np.ndarray):
+def sam2_video_track(tracker: ClipTracker, frames: Sequence[np.ndarray], first_mask: np.ndarray):
     """``track.engine=sam2_video``: SAM 2's video predictor carries ``first_mask`` through ``frames`` (uint8
     RGB (H, W, 3) arrays, all of them: SAM 2 reads the whole clip at once;
     :class:`gpoa.segmenters.sam2_video.Sam2VideoEngine`), and GPOA corrects it: on a frame where the
@@ -399,21 +393,21 @@ def sam2_video_track(predictor: Any, frames: Sequence[np.ndarray], first_mask: n
     in order (the prompts: the correction's, or none)."""
     from gpoa.segmenters.sam2_video import Sam2VideoEngine
 
+    predictor = tracker.predictor
     engine = Sam2VideoEngine.from_config(predictor.cfg, predictor.backends.device)
     cfg, grid, extractor = predictor.cfg, predictor.grid, predictor.backends.extractor
-    reference = reference_features([patch_features(extractor, frames[0])], [first_mask], grid, cfg)
-    classifier = fit_patch_classifier(reference, cfg.placement.regularisation)
-    share = reference_foreground_share(reference)
+    reference, classifier, share = tracker.first_reference, tracker.first_classifier, tracker.first_share
     decided: dict = {}
 
     def corrector(index: int, image: np.ndarray, propagated: np.ndarray) -> Optional[tuple]:
         features = patch_features(extractor, image)
-        piece, _, _, _ = predicted_region(score_patches(reference, features, classifier), grid, share, cfg.placement)
+        scores = score_patches(reference, features, classifier)
+        piece, _, _, _ = predicted_region(scores, grid, share, cfg.placement)
         info = FrameInfo(index, agreement=guard_agreement(propagated, None, piece > 0, (grid.rows, grid.cols)))
         prediction = None
         if info.agreement < cfg.track.guard:
             initial = propose(reference, classifier, features, image, grid, cfg)
-            prediction = predictor._segment(image, image, features, initial, reference, classifier)
+            prediction = predictor._segment(image, image, features, initial, reference, classifier, scores=scores)
             info.corrected = prediction.present and len(prediction.prompts.optimized.labels) > 0
         decided[index] = (prediction, info)
         if not info.corrected:

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import hashlib
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -57,7 +56,7 @@ from gpoa.experiments.domains import DEFAULT_CONFIG, DEFAULT_POLICY, write_table
 from gpoa.experiments.published import load_published, side_by_side
 from gpoa.inference import Optimizer, decode_masks, ideal_prompts
 from gpoa.predictor import GPOAPredictor
-from gpoa.runtime import seed_everything
+from gpoa.runtime import array_digest, seed_everything
 from gpoa.stages.track import CLIP_COLUMNS, track_clips
 
 COMPANIONS = ("perframe", "ideal")
@@ -77,8 +76,7 @@ class LastImage:
         setattr(self, method, self._remembered)
 
     def _remembered(self, image: np.ndarray):
-        image = np.ascontiguousarray(image)
-        key = hashlib.sha1(f"{image.shape}".encode() + image.tobytes()).hexdigest()
+        key = array_digest(image)
         if key != self._key:
             self._key, self._value = key, getattr(self._backend, self._method)(image)
         return self._value

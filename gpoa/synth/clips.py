@@ -21,7 +21,7 @@ from typing import Union
 
 import numpy as np
 
-from gpoa.io import write_mask
+from gpoa.io import write_mask, write_png
 from gpoa.synth.demo import blob_stamp, finish, random_wobble, smooth_noise
 
 #: how far past the frame the background is drawn, for the camera's pan (pixels)
@@ -87,12 +87,10 @@ def draw_clip(seed: int, frames: int = 12, size: tuple = (160, 120), hidden: int
 def write_clip(folder: Union[str, Path], seed: int, frames: int = 12, size: tuple = (160, 120), hidden: int = 2,
                all_masks: bool = False) -> Path:
     """Write :func:`draw_clip`'s clip to ``folder`` in the clip layout (module docstring) → ``folder``."""
-    from PIL import Image
-
     folder = Path(folder)
     (folder / "image").mkdir(parents=True, exist_ok=True)
     for index, (image, mask) in enumerate(draw_clip(seed, frames, size, hidden)):
-        Image.fromarray(image).save(folder / "image" / f"{index:05d}.png")
+        write_png(folder / "image" / f"{index:05d}.png", image)
         if index == 0 or all_masks:
             write_mask(folder / "mask" / f"{index:05d}.png", mask)
     return folder
