@@ -421,10 +421,6 @@ class TrackConfig:
     # with the gate: the region the first frame's reference predicts within regrow_radius patches of the previous
     # mask adds its object-like patches to the carried region (what the carried mask lost comes back; 0: off)
     regrow_radius: float = 2.0
-    # with the gate: the carried mask prompts the segmenter only within mask_prompt_reach patches of a patch that
-    # looks like the first frame's object (a negative value: everywhere), so a leak onto a background region that
-    # looks like none of it is not held frame after frame (docs/experiment-log.md)
-    mask_prompt_reach: float = 1.0
     # where the object is lost (the gate found nothing, or the last mask was empty) it is looked for within
     # search_radius patches of where it was last seen, k times that after k frames without it; where nothing
     # there looks like it, the frame's mask is empty (hidden)

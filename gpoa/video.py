@@ -6,14 +6,13 @@ know, in the shape of SAM 2's video predictor (one explicit state, frames stream
 
 - **motion**: the previous frame's mask carried to this frame by dense optical flow
   (:func:`dense_flow`, OpenCV's DIS; :func:`carry_mask`). The carried mask is where the object
-  most probably is, checked against the first frame on every frame (the **gate**: its patches that
-  look like the first frame's object, plus what that object's match predicts next to it,
-  :func:`regrowth`): the initial prompts are placed on that region (:func:`carried_region`, as
-  placement places them on the region the match scores predict) and it is the agent's label-free
-  yardstick (its predicted region, :class:`gpoa.samples.EpisodeSample`'s ``region_prior``); near
-  the patches that look like the object (:func:`near_object`) the carried mask is the segmenter's
-  **mask prompt** (SAM's ``mask_input``; :func:`gpoa.segmenters.with_mask_prompt`). What a past
-  frame's mask leaked onto and looks like none of the object is thus not held frame after frame;
+  most probably is: it is the segmenter's **mask prompt** (SAM's ``mask_input``;
+  :func:`gpoa.segmenters.with_mask_prompt`), and, checked against the first frame (the **gate**: its
+  patches that look like the first frame's object, plus what that object's match predicts next to
+  it, :func:`regrowth`), it is the region the initial prompts are placed on (:func:`carried_region`,
+  as placement places them on the region the match scores predict) and the agent's label-free
+  yardstick (its predicted region, :class:`gpoa.samples.EpisodeSample`'s ``region_prior``): the
+  agent is scored against the region its prompts were placed on;
 - **prompt propagation** (SAM-PT's idea): the previous frame's optimised points carried by
   pyramidal Lucas-Kanade with a forward-backward check (:func:`track_points`); the points that
   survive and still fall where the carried mask says they should join the initial prompts, which
@@ -59,7 +58,7 @@ from gpoa.placement import (
 )
 from gpoa.prompts import PromptSet, sample_ideal_prompts
 from gpoa.runtime import content_seed
-from gpoa.segmenters import cell_means, expand_cells, mask_cells
+from gpoa.segmenters import cell_means, mask_cells
 
 #: cv2.DISOpticalFlow presets by ``track.flow``
 FLOW_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -206,17 +205,6 @@ def regrowth(scores: PatchScores, near: np.ndarray, looks_like: np.ndarray, grid
     return ((piece > 0) & near & looks_like).astype(np.float64)
 
 
-def near_object(looks_like: np.ndarray, grid: PatchGrid, reach: float, size: tuple) -> np.ndarray:
-    """The pixels (H, W) bool of an image of ``size`` = (H, W) within ``reach`` patches (Euclidean, centre
-    to centre) of a patch that looks like the object, ``looks_like`` (N,) bool: where the carried mask
-    may prompt the segmenter. What the carried mask holds farther from anything that looks like the
-    object (a background region a past frame's mask leaked onto) is left to this frame's points."""
-    near = looks_like.reshape(grid.rows, grid.cols)
-    if reach > 0:
-        near = ndimage.distance_transform_edt(~near) <= reach
-    return expand_cells(near, size)
-
-
 def search_window(mask: np.ndarray, grid: PatchGrid, radius: float, shift: tuple = (0.0, 0.0)) -> np.ndarray:
     """The patches (N,) bool within ``radius`` patches (Euclidean, centre to centre) of the patches
     that the mask (H, W) bool touches, moved by ``shift`` (dx, dy) pixels: where an object last seen
@@ -347,9 +335,6 @@ class ClipTracker:
                 prompt_cells = np.maximum(prompt_cells, regrowth(first_scores, near, looks_like, grid,
                                                                  self.first_share, self.cfg.placement))
         if cells is not None:
-            mask_prompt = carried if settings.mask_prompt else None
-            if mask_prompt is not None and settings.gate and settings.mask_prompt_reach >= 0:
-                mask_prompt = carried * near_object(looks_like, grid, settings.mask_prompt_reach, (height, width))
             propagated = None
             if settings.propagate_points and self.previous_prompts is not None:
                 propagated, info.propagated = self._propagate(current, (width, height))
@@ -357,7 +342,7 @@ class ClipTracker:
             positive, negative = carried_prompts(prompt_cells, grid, self.cfg.placement, rng, propagated)
             initial = PromptSet(name, (width, height), grid, positive, negative, source="track")
             prediction = predictor._segment(source, image, features, initial, reference, classifier,
-                                            region_prior=prompt_cells, mask_prompt=mask_prompt,
+                                            region_prior=prompt_cells, mask_prompt=carried if settings.mask_prompt else None,
                                             scores=first_scores if reference is self.first_reference else None)
             info.carried = True
         else:  # lost, hidden or drifted: searched for near where it was last seen

@@ -24,7 +24,7 @@ from gpoa.grid import PatchGrid
 from gpoa.io import read_mask
 from gpoa.metrics import iou
 from gpoa.predictor import GPOAPredictor
-from gpoa.segmenters import cell_means, expand_cells
+from gpoa.segmenters import cell_means
 from gpoa.synth.clips import draw_clip, write_clip
 from gpoa.video import (
     ClipMemory,
@@ -34,7 +34,6 @@ from gpoa.video import (
     carry_mask,
     dense_flow,
     gray,
-    near_object,
     search_window,
     track_points,
 )
@@ -122,25 +121,6 @@ def test_the_search_window_grows_and_moves_with_the_object():
     assert search_window(np.zeros((100, 100), bool), grid, 1.0).all()
 
 
-def test_cells_spread_over_the_image_are_the_cells_their_means_read():
-    cells = np.arange(35, dtype=np.float64).reshape(5, 7)
-    image = expand_cells(cells, (37, 53))  # sizes that do not divide: cells of unequal size
-    assert image.shape == (37, 53)
-    np.testing.assert_array_equal(cell_means(image, (5, 7)), cells)
-
-
-def test_the_carried_mask_prompts_only_near_what_looks_like_the_object():
-    grid = PatchGrid.square(140, 14)  # 10 x 10 patches, 14 pixels each on a 140 x 140 image
-    looks_like = np.zeros(100, bool)
-    looks_like.reshape(10, 10)[4, 4] = True
-    near = near_object(looks_like, grid, 1.0, (140, 140))
-    assert near.shape == (140, 140) and near.dtype == bool
-    assert near[4 * 14:5 * 14, 3 * 14:6 * 14].all() and near[3 * 14:6 * 14, 4 * 14:5 * 14].all()
-    assert not near[3 * 14:4 * 14, 3 * 14:4 * 14].any()  # diagonal: sqrt(2) patches away
-    assert near.sum() == 5 * 14 * 14
-    assert near_object(looks_like, grid, 0.0, (140, 140)).sum() == 14 * 14
-
-
 # ----- the tracker ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def predictor() -> GPOAPredictor:
@@ -163,38 +143,29 @@ def test_track_follows_the_object_and_leaves_hidden_frames_empty(predictor):
     assert tracked.carried and tracked.remembered and tracked.index == 1
 
 
-@pytest.mark.parametrize("reach", [1.0, -1.0])
-def test_a_leak_far_from_anything_object_like_is_not_held_by_the_mask_prompt(reach, monkeypatch):
-    import gpoa.predictor as predictor_module
-
+def test_the_agents_yardstick_is_the_gated_carried_region(monkeypatch):
     frames = list(draw_clip(seed=0, frames=FRAMES, hidden=2))[:2]
-    predictor = GPOAPredictor.from_config(DEMO_CONFIG, device="cpu", overrides=[f"track.mask_prompt_reach={reach}"])
+    predictor = GPOAPredictor.from_config(DEMO_CONFIG, device="cpu")
     tracker = ClipTracker(predictor, frames[0][0], frames[0][1])
     leak = np.zeros_like(frames[0][1])
     leak[90:118, 110:158] = True  # a corner of background, far from the object: the last mask leaked onto it
     tracker.previous_mask = frames[0][1] | leak
-    given = []
-    real = predictor_module.with_mask_prompt
-    monkeypatch.setattr(predictor_module, "with_mask_prompt",
-                        lambda segmenter, embedding, probability: given.append(probability) or
-                        real(segmenter, embedding, probability))
-    priors = []
+    seen = []
     segment = predictor._segment
-    monkeypatch.setattr(predictor, "_segment", lambda *args, **kwargs: priors.append(kwargs["region_prior"]) or
-                        segment(*args, **kwargs))
+    monkeypatch.setattr(predictor, "_segment", lambda *args, **kwargs: seen.append(
+        dict(kwargs, initial=args[3])) or segment(*args, **kwargs))
     tracker.step(frames[1][0])
-    (prompt,), (prior,) = given, priors
-    moved_leak = prompt[95:113, 115:153]  # inside the leak, whatever the flow moved it by
-    if reach < 0:  # everywhere: the carried mask holds the leak
-        assert moved_leak.mean() > 0.5
-    else:
-        assert moved_leak.max() == 0.0
-        assert prompt.max() >= 0.5  # the object's own part is still prompted
-    # the agent's yardstick is the gated region either way: the leak is not part of it, the object is
+    (given,) = seen
     grid = tracker.grid
     leak_patches = cell_means(leak, (grid.rows, grid.cols)).reshape(-1) >= 0.9
     object_patches = cell_means(frames[1][1], (grid.rows, grid.cols)).reshape(-1) >= 0.5
+    # the mask prompt is the whole carried mask, leak included; the agent's yardstick is the region the
+    # prompts were placed on: the object's patches, not the leak that looks like none of it
+    assert given["mask_prompt"][95:113, 115:153].mean() > 0.5
+    prior = given["region_prior"]
     assert leak_patches.any() and prior[leak_patches].max() == 0.0 and prior[object_patches].max() >= 0.5
+    initial = given["initial"]
+    assert len(initial.positive_indices) and not leak_patches[initial.positive_indices].any()
 
 
 def test_track_checks_its_inputs(predictor):

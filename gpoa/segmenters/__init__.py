@@ -112,17 +112,6 @@ def cell_means(values: np.ndarray, shape: tuple) -> np.ndarray:
     return cells[0] if single else cells
 
 
-def expand_cells(cells: np.ndarray, size: tuple) -> np.ndarray:
-    """Values of the cells of a (rows, cols) grid, ``cells`` (rows, cols), spread over an image of ``size``
-    = (H, W): (H, W), each pixel the value of the cell of :func:`cell_means` that holds it."""
-    cells = np.asarray(cells)
-    rows, cols = cells.shape
-    height, width = int(size[0]), int(size[1])
-    row_counts = np.diff(-(-np.arange(rows + 1) * height // rows))
-    col_counts = np.diff(-(-np.arange(cols + 1) * width // cols))
-    return np.repeat(np.repeat(cells, row_counts, axis=0), col_counts, axis=1)
-
-
 #: ``segmenter.backend`` → (module, class) of the segmenter
 BACKENDS = {
     "classical": ("gpoa.segmenters.classical", "ClassicalSegmenter"),
