@@ -341,8 +341,10 @@ class ClipTracker:
             rng = np.random.default_rng(content_seed(self.cfg.seed, "placement", image))
             positive, negative = carried_prompts(prompt_cells, grid, self.cfg.placement, rng, propagated)
             initial = PromptSet(name, (width, height), grid, positive, negative, source="track")
+            # the agent's yardstick is the region its prompts were placed on; the whole carried mask prompts the segmenter
             prediction = predictor._segment(source, image, features, initial, reference, classifier,
-                                            region_prior=prompt_cells, mask_prompt=carried if settings.mask_prompt else None,
+                                            region_prior=prompt_cells,
+                                            mask_prompt=carried if settings.mask_prompt else None,
                                             scores=first_scores if reference is self.first_reference else None)
             info.carried = True
         else:  # lost, hidden or drifted: searched for near where it was last seen
