@@ -341,7 +341,7 @@ class ClipTracker:
             rng = np.random.default_rng(content_seed(self.cfg.seed, "placement", image))
             positive, negative = carried_prompts(prompt_cells, grid, self.cfg.placement, rng, propagated)
             initial = PromptSet(name, (width, height), grid, positive, negative, source="track")
-            # the agent's yardstick: the region its prompts were placed on; the mask prompt: the whole carried mask
+            # agent's yardstick: the gated region the prompts sit on; mask prompt: the whole carried mask
             prediction = predictor._segment(source, image, features, initial, reference, classifier,
                                             region_prior=prompt_cells,
                                             mask_prompt=carried if settings.mask_prompt else None,
