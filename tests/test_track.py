@@ -143,9 +143,8 @@ def test_track_follows_the_object_and_leaves_hidden_frames_empty(predictor):
     assert tracked.carried and tracked.remembered and tracked.index == 1
 
 
-def test_the_agents_yardstick_is_the_gated_carried_region(monkeypatch):
+def test_the_agents_yardstick_is_the_gated_carried_region(predictor, monkeypatch):
     frames = list(draw_clip(seed=0, frames=FRAMES, hidden=2))[:2]
-    predictor = GPOAPredictor.from_config(DEMO_CONFIG, device="cpu")
     tracker = ClipTracker(predictor, frames[0][0], frames[0][1])
     leak = np.zeros_like(frames[0][1])
     leak[90:118, 110:158] = True  # a corner of background, far from the object: the last mask leaked onto it
