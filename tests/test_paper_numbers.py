@@ -29,8 +29,9 @@ def test_every_entry_names_its_source_setting_and_where_its_figures_are_stated(t
         quote = " ".join(str(entry.get("quote", "")).split())
         for row, values in entry["rows"].items():
             for column, value in values.items():
-                # as a percentage ("52.7") or the fraction the source holds ("0.798")
-                assert entry.get("table") or f"{value}" in quote or f"{value / 100:.3f}" in quote, (row, column)
+                # as a percentage ("52.7") or the fraction the source holds ("0.798"); or computed from its data
+                assert (entry.get("table") or entry.get("derived") or f"{value}" in quote
+                        or f"{value / 100:.3f}" in quote), (row, column)
     if entry.get("unverified"):
         assert str(entry["unverified"]["source"]).strip() and entry["unverified"]["rows"]
         if "2509.18891" in entry["source"]:  # Point Prompt Defender's tables: the issue's source line
@@ -78,6 +79,21 @@ def test_a_paper_row_beside_ours_and_one_without_a_counterpart():
     rows, source = load_paper_numbers("davis2016")
     assert rows["OFL"] == {"j_mean": 68.0, "f_mean": 63.4} and set(rows) == {"OSVOS", "OFL", "BVS", "FCP", "JMP"}
     assert "global_eval_val_2016.js" in source and "79.8% vs 68.0%" in source
+
+
+@pytest.mark.parametrize("column,table", [("j_mean", "davis2016-clips-j"), ("f_mean", "davis2016-clips-f")])
+def test_per_clip_davis_figures_average_to_the_published_means(column, table):
+    """The per-clip J and F (means computed from the DAVIS benchmark's per-frame results) hold all 20
+    DAVIS 2016 val clips for every method of the davis2016 table, and their mean is the method's published
+    mean (both rounded to 0.1, so within 0.1): a figure copied wrong by two points or more on one clip shows."""
+    overall, clips = load_published("davis2016"), load_published(table)
+    assert len(clips.columns) == 20 and set(clips.rows) == set(overall.rows)
+    for method in clips.rows:
+        figures = [cell.value for cell in clips.row(method).values()]
+        assert len(figures) == 20, method
+        assert abs(sum(figures) / 20 - overall.row(method)[column].value) < 0.1, method
+    assert all(entry.get("derived") for entry in DOCUMENT[table]["entries"])
+    assert "computed here: each clip's figure is the mean" in "; ".join(clips.citations)
 
 
 def test_figures_without_their_source_are_refused(tmp_path):

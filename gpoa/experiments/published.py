@@ -1,8 +1,9 @@
 """The papers' published numbers (``configs/paper_numbers.yaml``) and our tables rendered beside them.
 
 Each table of the file holds entries, one per source: the figures checked against that source
-(``rows``, printed plain) and the figures nobody here could check (``unverified``, printed with †
-and their source line under the table). :func:`load_published` reads and checks one table (every
+(``rows``, printed plain; ``derived`` where they are computed from the source's data, e.g. per-clip
+means of per-frame results, and the entry says how) and the figures nobody here could check
+(``unverified``, printed with † and their source line under the table). :func:`load_published` reads and checks one table (every
 entry names its source, the table number or a URL and the sentence that states its figures, and its
 setting); :func:`side_by_side` renders any table of ours, given as (row, column, value) triples,
 with the published rows beside ours, and the paper's own layout under ours wherever it differs.
@@ -60,7 +61,8 @@ class PublishedTable:
 def load_published(table: str, path: Path = PAPER_NUMBERS) -> PublishedTable:
     """The published numbers of ``table`` (an empty table if the file has none), checked: every entry
     names its source and setting, its checked figures a table number or a URL and the sentence that
-    states them, its unverified figures who read them; every figure's column is one of the table's."""
+    states them (or, ``derived``, the data they are computed from and how), its unverified figures
+    who read them; every figure's column is one of the table's."""
     if not path.is_file():
         return PublishedTable(table)
     try:
@@ -87,6 +89,8 @@ def load_published(table: str, path: Path = PAPER_NUMBERS) -> PublishedTable:
                 citation += f", {entry['table']}"
             elif entry.get("url") and entry.get("quote"):
                 citation += f" ({entry['url']}): “{' '.join(str(entry['quote']).split())}”"
+                if entry.get("derived"):
+                    citation += f", computed here: {' '.join(str(entry['derived']).split())}"
             else:
                 raise UsageError(f"{here}: checked figures need the table number (table:) or the URL and the "
                                  "sentence that states them (url:, quote:); otherwise enter them under unverified:")

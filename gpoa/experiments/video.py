@@ -23,8 +23,9 @@ J and F are DAVIS's (:mod:`gpoa.metrics`: the first and the last frame are not s
 means, then the mean over clips). ``DIR/video.csv`` has one row per clip
 (:data:`gpoa.stages.track.CLIP_COLUMNS` and the perframe and ideal means), ``DIR/video.md`` the table
 with the published DAVIS 2016 rows of ``configs/paper_numbers.yaml`` beside ours (theirs: all 20
-validation clips and other backbones, so not directly comparable). The last line is
-machine-readable:
+validation clips and other backbones, so not directly comparable) and, where some clips are DAVIS
+2016 validation clips (by name, as ``gpoa convert davis`` names them), the same methods on those
+clips alone (:func:`same_clips`). The last line is machine-readable:
 
 ``clips=<n> j_mean= f_mean= jf_mean= j_recall= decay= perframe_j_mean= perframe_jf_mean= ideal_j_mean=
 seconds_per_frame= peak_rss_mb=``
@@ -53,7 +54,7 @@ from gpoa.distributed import rank_device
 from gpoa.errors import UsageError
 from gpoa.evaluation import to_csv
 from gpoa.experiments.domains import DEFAULT_CONFIG, DEFAULT_POLICY, write_tables
-from gpoa.experiments.published import load_published, side_by_side
+from gpoa.experiments.published import footnotes, load_published, side_by_side
 from gpoa.inference import Optimizer, decode_masks, ideal_prompts
 from gpoa.predictor import GPOAPredictor
 from gpoa.runtime import array_digest, seed_everything
@@ -63,6 +64,8 @@ COMPANIONS = ("perframe", "ideal")
 COLUMNS = (*CLIP_COLUMNS, *(f"{name}_{metric}" for name in COMPANIONS for metric in ("j_mean", "f_mean", "jf_mean")))
 #: the table of configs/paper_numbers.yaml with the published rows
 PUBLISHED = "davis2016"
+#: its tables with the same methods' J and F of each DAVIS 2016 val clip
+PER_CLIP = {"j_mean": "davis2016-clips-j", "f_mean": "davis2016-clips-f"}
 
 
 class LastImage:
@@ -163,7 +166,43 @@ def markdown(rows: list, h: dict, policy: str, config: str, frames: Optional[int
                              [ours], [("j_mean", "J mean"), ("f_mean", "F mean")])
     lines += ["", "Beside the published DAVIS 2016 validation rows (theirs: all 20 clips, other backbones; not "
                   "directly comparable with a mean over other clips):", "", beside]
+    lines += same_clips(rows)
     return "\n".join(lines) + f"\n\n`{headline_line(h)}`\n"
+
+
+def same_clips(rows: list) -> list:
+    """The Markdown lines comparing ours with the published methods on the clips of ``rows`` that are
+    DAVIS 2016 val clips (by name): each clip's J, then the means over those clips of J and F (in %);
+    none when no clip is one of them."""
+    tables = {key: load_published(name) for key, name in PER_CLIP.items()}
+    shared = [row for row in rows if row["clip"] in tables["j_mean"].columns]
+    if not shared:
+        return []
+    methods = tables["j_mean"].rows
+
+    def published(key: str, method: str, clips: list) -> list:
+        cells = tables[key].row(method)
+        return [cells[clip].value if clip in cells else None for clip in clips]
+
+    def mean(values: list) -> str:
+        known = [v for v in values if v is not None and np.isfinite(v)]
+        return f"{np.mean(known):.1f}" if len(known) == len(values) else "–"
+
+    def cell(value) -> str:
+        return "–" if value is None or not np.isfinite(value) else f"{value:.1f}"
+
+    clips = [row["clip"] for row in shared]
+    lines = ["", f"On the same clips ({len(shared)} of DAVIS 2016 val): J per clip and the means over these clips, "
+                 "in %; the published methods' figures are the means of the DAVIS benchmark's per-frame results:",
+             "", "| clip | GPOA | " + " | ".join(methods) + " |", "| --- | ---: |" + " ---: |" * len(methods)]
+    for clip, row in zip(clips, shared):
+        theirs = [cell(published("j_mean", method, [clip])[0]) for method in methods]
+        lines.append(f"| {clip} | {cell(100 * row['j_mean'])} | " + " | ".join(theirs) + " |")
+    for key, label in (("j_mean", "J"), ("f_mean", "F")):
+        ours = mean([100 * row[key] if row[key] is not None else None for row in shared])
+        lines.append(f"| **{label} mean** | {ours} | "
+                     + " | ".join(mean(published(key, method, clips)) for method in methods) + " |")
+    return lines + footnotes(tables["j_mean"]) + [f"- {line}" for line in tables["f_mean"].citations]
 
 
 def main(argv=None, prog: str = "bench_video.py") -> int:
