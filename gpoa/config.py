@@ -439,6 +439,9 @@ class TrackConfig:
     # drift guard: a mask enters memory only when its Dice with the carried mask or with the region the first
     # frame's reference predicts is at least this
     guard: float = 0.5
+    # the classical segmenter: each frame's mask as given out has its edge placed at pixel level
+    # (ClassicalSegmenter.refine_edges); what the next frame is carried from is the segmenter's own mask
+    refine_edges: bool = True
     # gpoa track's overlay video with the prompts drawn: "mp4" (OpenCV's writer), "gif" or "none"
     overlay: str = "mp4"
 

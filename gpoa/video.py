@@ -372,6 +372,9 @@ class ClipTracker:
             self.unseen += 1
         self.previous_gray, self.previous_mask = current, mask
         self.previous_prompts = prediction.prompts.optimized if mask.any() else None
+        refine = getattr(predictor.backends.segmenter, "refine_edges", None)
+        if settings.refine_edges and refine is not None and mask.any():  # the mask given out, not the one carried
+            prediction = dataclasses.replace(prediction, mask=refine(image, mask))
         return prediction, info
 
     def _propagate(self, current: np.ndarray, size: tuple) -> tuple:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch
 from gpoa.config import Config, SegmenterConfig
 from gpoa.errors import UsageError
 from gpoa.grid import PatchGrid
+from gpoa.metrics import iou
 from gpoa.prompts import PointPrompts, PromptSet, sample_ideal_prompts
 from gpoa.segmenters import Segmenter, build_segmenter
 from gpoa.segmenters.classical import ClassicalSegmenter
@@ -131,6 +133,32 @@ def test_classical_conflicting_points_on_one_region_take_the_majority_then_the_l
     later_positive = PointPrompts(np.repeat(inside, 2, axis=0), [0, 1])
     masks, _ = segmenter.decode(embedding, [later_negative, later_positive])
     assert not masks[0].any() and masks[1].any()
+
+
+def edged_scene(size=(240, 320), seed=0):
+    """A uint8 RGB image of a dark textured ellipse with a thin arm (3 px wide) on a light textured
+    background, and its true mask."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size[0], :size[1]]
+    truth = ((rows - 120) / 70.0) ** 2 + ((cols - 150) / 95.0) ** 2 <= 1.0
+    truth |= (np.abs(rows - 120) <= 1) & (cols > 150) & (cols < 300)  # the arm: thinner than any superpixel
+    image = np.where(truth[..., None], [60, 40, 90], [200, 190, 150]) + rng.normal(0, 12, size + (3,))
+    return np.clip(image, 0, 255).astype(np.uint8), truth
+
+
+def test_classical_refine_edges_puts_a_superpixel_mask_on_the_objects_edge_and_keeps_thin_parts():
+    image, truth = edged_scene()
+    segmenter = ClassicalSegmenter(SegmenterConfig(n_segments=300))  # superpixels of about 16 x 16 pixels
+    # a mask whose edge is 16 x 16 blocks (as regions cut across an edge give it), with the arm
+    blocks = cv2.resize(truth.astype(np.float32), (20, 15), interpolation=cv2.INTER_AREA) >= 0.5
+    coarse = cv2.resize(blocks.astype(np.uint8), (320, 240), interpolation=cv2.INTER_NEAREST).astype(bool)
+    coarse |= truth & (np.abs(np.mgrid[:240, :320][0] - 120) <= 1)
+    refined = segmenter.refine_edges(image, coarse)
+    assert refined.shape == truth.shape and refined.dtype == bool
+    assert iou(coarse, truth) < 0.92 and iou(refined, truth) > 0.97
+    arm = truth & (np.mgrid[:240, :320][1] > 260)
+    assert refined[arm].mean() > 0.9  # the thin arm is an edge too: moved onto the image, not deleted
+    assert not segmenter.refine_edges(image, np.zeros_like(truth)).any()
 
 
 def test_classical_rejects_a_zero_background_prior():

@@ -167,6 +167,20 @@ def test_the_agents_yardstick_is_the_gated_carried_region(predictor, monkeypatch
     assert len(initial.positive_indices) and not leak_patches[initial.positive_indices].any()
 
 
+def test_the_mask_given_out_has_its_edge_refined_and_the_one_carried_has_not(predictor, monkeypatch):
+    frames = list(draw_clip(seed=0, frames=FRAMES, hidden=2))[:3]
+    tracker = ClipTracker(predictor, frames[0][0], frames[0][1])
+    carried = []
+    monkeypatch.setattr("gpoa.video.carry_mask", lambda mask, flow: carried.append(mask.copy()) or carry_mask(mask, flow))
+    outputs = [tracker.step(image)[0].mask for image, _ in frames[1:]]
+    segmenters_mask = carried[1]  # what frame 2 was carried from: frame 1's mask as the segmenter gave it
+    assert not np.array_equal(outputs[0], segmenters_mask)
+    np.testing.assert_array_equal(outputs[0], predictor.backends.segmenter.refine_edges(frames[1][0], segmenters_mask))
+    monkeypatch.setattr(predictor.cfg.track, "refine_edges", False)
+    unrefined = ClipTracker(predictor, frames[0][0], frames[0][1]).step(frames[1][0])[0].mask
+    np.testing.assert_array_equal(unrefined, segmenters_mask)
+
+
 def test_track_checks_its_inputs(predictor):
     image, mask = next(draw_clip(seed=1, frames=2, hidden=0))
     with pytest.raises(UsageError, match="no frames"):
@@ -275,6 +289,23 @@ def test_bench_video_tables_over_two_processes_equal_one_processs(clips, tmp_pat
     assert all(0 <= float(row["ideal_j_mean"]) <= 1 for row in rows[:2])
     stamp = json.loads((tmp_path / "two" / "alpha.json").read_text())
     assert stamp["row"]["frames"] == 5
+
+
+def test_the_video_table_sets_davis_clips_beside_the_published_methods_on_the_same_clips():
+    from gpoa.experiments.video import same_clips
+
+    rows = [{"clip": "camel", "j_mean": 0.60, "f_mean": 0.50}, {"clip": "my-own-clip", "j_mean": 0.9, "f_mean": 0.9},
+            {"clip": "bmx-trees", "j_mean": 0.20, "f_mean": 0.30}]
+    lines = same_clips(rows)
+    assert lines[3] == "| clip | GPOA | OSVOS | OFL | BVS | FCP | JMP |"
+    # OFL's published per-clip J: camel 86.7, bmx-trees 14.9 (means of the benchmark's per-frame results)
+    assert lines[5].startswith("| camel | 60.0 | 85.1 | 86.7 |") and lines[6].startswith("| bmx-trees | 20.0 |")
+    assert not any("my-own-clip" in line for line in lines)
+    j_mean, f_mean = lines[7], lines[8]
+    assert j_mean.startswith(f"| **J mean** | 40.0 | {(85.1 + 55.5) / 2:.1f} | {(86.7 + 14.9) / 2:.1f} |")
+    assert f_mean.startswith("| **F mean** | 40.0 |")
+    assert any("ofl_davis.json" in line for line in lines)
+    assert same_clips([{"clip": "alpha", "j_mean": 0.5, "f_mean": 0.5}]) == []
 
 
 def test_track_settings_are_checked():
