@@ -24,7 +24,10 @@ know, in the shape of SAM 2's video predictor (one explicit state, frames stream
   decision) the frame's mask is empty and nothing enters memory; while it is gone, each frame is
   searched with the first frame's reference alone, as a single image is, until it is found again;
 - **drift guard**: a mask that agrees neither with the carried mask nor with the region the
-  first frame's reference predicts (:func:`guard_agreement`) does not enter memory.
+  first frame's reference predicts (:func:`guard_agreement`) does not enter memory;
+- **the mask's edge**: with the classical segmenter, each mask given out has its edge placed at pixel
+  level (``track.refine_edges``; :meth:`gpoa.segmenters.classical.ClassicalSegmenter.refine_edges`);
+  the next frame is carried from the segmenter's own mask, so the edge step's errors do not pile up.
 
 Arrays in, arrays out: images are uint8 RGB (H, W, 3), masks bool (H, W), probabilities float32
 (H, W) in [0, 1], points (N, 2) float (x, y) pixels of the frame. The settings are ``track`` in

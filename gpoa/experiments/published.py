@@ -3,10 +3,11 @@
 Each table of the file holds entries, one per source: the figures checked against that source
 (``rows``, printed plain; ``derived`` where they are computed from the source's data, e.g. per-clip
 means of per-frame results, and the entry says how) and the figures nobody here could check
-(``unverified``, printed with † and their source line under the table). :func:`load_published` reads and checks one table (every
-entry names its source, the table number or a URL and the sentence that states its figures, and its
-setting); :func:`side_by_side` renders any table of ours, given as (row, column, value) triples,
-with the published rows beside ours, and the paper's own layout under ours wherever it differs.
+(``unverified``, printed with † and their source line under the table). :func:`load_published`
+reads and checks one table (every entry names its source, the table number or a URL and the
+sentence that states its figures, and its setting); :func:`side_by_side` renders any table of ours,
+given as (row, column, value) triples, with the published rows beside ours, and the paper's own
+layout under ours wherever it differs.
 """
 
 from __future__ import annotations

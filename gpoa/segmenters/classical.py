@@ -6,7 +6,9 @@ alike they look (mean Lab colour and local texture). ``decode`` seeds the region
 prompts (positive = 1, negative = 0) and solves the random-walker system for every other region's
 foreground probability, with a weak pull of every region towards a virtual background node so
 the system is well posed even with positive prompts only. The mask is every region with
-probability > 0.5.
+probability > 0.5. :meth:`ClassicalSegmenter.refine_edges` places a mask's edge at pixel level
+afterwards (a pixel-level random walker on a band around it; ``gpoa track`` uses it on the masks it
+gives out).
 
 A **mask prompt** (SAM's ``mask_input``: a dense prior such as the previous frame's mask carried to
 this one) is a second virtual node per region: :meth:`ClassicalSegmenter.with_mask_prompt` ties
@@ -40,8 +42,8 @@ MAX_SUPERPIXEL_SIDE = 640
 SLIC_SIGMA = 1.0
 #: side of the box window (pixels of the segmented image) of the local-std texture statistic
 TEXTURE_WINDOW = 5
-#: edge sharpness of the pixel-level random walker of :meth:`ClassicalSegmenter.refine_edges` (skimage's
-#: ``beta``, which it scales by the image's spread)
+#: edge sharpness of the pixel-level random walker of :meth:`ClassicalSegmenter.refine_edges` (as skimage's
+#: ``random_walker`` reads its ``beta``: scaled by the image's spread)
 EDGE_BETA = 30.0
 
 
@@ -170,8 +172,8 @@ class ClassicalSegmenter:
         """``mask`` (H, W) bool, one of this segmenter's masks of ``image`` (H, W, 3) uint8, with its edge
         placed at pixel level. A superpixel that an object's edge cuts through is all in or all out, so
         on a band one superpixel wide centred on the mask's edge every pixel takes the side that a
-        pixel-level random walker on Lab colour gives it (skimage's ``random_walker``), seeded by the
-        mask beyond the band on either side and by the mask's skeleton (a part thinner than the band
+        pixel-level random walker on Lab colour gives it (:func:`_pixel_walk`), seeded by the mask
+        beyond the band on either side and by the mask's skeleton (a part thinner than the band
         keeps its middle). Works on the copy the superpixels are cut from; an empty mask, or one with
         nothing beyond the band on one side, is returned as it is."""
         mask = np.asarray(mask, dtype=bool)
@@ -406,10 +408,10 @@ def _pixel_walk(image: np.ndarray, seeds: np.ndarray, beta: float) -> np.ndarray
                             (np.concatenate([slot[free], slot[first[both]], slot[second[both]]]),
                              np.concatenate([slot[free], slot[second[both]], slot[first[both]]]))),
                            shape=(int(free.sum()),) * 2).tocsc()
-    rhs = (np.bincount(slot[first[free[first] & (labels[second] == 1)]],
-                       weight[free[first] & (labels[second] == 1)], system.shape[0])
-           + np.bincount(slot[second[free[second] & (labels[first] == 1)]],
-                         weight[free[second] & (labels[first] == 1)], system.shape[0]))
+    # each unseeded pixel's ties to the object's seeds (value 1; the background's, value 0, add nothing)
+    forward, backward = free[first] & (labels[second] == 1), free[second] & (labels[first] == 1)
+    rhs = (np.bincount(slot[first[forward]], weight[forward], system.shape[0])
+           + np.bincount(slot[second[backward]], weight[backward], system.shape[0]))
     probability = (labels == 1).astype(np.float64)
     probability[free] = splu(system, permc_spec="MMD_AT_PLUS_A", options={"SymmetricMode": True}).solve(rhs)
     return np.clip(probability, 0.0, 1.0).reshape(height, width).astype(np.float32)
