@@ -161,6 +161,21 @@ def test_classical_refine_edges_puts_a_superpixel_mask_on_the_objects_edge_and_k
     assert not segmenter.refine_edges(image, np.zeros_like(truth)).any()
 
 
+def test_the_pixel_walker_is_grady_s_random_walker():
+    """The edge step's solver gives skimage's random walker (direct solve) on the same seeds and weights."""
+    from skimage.segmentation import random_walker
+
+    from gpoa.segmenters.classical import _pixel_walk
+
+    rng = np.random.default_rng(0)
+    image = rng.random((30, 40, 3)).astype(np.float32)
+    seeds = np.zeros((30, 40), np.int32)
+    seeds[:, :3], seeds[:, -3:], seeds[10:12, 20] = 1, 2, 1
+    ours = _pixel_walk(image, seeds, 30.0)
+    theirs = random_walker(image, seeds, beta=30.0, mode="bf", channel_axis=-1, return_full_prob=True)[0]
+    assert np.abs(ours - theirs).max() < 1e-3 and 0.05 < ours[seeds == 0].mean() < 0.95
+
+
 def test_classical_rejects_a_zero_background_prior():
     with pytest.raises(UsageError, match="background_prior"):
         ClassicalSegmenter(SegmenterConfig(background_prior=0.0))
