@@ -140,12 +140,14 @@ def frame_seconds(out: Path, rows: list) -> list:
     return seconds
 
 
+def cell(value: Optional[float], scale: float = 100.0) -> str:
+    """A table cell: ``value`` times ``scale`` (fractions in, % out), "–" where there is none."""
+    return "–" if value is None or not np.isfinite(value) else f"{scale * value:.1f}"
+
+
 def markdown(rows: list, h: dict, policy: str, config: str, frames: Optional[int]) -> str:
     """Per clip J, F, J&F, J recall and decay of the tracker, perframe and ideal J (in %), the mean
     over the clips, the published rows, and the headline."""
-    def cell(value) -> str:
-        return "–" if value is None or not np.isfinite(value) else f"{100 * value:.1f}"
-
     limit = f", the first {frames} frames of each clip" if frames else ", every frame"
     lines = [f"# Video benchmark\n\npolicy `{policy}`, config `{config}`{limit}; DAVIS's J and F in % (the first and "
              "last frame not scored; mean over the clip's frames, MEAN = mean over clips). perframe: the predictor on "
@@ -179,29 +181,29 @@ def same_clips(rows: list) -> list:
     if not shared:
         return []
     methods = tables["j_mean"].rows
+    clips = [row["clip"] for row in shared]
 
-    def published(key: str, method: str, clips: list) -> list:
-        cells = tables[key].row(method)
+    def values(table, method: str) -> list:  # the method's figure of each clip (None: not published)
+        cells = table.row(method)
         return [cells[clip].value if clip in cells else None for clip in clips]
 
-    def mean(values: list) -> str:
-        known = [v for v in values if v is not None and np.isfinite(v)]
-        return f"{np.mean(known):.1f}" if len(known) == len(values) else "–"
+    theirs = {key: {method: values(table, method) for method in methods} for key, table in tables.items()}
 
-    def cell(value) -> str:
-        return "–" if value is None or not np.isfinite(value) else f"{value:.1f}"
+    def mean(figures: list) -> str:  # over every clip, or none when one is missing
+        known = [v for v in figures if v is not None and np.isfinite(v)]
+        return cell(float(np.mean(known)), 1.0) if known and len(known) == len(figures) else "–"
 
-    clips = [row["clip"] for row in shared]
     lines = ["", f"On the same clips ({len(shared)} of DAVIS 2016 val): J per clip and the means over these clips, "
                  "in %; the published methods' figures are the means of the DAVIS benchmark's per-frame results:",
              "", "| clip | GPOA | " + " | ".join(methods) + " |", "| --- | ---: |" + " ---: |" * len(methods)]
-    for clip, row in zip(clips, shared):
-        theirs = [cell(published("j_mean", method, [clip])[0]) for method in methods]
-        lines.append(f"| {clip} | {cell(100 * row['j_mean'])} | " + " | ".join(theirs) + " |")
+    for index, row in enumerate(shared):
+        published = [theirs["j_mean"][method][index] for method in methods]
+        lines.append(f"| {row['clip']} | {cell(row['j_mean'])} | "
+                     + " | ".join(cell(value, 1.0) for value in published) + " |")
     for key, label in (("j_mean", "J"), ("f_mean", "F")):
-        ours = mean([100 * row[key] if row[key] is not None else None for row in shared])
-        lines.append(f"| **{label} mean** | {ours} | "
-                     + " | ".join(mean(published(key, method, clips)) for method in methods) + " |")
+        ours = mean([None if row[key] is None else 100 * row[key] for row in shared])
+        published = [mean(theirs[key][method]) for method in methods]
+        lines.append(f"| **{label} mean** | {ours} | " + " | ".join(published) + " |")
     return lines + footnotes(tables["j_mean"]) + [f"- {line}" for line in tables["f_mean"].citations]
 
 

@@ -47,6 +47,13 @@ TEXTURE_WINDOW = 5
 EDGE_BETA = 30.0
 
 
+def working_size(height: int, width: int) -> tuple:
+    """(scale <= 1, (width, height)) of the copy of an image the superpixels are cut from: its long side
+    at most :data:`MAX_SUPERPIXEL_SIDE`."""
+    scale = min(1.0, MAX_SUPERPIXEL_SIDE / max(height, width))
+    return scale, (max(1, round(width * scale)), max(1, round(height * scale)))
+
+
 @dataclass(frozen=True)
 class ClassicalEmbedding:
     """What ``decode`` needs about one image.
@@ -105,12 +112,8 @@ class ClassicalSegmenter:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {image.dtype} {image.shape}")
         height, width = image.shape[:2]
-        scale = min(1.0, MAX_SUPERPIXEL_SIDE / max(height, width))
-        if scale < 1.0:
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            work = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        else:
-            work = image
+        scale, size = working_size(height, width)
+        work = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if scale < 1.0 else image
 
         # slic stretches the image to [0, 1] and converts it to Lab itself
         labels = slic(work, n_segments=self.cfg.n_segments, compactness=self.cfg.compactness,
@@ -180,8 +183,7 @@ class ClassicalSegmenter:
         if not mask.any():
             return mask
         height, width = mask.shape
-        scale = min(1.0, MAX_SUPERPIXEL_SIDE / max(height, width))
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        scale, size = working_size(height, width)
         work, small = np.asarray(image), mask.astype(np.uint8)
         if scale < 1.0:
             work = cv2.resize(work, size, interpolation=cv2.INTER_AREA)
